@@ -1,0 +1,98 @@
+"""Attention kernels of ReKV: sink + sliding-window attention for encoding, context
+attention for question answering, and RoPE helpers that reuse the model's own rotary
+embedding.
+
+Shapes: ``Hq`` query heads, ``Hkv`` key/value heads (GQA group ``G = Hq // Hkv``; query head
+``h`` reads kv head ``h // G``), ``D`` head dim. Batch size is 1 (one stream).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+class Rope:
+    """Cos/sin tables from the model's ``rotary_emb`` and rotation of pre-RoPE tensors."""
+
+    def __init__(self, language_model) -> None:
+        from transformers.models.qwen2.modeling_qwen2 import rotate_half
+
+        self.rotary = language_model.rotary_emb
+        self._rotate_half = rotate_half
+
+    def tables(self, positions: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape ``(T, D)`` in ``like``'s dtype for 1-D ``positions`` (T,)."""
+        cos, sin = self.rotary(like, positions.to(like.device)[None])
+        return cos[0], sin[0]
+
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """RoPE of ``x`` ``(..., T, D)`` with tables ``(T, D)`` (the model's own formula)."""
+        return (x * cos) + (self._rotate_half(x) * sin)
+
+
+def sink_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_sink: torch.Tensor,
+    k_sink: torch.Tensor,
+    v_sink: torch.Tensor,
+    first_query: int,
+    window: Optional[int],
+    scaling: float,
+    block: int,
+) -> torch.Tensor:
+    """Attention of a chunk of queries over sink tokens plus a per-query sliding window.
+
+    Args:
+        q: ``(Hq, L, D)`` queries rotated in the window frame.
+        k, v: ``(Hkv, N, D)`` keys (rotated in the window frame) / values; query ``i`` sits
+            at key index ``first_query + i`` and sees key indices in
+            ``(first_query + i - window, first_query + i]`` (all earlier ones if ``window`` is None).
+        q_sink: ``(Hq, L, D)`` the same queries rotated at their sink-relative positions.
+        k_sink, v_sink: ``(Hkv, S, D)`` sink keys (rotated at 0..S-1) / values, seen by every query.
+        block: queries per block; bounds the score matrix to ``block x (window + block)``.
+
+    Returns ``(Hq, L, D)``; softmax in fp32 over the union of sink and window keys.
+    """
+    hq, length, dim = q.shape
+    hkv = k.shape[0]
+    group = hq // hkv
+    qg = q.view(hkv, group, length, dim)
+    qsg = q_sink.view(hkv, group, length, dim)
+    sink_t = k_sink.transpose(-1, -2).unsqueeze(1)
+    out = torch.empty_like(qg)
+    for i0 in range(0, length, block):
+        i1 = min(length, i0 + block)
+        lo = 0 if window is None else max(0, first_query + i0 - window + 1)
+        hi = first_query + i1
+        q_idx = torch.arange(first_query + i0, hi, device=q.device)[:, None]
+        k_idx = torch.arange(lo, hi, device=q.device)[None, :]
+        allowed = k_idx <= q_idx
+        if window is not None:
+            allowed &= k_idx > q_idx - window
+        win = torch.matmul(qg[:, :, i0:i1], k[:, lo:hi].transpose(-1, -2).unsqueeze(1))
+        sink = torch.matmul(qsg[:, :, i0:i1], sink_t)
+        logits = torch.cat([sink, win.masked_fill(~allowed, float("-inf"))], dim=-1) * scaling
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)
+        n_sink = k_sink.shape[1]
+        out[:, :, i0:i1] = torch.matmul(probs[..., :n_sink], v_sink.unsqueeze(1)) + torch.matmul(
+            probs[..., n_sink:], v[:, lo:hi].unsqueeze(1)
+        )
+    return out.view(hq, length, dim)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, past: int = 0) -> torch.Tensor:
+    """Causal attention of ``(Hq, L, D)`` queries over ``(Hkv, past + L, D)`` keys/values,
+    where the first ``past`` keys are context every query sees. Returns ``(Hq, L, D)``."""
+    length, total = q.shape[1], k.shape[1]
+    mask = None
+    if length > 1:
+        mask = torch.arange(total, device=q.device)[None, :] <= torch.arange(past, past + length, device=q.device)[:, None]
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask, scale=scaling, enable_gqa=q.shape[0] != k.shape[0]
+    )
+    return out[0]

@@ -1,0 +1,100 @@
+"""Stream state and the attention handlers used while encoding.
+
+``StreamState`` holds what stays on the model's device for one stream: the sink tokens
+(the chat template's tokens before ``<video>``) and the sliding window, both per layer and
+pre-RoPE, plus the block store every frame is offloaded to.
+
+Position scheme while encoding (``S`` sinks, window ``W``, stream token ``t``):
+window keys and queries sit at their true relative distance; a sink ``i`` is seen by token
+``t`` at distance ``S + min(t, W - 1) - i`` -- its true distance until the window is full,
+then as if it sat just before the oldest window slot. Absolute positions stay below
+``S + W + chunk`` however long the stream is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from .attention import Rope, causal_attention, sink_window_attention
+from .store import BlockStore
+
+
+@dataclass
+class StreamState:
+    """Device-side state of one stream. Lists are indexed by layer; tensors are ``(Hkv, T, D)``."""
+
+    store: BlockStore
+    window: Optional[int]
+    sink_k: List[torch.Tensor] = field(default_factory=list)  # rotated at 0..S-1
+    sink_v: List[torch.Tensor] = field(default_factory=list)
+    win_k: List[torch.Tensor] = field(default_factory=list)  # pre-RoPE, most recent <= W tokens
+    win_v: List[torch.Tensor] = field(default_factory=list)
+    stream_tokens: int = 0
+
+    @property
+    def sinks(self) -> int:
+        return self.sink_k[0].shape[1] if self.sink_k else 0
+
+    @property
+    def window_len(self) -> int:
+        return self.win_k[0].shape[1] if self.win_k else 0
+
+    def device_bytes(self) -> int:
+        tensors = [*self.sink_k, *self.sink_v, *self.win_k, *self.win_v]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class PrefixStep:
+    """Handler that encodes the sink tokens (causal attention at positions 0..S-1)."""
+
+    def __init__(self, state: StreamState) -> None:
+        self.state = state
+
+    def attend(self, layer, q, k, v, q_pre, k_pre, scaling):
+        q, k, v = q[0], k[0], v[0]
+        st = self.state
+        st.sink_k.append(k.contiguous())
+        st.sink_v.append(v.contiguous())
+        empty = k[:, :0]
+        st.win_k.append(empty.contiguous())
+        st.win_v.append(empty.contiguous())
+        return causal_attention(q, k, v, scaling).unsqueeze(0)
+
+
+class ChunkStep:
+    """Handler that encodes one chunk of frames with sink + sliding-window attention and
+    offloads its pre-RoPE keys and values to the block store.
+
+    The model runs with ``position_ids = S + Wn + arange(L)`` (``Wn`` = tokens in the window
+    before the chunk), so its post-RoPE queries/keys are already in the window frame."""
+
+    def __init__(self, state: StreamState, rope: Rope, first_frame: int, length: int, block: int, like: torch.Tensor):
+        self.state, self.rope, self.first_frame, self.block = state, rope, first_frame, block
+        sinks, wn, t0 = state.sinks, state.window_len, state.stream_tokens
+        device = like.device
+        self.cos_w, self.sin_w = rope.tables(torch.arange(sinks, sinks + wn, device=device), like)
+        t = torch.arange(t0, t0 + length, device=device)
+        sink_pos = sinks + (t if state.window is None else t.clamp(max=state.window - 1))
+        self.cos_s, self.sin_s = rope.tables(sink_pos, like)
+
+    def attend(self, layer, q, k, v, q_pre, k_pre, scaling):
+        st = self.state
+        q, k, v = q[0], k[0], v[0]
+        k_pre_h = k_pre[0].transpose(0, 1)
+        win_k, win_v = st.win_k[layer], st.win_v[layer]
+        keys = torch.cat([self.rope.rotate(win_k, self.cos_w, self.sin_w), k], dim=1)
+        values = torch.cat([win_v, v], dim=1)
+        q_sink = self.rope.rotate(q_pre[0].transpose(0, 1), self.cos_s, self.sin_s)
+        out = sink_window_attention(
+            q, keys, values, q_sink, st.sink_k[layer], st.sink_v[layer],
+            first_query=win_k.shape[1], window=st.window, scaling=scaling, block=self.block,
+        )
+        all_k = torch.cat([win_k, k_pre_h], dim=1)
+        if st.window is not None:
+            all_k, values = all_k[:, -st.window :].contiguous(), values[:, -st.window :].contiguous()
+        st.win_k[layer], st.win_v[layer] = all_k, values
+        st.store.write(layer, self.first_frame, k_pre[0], v.transpose(0, 1))
+        return out.unsqueeze(0)

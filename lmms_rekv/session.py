@@ -1,0 +1,210 @@
+"""`ReKVSession`: one video stream -- add frames as they arrive, ask questions any time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, List, Optional
+
+import torch
+
+from .encoder import ChunkStep, PrefixStep, StreamState
+from .generation import GenerationSettings, cut_at_stop, next_token
+from .preprocess import as_frames
+from .qa import QAStep
+from .retrieval import frame_scores, select_frames
+from .store import BlockStore
+
+if TYPE_CHECKING:
+    from .model import ReKVLlavaOneVision
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Answer:
+    """One answer. ``selected[l]`` holds the frames layer ``l`` attended to (time order);
+    ``logits`` the fp32 next-token logits ``(V,)`` of every decoding step."""
+
+    text: str
+    token_ids: List[int]
+    selected: List[torch.Tensor]
+    logits: List[torch.Tensor] = field(default_factory=list)
+    context_tokens: int = 0
+
+
+class ReKVSession:
+    """Streaming state of one video: sinks + window on the device, every frame's KV in the
+    block store. Questions never modify it, so many can be asked on one encoded stream."""
+
+    def __init__(self, engine: "ReKVLlavaOneVision") -> None:
+        self.engine = engine
+        self.config = engine.config
+        text = engine.model.config.text_config
+        layers = text.num_hidden_layers
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        storage = engine.device if self.config.offload == "device" else torch.device("cpu")
+        store = BlockStore(
+            layers, engine.frame_tokens, text.num_key_value_heads, head_dim, engine.dtype, storage, engine.device
+        )
+        self.state = StreamState(store=store, window=self.config.window_tokens)
+        self._pending: List[torch.Tensor] = []
+        self._pending_frames = 0
+        self._prefix_done = False
+
+    # -- frames ---------------------------------------------------------------------------
+    @property
+    def frames(self) -> int:
+        """Frames added so far (encoded or waiting for a full chunk)."""
+        return self.state.store.frames + self._pending_frames
+
+    def add_frames(self, frames) -> None:
+        """Append frames (uint8 ``(N, H, W, 3)``, numpy or torch, time order) to the stream.
+
+        Full chunks of ``chunk_frames`` are encoded at once; the rest waits for more frames
+        or the next question, so the stored KV does not depend on how calls split frames."""
+        pixels = self.engine.processor(as_frames(frames), dtype=self.engine.dtype, device=self.engine.device)
+        self._pending.append(pixels)
+        self._pending_frames += pixels.shape[0]
+        chunk = self.config.chunk_frames
+        while self._pending_frames >= chunk:
+            self._encode(self._take(chunk))
+
+    def flush(self) -> None:
+        """Encode frames still waiting for a full chunk."""
+        if self._pending_frames:
+            self._encode(self._take(self._pending_frames))
+
+    def _take(self, n: int) -> torch.Tensor:
+        pending = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        head, rest = pending[:n], pending[n:]
+        self._pending = [rest] if rest.shape[0] else []
+        self._pending_frames = rest.shape[0]
+        return head
+
+    @torch.inference_mode()
+    def _encode(self, pixels: torch.Tensor) -> None:
+        engine, st = self.engine, self.state
+        if not self._prefix_done:
+            self._encode_prefix()
+        n = pixels.shape[0]
+        features = engine.frame_features(pixels)  # (1, n * frame_tokens, hidden)
+        first = st.store.reserve(n)
+        length = features.shape[1]
+        step = ChunkStep(st, engine.rope, first, length, self.config.query_block_tokens, features)
+        positions = torch.arange(length, device=engine.device) + st.sinks + st.window_len
+        with engine.patch.routed(step):
+            engine.language_model(inputs_embeds=features, position_ids=positions[None], use_cache=False)
+        st.store.commit(n)
+        st.stream_tokens += length
+        logger.debug("encoded %d frames (stream: %d frames)", n, st.store.frames)
+
+    def _encode_prefix(self) -> None:
+        engine = self.engine
+        ids = engine.prompt_prefix_ids()
+        if ids:
+            ids_t = torch.tensor([ids], device=engine.device)
+            positions = torch.arange(len(ids), device=engine.device)[None]
+            with engine.patch.routed(PrefixStep(self.state)):
+                engine.language_model(input_ids=ids_t, position_ids=positions, use_cache=False)
+        else:
+            layers = self.state.store.layers
+            empty = torch.empty((self.state.store.kv_heads, 0, self.state.store.head_dim), dtype=engine.dtype, device=engine.device)
+            for lst in (self.state.sink_k, self.state.sink_v, self.state.win_k, self.state.win_v):
+                lst.extend([empty] * layers)
+        self._prefix_done = True
+
+    # -- questions ------------------------------------------------------------------------
+    def ask(self, question: str, max_new_tokens: int = 16, **generation) -> str:
+        """Answer ``question`` about the frames so far; greedy unless told otherwise.
+
+        ``generation`` takes the fields of ``GenerationSettings`` (do_sample, temperature,
+        top_p, stop, eos_token_ids, seed)."""
+        return self.answer(question, max_new_tokens=max_new_tokens, **generation).text
+
+    @torch.inference_mode()
+    def answer(self, question: str, max_new_tokens: int = 16, return_logits: bool = False, **generation) -> Answer:
+        """Like ``ask`` but returns the tokens, the per-layer selected frames and optionally
+        the logits of every step."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        if self.frames == 0:
+            raise RuntimeError("no frames in this session yet: call add_frames() before ask()")
+        engine = self.engine
+        settings = engine.generation_settings(max_new_tokens=max_new_tokens, **generation)
+        self.flush()
+        suffix = engine.prompt_suffix_ids(question)
+        frames_in_context = self._context_frames()
+        step = QAStep(self.state, engine.rope, self._selector(), frames_in_context, settings.max_new_tokens)
+        context = self.state.sinks + frames_in_context * engine.frame_tokens
+        self._check_budget(context + 1 + len(suffix) + settings.max_new_tokens)
+        embeds = torch.cat([engine.newline_embedding(), engine.embed(suffix)], dim=1)
+        return self._decode(step, embeds, context, settings, return_logits)
+
+    def _context_frames(self) -> int:
+        topk, stored = self.config.topk_frames, self.state.store.frames
+        return stored if topk is None else min(topk, stored)
+
+    def _selector(self):
+        store, cfg = self.state.store, self.config
+
+        def select(layer: int, query_mean: torch.Tensor) -> torch.Tensor:
+            return select_frames(frame_scores(query_mean, store.summaries(layer), cfg.score), cfg.topk_frames)
+
+        return select
+
+    def _check_budget(self, tokens: int) -> None:
+        budget = self.config.qa_budget_tokens
+        if budget is not None and tokens > budget:
+            raise ValueError(f"question needs {tokens} context tokens, over the QA budget of {budget}")
+
+    def _decode(self, step: QAStep, embeds, position: int, settings: GenerationSettings, return_logits: bool) -> Answer:
+        engine = self.engine
+        generator = None
+        if settings.do_sample and settings.seed is not None:
+            generator = torch.Generator().manual_seed(settings.seed)
+        tokens: List[int] = []
+        all_logits: List[torch.Tensor] = []
+        text = ""
+        with engine.patch.routed(step):
+            for i in range(settings.max_new_tokens):
+                positions = torch.arange(position, position + embeds.shape[1], device=engine.device)[None]
+                hidden = engine.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
+                logits = engine.model.lm_head(hidden.last_hidden_state[:, -1]).float()[0]
+                if return_logits:
+                    all_logits.append(logits.cpu())
+                token = next_token(logits, settings, generator)
+                if token in settings.eos_token_ids:
+                    break
+                tokens.append(token)
+                if settings.stop:
+                    text, stopped = cut_at_stop(engine.tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
+                    if stopped:
+                        break
+                position += embeds.shape[1]
+                step.decoding = True
+                embeds = engine.embed([token])
+        if not settings.stop:
+            text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Answer(text=text, token_ids=tokens, selected=step.selected, logits=all_logits, context_tokens=position)
+
+    # -- accounting -----------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Sizes of this stream: frames, tokens and bytes per tier."""
+        st, store = self.state, self.state.store
+        on_device = self.config.offload == "device"
+        return {
+            "frames": self.frames,
+            "encoded_frames": store.frames,
+            "pending_frames": self._pending_frames,
+            "tokens": st.stream_tokens,
+            "sink_tokens": st.sinks,
+            "window_tokens": st.window_len,
+            "device_bytes": st.device_bytes() + (store.used_bytes if on_device else 0),
+            "cpu_bytes": 0 if on_device else store.used_bytes,
+            "cpu_reserved_bytes": 0 if on_device else store.reserved_bytes,
+            "summary_bytes": store.summary_bytes,
+            "disk_bytes": 0,
+            "embedding_bytes": 0,
+            "kv_bytes_per_frame": store.bytes_per_frame,
+        }

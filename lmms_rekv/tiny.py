@@ -1,0 +1,121 @@
+"""Build a tiny random-weight LLaVA-OneVision checkpoint offline (tests, demo, benchmarks).
+
+The directory looks like a llava-hf checkpoint: ``config.json`` + safetensors, a byte-level
+BPE tokenizer trained here with ``tokenizers`` (Qwen2 chat special tokens, ``<video>``,
+``<image>``), the llava-hf OneVision chat template and ``preprocessor_config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+#: The llava-hf LLaVA-OneVision prompt format: "<|im_start|>user <video>\nQ<|im_end|>..."
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>' }}{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'video' %}{{ '<video>' }}{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ '\\n' + item['text'] }}{% endfor %}"
+    "{{ '<|im_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+
+_WORDS = (
+    "what is happening in the video a person man woman walks runs opens closes door kitchen table "
+    "red green blue car dog cat holds cup picks up puts down where when who why how many color "
+    "first last after before left right scene frame camera moves answer yes no the of to and"
+).split()
+
+
+def build_tokenizer(vocab_size: int = 384, seed: int = 0):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on a generated corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    corpus = [" ".join(rng.choice(_WORDS) for _ in range(12)) + "?" for _ in range(2000)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+
+
+def build_tiny_model(
+    path: str,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    image_size: int = 64,
+    patch_size: int = 8,
+    init_std: Optional[float] = 0.15,
+) -> str:
+    """Write a tiny random LLaVA-OneVision checkpoint to ``path`` and return ``path``.
+
+    ``frame_tokens = ceil(image_size / patch_size / 2) ** 2`` (16 with the defaults).
+    ``init_std`` re-draws the weight matrices with a larger std than transformers' default so
+    that the random model's logits are well separated (greedy answers are then stable)."""
+    import torch
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    tokenizer = build_tokenizer(seed=seed)
+    vocab = len(tokenizer)
+    config = LlavaOnevisionConfig(
+        text_config=dict(
+            model_type="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+            max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=False,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[image_size, image_size]],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    if init_std is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.dim() >= 2:
+                    param.normal_(0.0, init_std)
+                elif name.endswith("image_newline"):
+                    param.normal_(0.0, 1.0)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    with open(os.path.join(path, "chat_template.jinja"), "w") as fh:
+        fh.write(CHAT_TEMPLATE)
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as fh:
+        json.dump({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": image_size, "width": image_size}}, fh, indent=1)
+    logger.info("wrote tiny LLaVA-OneVision to %s", path)
+    return path
