@@ -1,0 +1,99 @@
+"""Video I/O with PyAV: decode at a target frame rate, and write synthetic clips for demos.
+
+Frames are returned as uint8 ``(N, H, W, 3)`` RGB arrays, ready for ``session.add_frames``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be used: missing, unreadable or without frames."""
+
+
+def iter_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, end_time: Optional[float] = None) -> Iterator[np.ndarray]:
+    """Yield RGB frames sampled at ``fps`` (the first frame at or after each ``k / fps``
+    seconds), up to ``max_frames`` and ``end_time`` seconds."""
+    import av
+
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if not os.path.isfile(path):
+        raise VideoError(f"video not found: {path}")
+    try:
+        container = av.open(path)
+    except Exception as exc:
+        raise VideoError(f"cannot open video {path}: {exc}") from exc
+    count, next_time = 0, 0.0
+    try:
+        if not container.streams.video:
+            raise VideoError(f"no video stream in {path}")
+        for frame in container.decode(video=0):
+            t = float(frame.time) if frame.time is not None else next_time
+            if end_time is not None and t > end_time:
+                break
+            if t + 1e-6 < next_time:
+                continue
+            yield frame.to_ndarray(format="rgb24")
+            count += 1
+            next_time = count / fps
+            if max_frames is not None and count >= max_frames:
+                break
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"cannot decode video {path}: {exc}") from exc
+    finally:
+        container.close()
+    if count == 0:
+        raise VideoError(f"no frames decoded from {path}")
+
+
+def read_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, end_time: Optional[float] = None) -> np.ndarray:
+    """All sampled frames of ``path`` as one ``(N, H, W, 3)`` uint8 array (see ``iter_video``)."""
+    return np.stack(list(iter_video(path, fps, max_frames, end_time)))
+
+
+def synthetic_frames(seconds: float, fps: int = 4, size: int = 96, seed: int = 0) -> np.ndarray:
+    """A generated clip: a coloured square moving over a gradient that changes colour every
+    few seconds. ``(seconds * fps, size, size, 3)`` uint8."""
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(seconds * fps)))
+    yy, xx = np.mgrid[0:size, 0:size]
+    palette = rng.integers(40, 255, (8, 3))
+    frames = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        scene = palette[(i // (3 * fps)) % len(palette)]
+        base = (scene[None, None, :] * (0.5 + 0.5 * xx[..., None] / size)).astype(np.uint8)
+        x0 = int((i * 3) % (size - 16))
+        y0 = int((size - 16) * (0.5 + 0.4 * np.sin(i / 5)))
+        base[y0 : y0 + 16, x0 : x0 + 16] = palette[(i // fps + 3) % len(palette)]
+        frames[i] = base
+    return frames
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 4) -> str:
+    """Encode ``(N, H, W, 3)`` uint8 frames to ``path`` (H.264/mp4 when available, else MPEG-4)."""
+    import av
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp" + os.path.splitext(path)[1]
+    with av.open(tmp, mode="w") as container:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path

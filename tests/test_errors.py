@@ -1,0 +1,87 @@
+"""Bad input and impossible settings fail early with clear messages."""
+
+import numpy as np
+import pytest
+import torch
+
+from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(window_tokens=0), "window_tokens"),
+        (dict(window_tokens=-5), "window_tokens"),
+        (dict(topk_frames=0), "topk_frames"),
+        (dict(chunk_frames=0), "chunk_frames"),
+        (dict(score="l2"), "score"),
+        (dict(retrieval="magic"), "retrieval"),
+        (dict(offload="tape"), "offload"),
+        (dict(topk_frames=200), "QA budget"),
+        (dict(topk_frames=10, qa_budget_tokens=1000), "QA budget"),
+        (dict(window_tokens=1.5), "window_tokens"),
+        (dict(qa_reserve_tokens=-1), "qa_reserve_tokens"),
+    ],
+)
+def test_impossible_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ReKVConfig(**kwargs)
+
+
+def test_config_revalidated_for_the_model(load, tiny_dir):
+    engine = load(topk_frames=64)
+    assert engine.config.frame_tokens == engine.frame_tokens == 16
+    with pytest.raises(ValueError, match="QA budget"):
+        ReKVConfig(topk_frames=64).for_model(frame_tokens=196, max_positions=4096)
+
+
+@pytest.mark.parametrize(
+    "bad,error,match",
+    [
+        (np.zeros((0, 8, 8, 3), np.uint8), ValueError, "no frames"),
+        (np.zeros((2, 8, 8, 3), np.float32), TypeError, "uint8"),
+        (torch.zeros((2, 8, 8, 3), dtype=torch.int64), TypeError, "uint8"),
+        (np.zeros((8, 8, 3), np.uint8), ValueError, "batch"),
+        (np.zeros((2, 8, 8), np.uint8), ValueError, "shape"),
+        (np.zeros((2, 3, 8, 8), np.uint8), ValueError, "shape"),
+        (np.zeros((2, 0, 8, 3), np.uint8), ValueError, "empty"),
+        ([[1, 2, 3]], TypeError, "numpy array or torch tensor"),
+    ],
+)
+def test_bad_frames(load, bad, error, match):
+    session = load().new_session()
+    with pytest.raises(error, match=match):
+        session.add_frames(bad)
+    assert session.frames == 0
+
+
+def test_question_before_any_frame(load):
+    session = load().new_session()
+    with pytest.raises(RuntimeError, match="add_frames"):
+        session.ask("what happens?")
+
+
+def test_empty_question_and_bad_generation(load, frames):
+    session = load().new_session()
+    session.add_frames(frames(2))
+    with pytest.raises(ValueError, match="question"):
+        session.ask("   ")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        session.ask("what?", max_new_tokens=0)
+
+
+def test_question_over_budget(load, frames):
+    session = load(topk_frames=4, frame_tokens=16, qa_budget_tokens=100, qa_reserve_tokens=0).new_session()
+    session.add_frames(frames(4))
+    with pytest.raises(ValueError, match="QA budget"):
+        session.ask("what happens " * 20, max_new_tokens=8)
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ReKVLlavaOneVision.from_pretrained(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError):
+        ReKVLlavaOneVision.from_pretrained("no-such-org/no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ReKVLlavaOneVision.from_pretrained(str(tmp_path / "empty"))

@@ -1,0 +1,81 @@
+"""Offload: stored blocks are bit-identical to the K/V the attention computed; device bytes
+stay bounded while the offload tier grows at the documented bytes per frame."""
+
+import pytest
+import torch
+
+from lmms_rekv.store import BlockStore
+
+
+@pytest.mark.parametrize("offload", ["cpu", "device"])
+def test_blocks_bit_identical_to_computed_kv(load, frames, offload):
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, offload=offload)
+    captured = {}
+    hooks = []
+    for idx, layer in enumerate(engine.language_model.layers):
+        for name in ("k_proj", "v_proj"):
+            def hook(module, inputs, output, key=(idx, name)):
+                captured.setdefault(key, []).append(output[0].detach().clone())
+            hooks.append(getattr(layer.self_attn, name).register_forward_hook(hook))
+    try:
+        session = engine.new_session()
+        session.add_frames(frames(8, seed=7))
+        session.flush()
+    finally:
+        for h in hooks:
+            h.remove()
+    store = session.state.store
+    t, hkv, d = store.frame_tokens, store.kv_heads, store.head_dim
+    for idx in range(store.layers):
+        # first call is the prefix (sinks); the rest are the chunks, in order
+        keys = torch.cat(captured[(idx, "k_proj")][1:]).view(-1, t, hkv, d)
+        values = torch.cat(captured[(idx, "v_proj")][1:]).view(-1, t, hkv, d)
+        assert keys.shape[0] == store.frames == 8
+        for f in range(8):
+            k, v = store.frame(idx, f)
+            assert k.device.type == ("cpu" if offload == "cpu" else engine.device.type)
+            assert torch.equal(k, keys[f]) and torch.equal(v, values[f])
+        got_k, got_v = store.gather(idx, torch.tensor([6, 1, 3]), torch.device("cpu"))
+        assert torch.equal(got_k, keys[[6, 1, 3]].reshape(-1, hkv, d))
+        assert torch.equal(got_v, values[[6, 1, 3]].reshape(-1, hkv, d))
+
+
+def test_device_bytes_constant_while_cpu_grows_linearly(load, frames):
+    engine = load(window_tokens=48, topk_frames=4, chunk_frames=10)
+    session = engine.new_session()
+    video = frames(200, seed=8, size=(16, 16))
+    text = engine.model.config.text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    per_frame = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim * 4 * engine.frame_tokens
+    seen = []
+    for lo in range(0, 200, 20):
+        session.add_frames(video[lo : lo + 20])
+        stats = session.stats()
+        seen.append(stats)
+        assert stats["frames"] == lo + 20
+        assert stats["cpu_bytes"] == (lo + 20) * per_frame == stats["kv_bytes_per_frame"] * (lo + 20)
+    assert len({s["device_bytes"] for s in seen}) == 1
+    sinks = seen[0]["sink_tokens"]
+    expected_device = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim * 4 * (sinks + 48)
+    assert seen[0]["device_bytes"] == expected_device
+    assert session.ask("what happens?", max_new_tokens=3) is not None
+
+
+def test_store_grows_by_doubling_and_keeps_data():
+    store = BlockStore(2, 3, 2, 4, torch.float32, torch.device("cpu"), torch.device("cpu"), initial_capacity=2)
+    written = []
+    for step in range(5):
+        first = store.reserve(2)
+        for layer in range(2):
+            k = torch.randn(6, 2, 4)
+            v = torch.randn(6, 2, 4)
+            store.write(layer, first, k, v)
+            written.append((layer, first, k, v))
+        store.commit(2)
+    assert store.frames == 10 and store.capacity == 16
+    for layer, first, k, v in written:
+        for i in range(2):
+            sk, sv = store.frame(layer, first + i)
+            assert torch.equal(sk, k.view(2, 3, 2, 4)[i]) and torch.equal(sv, v.view(2, 3, 2, 4)[i])
+            assert torch.equal(store.summaries(layer)[first + i], k.view(2, 3, 2, 4)[i].mean(0))
+    assert store.bytes_per_frame == 2 * 2 * 2 * 4 * 4 * 3
