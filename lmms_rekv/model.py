@@ -144,21 +144,22 @@ class ReKVLlavaOneVision:
         before, after = text.split(self.video_token)
         return before, after
 
-    def _ids(self, text: str) -> List[int]:
+    def tokenize(self, text: str) -> List[int]:
+        """Token ids of ``text`` without special tokens added."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prompt_prefix_ids(self) -> List[int]:
         """Tokens before the video (the sinks); independent of the question."""
         if self._prefix_ids is None:
-            self._prefix_ids = self._ids(self.split_prompt("?")[0])
+            self._prefix_ids = self.tokenize(self.split_prompt("?")[0])
         return self._prefix_ids
 
     def prompt_suffix_ids(self, question: str) -> List[int]:
         """Tokens after the video: the question and the rest of the template."""
         before, after = self.split_prompt(question)
-        if self._ids(before) != self.prompt_prefix_ids():
+        if self.tokenize(before) != self.prompt_prefix_ids():
             raise ValueError("the chat template's text before the video depends on the question")
-        return self._ids(after)
+        return self.tokenize(after)
 
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
         """``(1, T)`` prompt ids as vanilla LLaVA-OV sees them (``<video>`` expanded to

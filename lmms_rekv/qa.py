@@ -51,6 +51,7 @@ class QAStep:
     frames: int  # K, the same on every layer
     extra_tokens: int
     question_offset: int = 1  # the first prefill token is image_newline, not question
+    question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
     decoding: bool = False
     selected: List[Optional[torch.Tensor]] = field(default_factory=list)
     _caches: List[Optional[_LayerCache]] = field(default_factory=list)
@@ -71,7 +72,7 @@ class QAStep:
         if not self._caches:
             self._caches = [None] * st.store.layers
             self.selected = [None] * st.store.layers
-        query_mean = q_pre[0, self.question_offset :].float().mean(dim=0)
+        query_mean = q_pre[0, self.question_offset : self.question_end].float().mean(dim=0)
         index = self.select(layer, query_mean)
         if index.numel() != self.frames:
             raise RuntimeError(f"layer {layer} selected {index.numel()} frames, expected {self.frames}")

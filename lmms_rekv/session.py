@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import torch
 
@@ -126,20 +126,46 @@ class ReKVSession:
     def answer(self, question: str, max_new_tokens: int = 16, return_logits: bool = False, **generation) -> Answer:
         """Like ``ask`` but returns the tokens, the per-layer selected frames and optionally
         the logits of every step."""
+        settings = self.engine.generation_settings(max_new_tokens=max_new_tokens, **generation)
+        step, embeds, position = self._prepare(question, settings.max_new_tokens)
+        return self._decode(step, embeds, position, settings, return_logits)
+
+    @torch.inference_mode()
+    def loglikelihood(self, question: str, continuation: str) -> Tuple[float, bool]:
+        """Log-probability of ``continuation`` as the answer to ``question`` (frames retrieved
+        with the question alone), and whether greedy decoding would produce it."""
+        engine = self.engine
+        cont = engine.tokenize(continuation)
+        if not cont:
+            raise ValueError("continuation must not be empty")
+        step, embeds, position = self._prepare(question, len(cont), scored=len(cont))
+        embeds = torch.cat([embeds, engine.embed(cont)], dim=1)
+        first = embeds.shape[1] - len(cont) - 1  # position predicting the first continuation token
+        positions = torch.arange(position, position + embeds.shape[1], device=engine.device)[None]
+        with engine.patch.routed(step):
+            hidden = engine.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
+        logits = engine.model.lm_head(hidden.last_hidden_state[0, first:-1]).float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        target = torch.tensor(cont, device=logits.device)
+        total = float(logprobs.gather(1, target[:, None]).sum())
+        return total, bool((logits.argmax(dim=-1) == target).all())
+
+    def _prepare(self, question: str, new_tokens: int, scored: int = 0):
+        """Validate, flush, and build the QA handler, the prefill embeddings
+        ``[image_newline, question...]`` and the first prefill position."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         if self.frames == 0:
             raise RuntimeError("no frames in this session yet: call add_frames() before ask()")
         engine = self.engine
-        settings = engine.generation_settings(max_new_tokens=max_new_tokens, **generation)
         self.flush()
         suffix = engine.prompt_suffix_ids(question)
         frames_in_context = self._context_frames()
-        step = QAStep(self.state, engine.rope, self._selector(), frames_in_context, settings.max_new_tokens)
+        step = QAStep(self.state, engine.rope, self._selector(), frames_in_context, new_tokens, question_end=1 + len(suffix))
         context = self.state.sinks + frames_in_context * engine.frame_tokens
-        self._check_budget(context + 1 + len(suffix) + settings.max_new_tokens)
+        self._check_budget(context + 1 + len(suffix) + new_tokens)
         embeds = torch.cat([engine.newline_embedding(), engine.embed(suffix)], dim=1)
-        return self._decode(step, embeds, context, settings, return_logits)
+        return step, embeds, context
 
     def _context_frames(self) -> int:
         topk, stored = self.config.topk_frames, self.state.store.frames

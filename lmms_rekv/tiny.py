@@ -119,3 +119,20 @@ def build_tiny_model(
         json.dump({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": image_size, "width": image_size}}, fh, indent=1)
     logger.info("wrote tiny LLaVA-OneVision to %s", path)
     return path
+
+
+def main() -> None:
+    """``python -m lmms_rekv.tiny [DIR]``: build the tiny model (default: the embedded one,
+    reused when present) and print its directory."""
+    import sys
+
+    if len(sys.argv) > 1:
+        print(build_tiny_model(sys.argv[1]))
+    else:
+        from .demo import tiny_model_dir
+
+        print(tiny_model_dir())
+
+
+if __name__ == "__main__":
+    main()

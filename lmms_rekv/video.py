@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -18,32 +18,61 @@ class VideoError(RuntimeError):
     """A video that cannot be used: missing, unreadable or without frames."""
 
 
-def iter_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, end_time: Optional[float] = None) -> Iterator[np.ndarray]:
-    """Yield RGB frames sampled at ``fps`` (the first frame at or after each ``k / fps``
-    seconds), up to ``max_frames`` and ``end_time`` seconds."""
+def video_duration(path: str) -> Optional[float]:
+    """Duration in seconds from the container's metadata (None when unknown)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / 1_000_000
+    except Exception:
+        return None
+    return None
+
+
+def iter_video_timed(
+    path: str,
+    fps: float = 0.5,
+    max_frames: Optional[int] = None,
+    start_time: float = 0.0,
+    end_time: Optional[float] = None,
+) -> Iterator[Tuple[float, np.ndarray]]:
+    """Yield ``(seconds, rgb frame)`` sampled at ``fps`` (the first frame at or after each
+    ``start_time + k / fps``), never past ``end_time``. With ``max_frames`` and a known
+    duration the rate is lowered so that at most ``max_frames`` frames cover the whole span
+    (uniform sampling); the count is capped in any case."""
     import av
 
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if not os.path.isfile(path):
         raise VideoError(f"video not found: {path}")
+    if max_frames is not None:
+        duration = video_duration(path)
+        span = None if duration is None else (min(duration, end_time) if end_time is not None else duration) - start_time
+        if span is not None and span > 0 and span * fps > max_frames:
+            fps = max_frames / span
     try:
         container = av.open(path)
     except Exception as exc:
         raise VideoError(f"cannot open video {path}: {exc}") from exc
-    count, next_time = 0, 0.0
+    count, next_time = 0, start_time
     try:
         if not container.streams.video:
             raise VideoError(f"no video stream in {path}")
         for frame in container.decode(video=0):
             t = float(frame.time) if frame.time is not None else next_time
-            if end_time is not None and t > end_time:
+            if end_time is not None and t > end_time + 1e-6:
                 break
             if t + 1e-6 < next_time:
                 continue
-            yield frame.to_ndarray(format="rgb24")
+            yield t, frame.to_ndarray(format="rgb24")
             count += 1
-            next_time = count / fps
+            next_time = start_time + count / fps
             if max_frames is not None and count >= max_frames:
                 break
     except VideoError:
@@ -54,6 +83,41 @@ def iter_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, en
         container.close()
     if count == 0:
         raise VideoError(f"no frames decoded from {path}")
+
+
+def iter_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, end_time: Optional[float] = None) -> Iterator[np.ndarray]:
+    """RGB frames of ``path`` sampled at ``fps`` (see ``iter_video_timed``)."""
+    for _, frame in iter_video_timed(path, fps, max_frames, end_time=end_time):
+        yield frame
+
+
+class FrameStream:
+    """One pass over a video, handed out in time order up to a requested time.
+
+    ``until(t)`` returns the sampled frames with timestamps ``<= t`` not handed out yet
+    (all remaining ones for ``t=None``), so a question at ``t`` never sees a later frame;
+    the video is decoded once however many questions are asked on it."""
+
+    def __init__(self, path: str, fps: float, max_frames: Optional[int] = None, start_time: float = 0.0) -> None:
+        self._frames = iter_video_timed(path, fps, max_frames, start_time=start_time)
+        self._held: Optional[Tuple[float, np.ndarray]] = None
+        self.done = False
+        self.frames_out = 0
+
+    def until(self, end_time: Optional[float]) -> Optional[np.ndarray]:
+        out = []
+        while not self.done:
+            item = self._held or next(self._frames, None)
+            self._held = None
+            if item is None:
+                self.done = True
+                break
+            if end_time is not None and item[0] > end_time + 1e-6:
+                self._held = item
+                break
+            out.append(item[1])
+        self.frames_out += len(out)
+        return np.stack(out) if out else None
 
 
 def read_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, end_time: Optional[float] = None) -> np.ndarray:
@@ -84,7 +148,7 @@ def write_video(path: str, frames: np.ndarray, fps: int = 4) -> str:
     import av
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp" + os.path.splitext(path)[1]
+    tmp = f"{path}.{os.getpid()}.tmp{os.path.splitext(path)[1]}"
     with av.open(tmp, mode="w") as container:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = container.add_stream(codec, rate=fps)

@@ -54,3 +54,28 @@ def test_windowed_with_every_frame_matches_dense_reference(load, frames):
     full.add_frames(video)
     other = full.answer(QUESTION, max_new_tokens=6, return_logits=True, eos_token_ids=())
     assert not torch.allclose(other.logits[0], answer.logits[0], atol=1e-3)
+
+
+def test_loglikelihood_matches_vanilla_forward(load, frames):
+    engine = load(window_tokens=None, topk_frames=None, chunk_frames=4)
+    video = frames(6, seed=9)
+    session = engine.new_session()
+    session.add_frames(video)
+    question, continuation = "which option is right? A. red B. blue", "B. blue"
+    ours, greedy = session.loglikelihood(question, continuation)
+
+    cont = engine.tokenize(continuation)
+    ids = torch.cat([engine.vanilla_input_ids(question, len(video)), torch.tensor([cont])], dim=1)
+    pixels = engine.processor(torch.from_numpy(video))
+    with torch.inference_mode():
+        logits = engine.model(input_ids=ids, pixel_values_videos=pixels[None]).logits[0].float()
+    logprobs = torch.log_softmax(logits[-len(cont) - 1 : -1], dim=-1)
+    target = torch.tensor(cont)
+    expected = float(logprobs.gather(1, target[:, None]).sum())
+    assert abs(ours - expected) < 1e-4
+    assert greedy == bool((logprobs.argmax(-1) == target).all())
+    # a continuation equal to the greedy answer is reported as greedy
+    answer = session.answer(question, max_new_tokens=3, eos_token_ids=())
+    text = engine.tokenizer.decode(answer.token_ids)
+    if engine.tokenize(text) == answer.token_ids:
+        assert session.loglikelihood(question, text)[1]

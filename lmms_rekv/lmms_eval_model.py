@@ -1,0 +1,248 @@
+"""The lmms-eval model ``rekv_llava_ov``: LLaVA-OneVision answering through ReKV.
+
+    lmms-eval --model rekv_llava_ov \\
+        --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,fps=0.5,topk_frames=64 \\
+        --tasks egoschema
+
+Requests are grouped by video: each video is decoded once at ``fps`` and encoded once, and
+every question on it is answered from the same session. A visual may carry a temporal
+fragment, ``path#t=END`` or ``path#t=START,END`` (seconds): the stream then covers START..
+and a question is answered once the frames up to END are encoded -- never later ones. A
+video that cannot be read, or a question that fails, is logged and recorded in
+``self.failures`` (and appended to ``$LMMS_REKV_FAILURES`` as JSON lines when set); its
+documents get an empty answer and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from lmms_eval.api.model import lmms
+from tqdm.auto import tqdm
+
+from .config import ReKVConfig
+from .model import ReKVLlavaOneVision
+from .video import FrameStream
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDERS = ("<video>", "<image>")
+
+
+@dataclass
+class Job:
+    """One request: its position, arguments, video and time span."""
+
+    index: int
+    args: tuple
+    doc: Any
+    path: str
+    start: float
+    end: Optional[float]
+
+
+def parse_visual(visual: Any) -> Tuple[str, float, Optional[float]]:
+    """``(path, start, end)`` of a visual: a video path with an optional ``#t=[START,]END``."""
+    if isinstance(visual, dict):
+        return str(visual["video"]), float(visual.get("start") or 0.0), _maybe_float(visual.get("end"))
+    if not isinstance(visual, (str, os.PathLike)):
+        raise ValueError(f"rekv_llava_ov answers about videos; got a {type(visual).__name__} visual")
+    path, _, fragment = str(visual).partition("#t=")
+    if not fragment:
+        return path, 0.0, None
+    start, _, end = fragment.partition(",")
+    return (path, 0.0, float(start)) if not end else (path, float(start or 0.0), float(end))
+
+
+def _maybe_float(value) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def _none_or_int(value) -> Optional[int]:
+    if value is None or str(value).lower() in ("none", "null", "all", ""):
+        return None
+    return int(value)
+
+
+class ReKVLlavaOV(lmms):
+    """lmms-eval model for LLaVA-OneVision with ReKV streaming retrieval.
+
+    Model args: ``pretrained`` (llava-hf directory or hub id), ``dtype`` (auto|float16|
+    bfloat16|float32), ``device`` (default cuda:LOCAL_RANK, else cpu), ``fps`` (frames sampled
+    per second, default 0.5), ``max_frames`` (cap; sampling becomes uniform over the video),
+    ``window_tokens``, ``topk_frames``, ``retrieval``, ``score``, ``offload``, ``chunk_frames``
+    (see ``ReKVConfig``; ``None`` accepted for window/topk), ``max_new_tokens`` (default when
+    a task gives none)."""
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str,
+        dtype: str = "auto",
+        device: Optional[str] = None,
+        fps: float = 0.5,
+        max_frames: Optional[int] = None,
+        window_tokens: Any = 15_000,
+        topk_frames: Any = 64,
+        retrieval: str = "internal",
+        score: str = "dot",
+        offload: str = "cpu",
+        chunk_frames: int = 64,
+        max_new_tokens: int = 16,
+        batch_size: Any = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if kwargs:
+            logger.warning("rekv_llava_ov ignores unknown model args: %s", sorted(kwargs))
+        if str(batch_size) not in ("1", "auto"):
+            logger.warning("rekv_llava_ov answers one stream at a time; batch_size=%s ignored", batch_size)
+        self._rank = int(os.environ.get("RANK", 0))
+        self._world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self._device = self._pick_device(device)
+        config = ReKVConfig(
+            window_tokens=_none_or_int(window_tokens), topk_frames=_none_or_int(topk_frames), retrieval=retrieval,
+            score=score, offload=offload, chunk_frames=int(chunk_frames),
+        )
+        self.engine = ReKVLlavaOneVision.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device)
+        self.fps = float(fps)
+        self.max_frames = _none_or_int(max_frames)
+        self.max_new_tokens = int(max_new_tokens)
+        self.failures: List[Dict[str, Any]] = []
+        self.videos_decoded = 0
+
+    @staticmethod
+    def _pick_device(device: Optional[str]) -> torch.device:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if device in (None, "", "auto") or str(device).startswith("cuda"):
+            if torch.cuda.is_available():
+                return torch.device(f"cuda:{local}" if device in (None, "", "auto", "cuda") else device)
+            if device not in (None, "", "auto"):
+                logger.warning("device=%s requested but CUDA is not available; using cpu", device)
+            return torch.device("cpu")
+        return torch.device(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    # -- request plumbing -----------------------------------------------------------------
+    def _jobs(self, requests) -> List[Job]:
+        jobs = []
+        for index, request in enumerate(requests):
+            args = request.args
+            doc_to_visual, doc_id, task, split = args[2], args[-3], args[-2], args[-1]
+            doc = self.task_dict[task][split][doc_id]
+            try:
+                visuals = doc_to_visual(doc) or []
+                if len(visuals) != 1:
+                    raise ValueError(f"rekv_llava_ov needs exactly one video per document, got {len(visuals)} visuals")
+                path, start, end = parse_visual(visuals[0])
+            except Exception as exc:  # recorded when the group runs
+                path, start, end = f"<invalid:{index}>", 0.0, None
+                doc = {"__error__": exc}
+            jobs.append(Job(index, args, doc, path, start, end))
+        return jobs
+
+    def _run(self, requests, answer: Callable, failed: Any, desc: str) -> list:
+        """Answer every request through one session per (video, start), questions in time order."""
+        results = [failed] * len(requests)
+        groups: "OrderedDict[tuple, List[Job]]" = OrderedDict()
+        for job in self._jobs(requests):
+            groups.setdefault((job.path, job.start), []).append(job)
+        bar = tqdm(total=len(requests), disable=self.rank != 0, desc=desc)
+        for (path, start), jobs in groups.items():
+            jobs.sort(key=lambda j: math.inf if j.end is None else j.end)
+            self._run_video(path, start, jobs, answer, results, bar)
+        bar.close()
+        return results
+
+    def _run_video(self, path: str, start: float, jobs: List[Job], answer: Callable, results: list, bar) -> None:
+        session, stream = None, None
+        for job in jobs:
+            try:
+                if isinstance(job.doc, dict) and "__error__" in job.doc:
+                    raise job.doc["__error__"]
+                if stream is None:
+                    stream = FrameStream(path, self.fps, self.max_frames, start_time=start)
+                    session = self.engine.new_session()
+                    self.videos_decoded += 1
+                frames = stream.until(job.end)
+                if frames is not None:
+                    session.add_frames(frames)
+                results[job.index] = answer(session, job)
+            except Exception as exc:  # one bad document must not end the run
+                self._record_failure(job, exc)
+            bar.update(1)
+
+    def _record_failure(self, job: Job, exc: Exception) -> None:
+        args = job.args
+        entry = {"task": args[-2], "split": args[-1], "doc_id": args[-3], "video": job.path, "error": f"{type(exc).__name__}: {exc}"}
+        self.failures.append(entry)
+        logger.error("rekv_llava_ov: %s/%s doc %s failed (%s): %s", entry["task"], entry["split"], entry["doc_id"], job.path, entry["error"])
+        target = os.environ.get("LMMS_REKV_FAILURES")
+        if target:
+            with open(target, "a") as fh:
+                fh.write(json.dumps(entry, default=str) + "\n")
+
+    # -- lmms-eval API --------------------------------------------------------------------
+    def generate_until(self, requests) -> List[str]:
+        def answer(session, job: Job) -> str:
+            context, gen_kwargs = job.args[0], dict(job.args[1] or {})
+            return session.ask(clean_context(context), **self._generation(gen_kwargs)).strip()
+
+        return self._run(requests, answer, "", "rekv_llava_ov generate")
+
+    def loglikelihood(self, requests) -> List[Tuple[float, bool]]:
+        def answer(session, job: Job) -> Tuple[float, bool]:
+            context, target = job.args[0], job.args[1]
+            continuation = target if isinstance(target, str) else target(job.doc)
+            return session.loglikelihood(clean_context(context), continuation)
+
+        return self._run(requests, answer, (float("-inf"), False), "rekv_llava_ov loglikelihood")
+
+    def generate_until_multi_round(self, requests) -> list:
+        def answer(session, job: Job):
+            context, gen_kwargs, doc_to_text = job.args[0], dict(job.args[1] or {}), job.args[3]
+            gen_kwargs.pop("until", None)
+            settings = self._generation(gen_kwargs)
+            outputs, info, round_idx = [], None, 0
+            while True:
+                if round_idx > 0:
+                    _, context, terminal, round_res, info = doc_to_text(
+                        job.doc, previous_output=outputs, round_idx=round_idx, previous_round_info=info
+                    )
+                    if terminal:
+                        return tuple(round_res) if round_res is not None else tuple(outputs)
+                outputs.append(session.ask(clean_context(context), **settings).strip())
+                round_idx += 1
+
+        return self._run(requests, answer, ("",), "rekv_llava_ov multi-round")
+
+    def _generation(self, gen_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """``ask`` keyword arguments from lmms-eval ``gen_kwargs`` (temperature 0 = greedy)."""
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        do_sample = bool(gen_kwargs.get("do_sample", False)) and temperature > 0
+        if int(gen_kwargs.get("num_beams", 1) or 1) > 1:
+            logger.warning("rekv_llava_ov decodes without beam search; num_beams ignored")
+        settings = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens), "stop": until}
+        if do_sample:
+            settings.update(do_sample=True, temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0))
+        return settings
+
+
+def clean_context(context: str) -> str:
+    """The task's prompt without image/video placeholders (the template places the video)."""
+    for placeholder in PLACEHOLDERS:
+        context = context.replace(placeholder, "")
+    return context.strip() or context

@@ -1,0 +1,174 @@
+"""lmms-eval integration: the rekv_llava_ov model class and the rekv_demo task."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from lmms_eval.api.instance import Instance
+
+from lmms_rekv.video import FrameStream, iter_video, read_video, write_video
+
+TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")
+MODEL_ARGS = "window_tokens=64,topk_frames=4,chunk_frames=4,fps=1"
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_dir):
+    from lmms_rekv.lmms_eval_model import ReKVLlavaOV
+
+    return ReKVLlavaOV(pretrained=tiny_dir, dtype="float32", device="cpu", window_tokens=64, topk_frames=4, chunk_frames=4, fps=2)
+
+
+def _video(tmp_path, name, frames):
+    return write_video(str(tmp_path / f"{name}.mp4"), frames, fps=4)
+
+
+def _clip(seed, seconds=6, size=48):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (seconds * 4, size, size, 3), dtype=np.uint8)
+
+
+def _requests(lm, docs, kind="generate_until", gen_kwargs=None):
+    lm.task_dict = {"t": {"test": docs}}
+    out = []
+    for i, doc in enumerate(docs):
+        visual = lambda d: [d["visual"]]  # noqa: E731
+        if kind == "generate_until":
+            args = (doc["q"], dict(gen_kwargs or {"max_new_tokens": 5, "until": []}), visual, i, "t", "test")
+        else:
+            args = (doc["q"], doc["a"], visual, i, "t", "test")
+        out.append(Instance(request_type=kind, arguments=args, idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1}))
+    return out
+
+
+def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
+    import lmms_rekv.lmms_eval_model as module
+
+    path = _video(tmp_path, "a", _clip(0))
+    other = _video(tmp_path, "b", _clip(1))
+    questions = ["what is first?", "what color is it?", "where is the cup?"]
+    docs = [{"q": q, "visual": path} for q in questions] + [{"q": "anything?", "visual": other}]
+    encodes = []
+    real_session = lm.engine.new_session
+
+    def counting_session():
+        session = real_session()
+        original = session._encode
+        session._encode = lambda pixels: (encodes.append(pixels.shape[0]), original(pixels))[1]
+        return session
+
+    monkeypatch.setattr(lm.engine, "new_session", counting_session)
+    streams = []
+    monkeypatch.setattr(module, "FrameStream", lambda *a, **k: streams.append(a[0]) or FrameStream(*a, **k))
+
+    before = lm.videos_decoded
+    answers = lm.generate_until(_requests(lm, docs))
+    assert lm.videos_decoded - before == 2 and sorted(streams) == sorted([path, other])
+    assert sum(encodes) == 2 * 12  # 6 s at 2 fps, each frame of each video encoded once
+    monkeypatch.undo()
+    for q, got in zip(questions, answers):
+        fresh = lm.engine.new_session()
+        fresh.add_frames(np.stack(list(iter_video(path, fps=2))))
+        assert fresh.ask(q, max_new_tokens=5).strip() == got
+
+
+def test_streaming_question_never_sees_later_frames(lm, tmp_path):
+    base = _clip(2, seconds=8)
+    changed = base.copy()
+    changed[4 * 4 + 2 :] = 255 - changed[4 * 4 + 2 :]  # differs after 4.5 s
+    same_until = [_video(tmp_path, "s1", base), _video(tmp_path, "s2", changed)]
+    docs = [{"q": "what happens now?", "visual": f"{p}#t=4.0"} for p in same_until]
+    docs += [{"q": "what happens now?", "visual": p} for p in same_until]
+    live_a, live_b, full_a, full_b = lm.generate_until(_requests(lm, docs, gen_kwargs={"max_new_tokens": 8}))
+    assert live_a == live_b
+    assert full_a != full_b  # the later frames do matter once they are in the stream
+    session = lm.engine.new_session()
+    session.add_frames(read_video(same_until[0], fps=2, end_time=4.0))
+    assert session.ask("what happens now?", max_new_tokens=8).strip() == live_a
+
+
+def test_bad_videos_are_recorded_and_others_answered(lm, tmp_path, monkeypatch):
+    good = _video(tmp_path, "g", _clip(3))
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00not a video" * 50)
+    log = tmp_path / "failures.jsonl"
+    monkeypatch.setenv("LMMS_REKV_FAILURES", str(log))
+    docs = [{"q": "a?", "visual": str(tmp_path / "missing.mp4")}, {"q": "b?", "visual": str(corrupt)}, {"q": "c?", "visual": good}]
+    lm.failures.clear()
+    answers = lm.generate_until(_requests(lm, docs))
+    assert answers[0] == answers[1] == "" and answers[2] != ""
+    assert [f["doc_id"] for f in lm.failures] == [0, 1]
+    assert "not found" in lm.failures[0]["error"] and "VideoError" in lm.failures[1]["error"]
+    assert len(log.read_text().splitlines()) == 2
+    scores = lm.loglikelihood(_requests(lm, [dict(d, a=" A") for d in docs], kind="loglikelihood"))
+    assert scores[0] == (float("-inf"), False) and np.isfinite(scores[2][0])
+
+
+def test_loglikelihood_matches_session(lm, tmp_path):
+    path = _video(tmp_path, "l", _clip(4))
+    docs = [{"q": "pick one: A. red B. blue", "visual": path, "a": a} for a in ("A", "B")]
+    scores = lm.loglikelihood(_requests(lm, docs, kind="loglikelihood"))
+    session = lm.engine.new_session()
+    session.add_frames(read_video(path, fps=2))
+    for (got, greedy), doc in zip(scores, docs):
+        want = session.loglikelihood(doc["q"], doc["a"])
+        assert abs(got - want[0]) < 1e-5 and greedy == want[1]
+
+
+def test_multi_round(lm, tmp_path):
+    path = _video(tmp_path, "m", _clip(5))
+
+    def doc_to_text(doc, previous_output, round_idx, previous_round_info):
+        if round_idx >= 3:
+            return None, None, True, [o.upper() for o in previous_output], None
+        return None, f"round {round_idx} question?", False, previous_output, previous_round_info
+
+    lm.task_dict = {"t": {"test": [{"visual": path}]}}
+    args = ("round 0 question?", {"max_new_tokens": 4}, lambda d: [d["visual"]], doc_to_text, 0, "t", "test")
+    request = Instance(request_type="generate_until_multi_round", arguments=args, idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    (result,) = lm.generate_until_multi_round([request])
+    session = lm.engine.new_session()
+    session.add_frames(read_video(path, fps=2))
+    expected = tuple(session.ask(f"round {i} question?", max_new_tokens=4).strip().upper() for i in range(3))
+    assert result == expected
+
+
+def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), LMMS_REKV_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval"] if torchrun else [sys.executable, "-m", "lmms_eval"]
+    cmd = head + [
+        "--model", "rekv_llava_ov", "--model_args", f"pretrained={tiny_dir},{MODEL_ARGS}", "--tasks", "rekv_demo",
+        "--include_path", tasks_dir, "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.load(open(glob.glob(str(out / "*" / "*_results.json"))[0]))
+    samples = [json.loads(line) for line in open(glob.glob(str(out / "*" / "*_samples_rekv_demo.jsonl"))[0])]
+    return results, {s["doc_id"]: s["filtered_resps"] for s in samples}
+
+
+def test_cli_rekv_demo_single_and_torchrun(tmp_path, tiny_dir):
+    results, single = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "one")
+    assert "accuracy,none" in results["results"]["rekv_demo"]
+    assert len(single) == 16
+    _, double = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "two", torchrun=True)
+    assert double == single
+
+
+def test_cli_survives_bad_documents(tmp_path, tiny_dir):
+    tasks = tmp_path / "tasks"
+    shutil.copytree(os.path.join(TASKS_DIR, "rekv_demo"), tasks / "rekv_demo")
+    docs = json.load(open(tasks / "rekv_demo" / "rekv_demo.json"))
+    docs[0]["path"] = str(tmp_path / "missing.mp4")
+    (tmp_path / "bad.mp4").write_bytes(b"garbage" * 100)
+    docs[5]["path"] = str(tmp_path / "bad.mp4")
+    json.dump(docs, open(tasks / "rekv_demo" / "rekv_demo.json", "w"))
+    results, predictions = _cli(tmp_path, tiny_dir, str(tasks), tmp_path / "bad")
+    assert predictions[0] == "" and predictions[5] == ""
+    assert sum(1 for p in predictions.values() if p) == 14
+    assert "accuracy,none" in results["results"]["rekv_demo"]
