@@ -139,10 +139,11 @@ class ReKVLlavaOV(lmms):
         jobs = []
         for index, request in enumerate(requests):
             args = request.args
-            doc_to_visual, doc_id, task, split = args[2], args[-3], args[-2], args[-1]
-            doc = self.task_dict[task][split][doc_id]
             try:
-                visuals = doc_to_visual(doc) or []
+                if len(args) < 6:
+                    raise ValueError("request without a video (e.g. an unconditional loglikelihood)")
+                doc = self.task_dict[args[-2]][args[-1]][args[-3]]
+                visuals = args[2](doc) or []
                 if len(visuals) != 1:
                     raise ValueError(f"rekv_llava_ov needs exactly one video per document, got {len(visuals)} visuals")
                 path, start, end = parse_visual(visuals[0])
@@ -184,7 +185,7 @@ class ReKVLlavaOV(lmms):
             bar.update(1)
 
     def _record_failure(self, job: Job, exc: Exception) -> None:
-        args = job.args
+        args = job.args if len(job.args) >= 6 else (None,) * 6
         entry = {"task": args[-2], "split": args[-1], "doc_id": args[-3], "video": job.path, "error": f"{type(exc).__name__}: {exc}"}
         self.failures.append(entry)
         logger.error("rekv_llava_ov: %s/%s doc %s failed (%s): %s", entry["task"], entry["split"], entry["doc_id"], job.path, entry["error"])

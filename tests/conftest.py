@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# lmms-eval task modules read HF_HOME at import; never touch the user's cache from tests
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="rekv-hf-"))
 torch.manual_seed(0)
 
 

@@ -7,7 +7,8 @@ written under ``$LMMS_REKV_HOME/rekv_demo`` (default ``~/.cache/lmms-rekv/rekv_d
 from __future__ import annotations
 
 import os
-import re
+
+from lmms_rekv.tasks.common import extract_letter, format_options
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
@@ -53,16 +54,11 @@ def doc_to_visual(doc):
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
     kwargs = lmms_eval_specific_kwargs or {}
-    options = "\n".join(f"{letter}. {option}" for letter, option in zip("ABCD", doc["options"]))
+    options = format_options(doc["options"])
     post = kwargs.get("post_prompt", "Answer with the option's letter from the given choices directly.")
     return f"{kwargs.get('pre_prompt', '')}{doc['question']}\n{options}\n{post}"
 
 
-def extract_letter(text: str) -> str:
-    match = re.search(r"\b([ABCD])\b", text.strip().upper())
-    return match.group(1) if match else ""
-
-
 def process_results(doc, results):
     prediction = results[0] if results else ""
-    return {"accuracy": float(extract_letter(prediction) == doc["answer"])}
+    return {"accuracy": float(extract_letter(prediction, len(doc["options"])) == doc["answer"])}
