@@ -9,7 +9,9 @@ from typing import Optional
 #: Visual tokens per frame of LLaVA-OneVision (27x27 SigLIP patches pooled to 14x14).
 LLAVA_OV_FRAME_TOKENS = 196
 
-RETRIEVAL_MODES = ("internal",)
+RETRIEVAL_MODES = ("internal", "external", "hybrid")
+FUSION_RULES = ("zscore", "rrf")
+ADAPTIVE_POLICIES = (None, "mass")
 SCORES = ("dot", "cosine")
 OFFLOAD_TIERS = ("cpu", "device")
 
@@ -22,8 +24,10 @@ class ReKVConfig:
         window_tokens: tokens of the sliding window each encoded token attends to (besides
             the sinks). ``None`` = unbounded (full causal attention while encoding).
         topk_frames: frames retrieved per layer for each question. ``None`` = every frame.
-        retrieval: how frames are picked at question time; ``"internal"`` scores each
-            frame with the model's own (pre-RoPE) queries and keys, per layer.
+        retrieval: how frames are scored at question time: ``"internal"`` with the model's
+            own pre-RoPE queries and keys, per layer; ``"external"`` by the cosine between
+            open_clip embeddings of the question and of each frame (same frames on every
+            layer); ``"hybrid"`` fuses both per layer (``hybrid_rule``, ``hybrid_alpha``).
         score: ``"dot"`` (raw dot product, ReKV's code) or ``"cosine"`` (ReKV's paper).
         chunk_frames: frames encoded per language-model forward. Frames added to a session
             are buffered until a full chunk exists (or a question flushes them), so the
@@ -37,6 +41,16 @@ class ReKVConfig:
         qa_budget_tokens: most context tokens (sinks + retrieved frames + question +
             answer) a question may use; ``None`` = the model's ``max_position_embeddings``.
         qa_reserve_tokens: tokens kept free in the QA budget for the question and answer.
+        clip_model: open_clip model name, or a path to an open_clip model-config JSON.
+        clip_pretrained: open_clip pretrained tag or local checkpoint; None = random weights.
+        clip_batch_size: frames per embedding batch.
+        hybrid_rule: ``"zscore"`` (mix z-scored scores) or ``"rrf"`` (reciprocal-rank fusion).
+        hybrid_alpha: weight of the external score in hybrid mode (0..1).
+        adaptive: ``None`` (load ``topk_frames``) or ``"mass"``: the fewest frames covering
+            ``adaptive_mass`` of ``softmax(zscore(score) / adaptive_temperature)``, at least
+            ``adaptive_min_frames`` and at most ``topk_frames``.
+        recent_frames: the last N frames are always loaded (within the budget).
+        group_frames: frames are scored and loaded in groups of this many consecutive frames.
     """
 
     window_tokens: Optional[int] = 15_000
@@ -49,6 +63,17 @@ class ReKVConfig:
     frame_tokens: int = LLAVA_OV_FRAME_TOKENS
     qa_budget_tokens: Optional[int] = 32_768
     qa_reserve_tokens: int = 512
+    clip_model: str = "ViT-SO400M-14-SigLIP-384"
+    clip_pretrained: Optional[str] = "webli"
+    clip_batch_size: int = 32
+    hybrid_rule: str = "zscore"
+    hybrid_alpha: float = 0.5
+    adaptive: Optional[str] = None
+    adaptive_mass: float = 0.9
+    adaptive_temperature: float = 0.1
+    adaptive_min_frames: int = 1
+    recent_frames: int = 0
+    group_frames: int = 1
 
     def __post_init__(self) -> None:
         _positive("window_tokens", self.window_tokens, optional=True)
@@ -62,6 +87,23 @@ class ReKVConfig:
         _choice("retrieval", self.retrieval, RETRIEVAL_MODES)
         _choice("score", self.score, SCORES)
         _choice("offload", self.offload, OFFLOAD_TIERS)
+        _choice("hybrid_rule", self.hybrid_rule, FUSION_RULES)
+        _choice("adaptive", self.adaptive, ADAPTIVE_POLICIES)
+        _positive("clip_batch_size", self.clip_batch_size)
+        _positive("adaptive_min_frames", self.adaptive_min_frames)
+        _positive("group_frames", self.group_frames)
+        _unit("hybrid_alpha", self.hybrid_alpha, closed_low=True)
+        _unit("adaptive_mass", self.adaptive_mass, closed_low=False)
+        if not isinstance(self.adaptive_temperature, (int, float)) or not self.adaptive_temperature > 0:
+            raise ValueError(f"adaptive_temperature must be > 0, got {self.adaptive_temperature!r}")
+        if not isinstance(self.recent_frames, int) or self.recent_frames < 0:
+            raise ValueError(f"recent_frames must be an int >= 0, got {self.recent_frames!r}")
+        if self.topk_frames is not None:
+            if self.recent_frames > self.topk_frames:
+                raise ValueError(f"recent_frames={self.recent_frames} exceeds topk_frames={self.topk_frames}")
+            free = self.topk_frames - self.recent_frames
+            if free and self.group_frames > free:
+                raise ValueError(f"group_frames={self.group_frames} does not fit the {free} frames topk_frames leaves after recent_frames")
         if self.topk_frames is not None and self.qa_budget_tokens is not None:
             need = self.topk_frames * self.frame_tokens + self.qa_reserve_tokens
             if need > self.qa_budget_tokens:
@@ -70,6 +112,21 @@ class ReKVConfig:
                     f"{self.qa_reserve_tokens} reserved = {need} tokens do not fit the QA budget "
                     f"of {self.qa_budget_tokens} tokens; lower topk_frames or raise qa_budget_tokens"
                 )
+
+    @property
+    def uses_embeddings(self) -> bool:
+        """Whether frames and questions are embedded with the open_clip model."""
+        return self.retrieval in ("external", "hybrid")
+
+    def policy(self):
+        """The frame-selection policy these settings describe."""
+        from .selection import SelectionPolicy
+
+        return SelectionPolicy(
+            topk=self.topk_frames, adaptive=self.adaptive, mass=self.adaptive_mass,
+            temperature=self.adaptive_temperature, min_frames=self.adaptive_min_frames,
+            recent=self.recent_frames, group=self.group_frames,
+        )
 
     def replace(self, **changes) -> "ReKVConfig":
         """A copy with ``changes`` applied (validated again)."""
@@ -89,6 +146,13 @@ def _positive(name: str, value, optional: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         kind = "a positive int or None" if optional else "a positive int"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def _unit(name: str, value, closed_low: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 1
+    ok = ok and (value >= 0 if closed_low else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be in {'[0, 1]' if closed_low else '(0, 1]'}, got {value!r}")
 
 
 def _choice(name: str, value, allowed: tuple) -> None:

@@ -86,6 +86,7 @@ class ReKVLlavaOneVision:
         self.patch = patch_for(model)
         self.rope = Rope(self.language_model)
         self._prefix_ids: Optional[List[int]] = None
+        self._embedder = None
 
     @classmethod
     def from_pretrained(
@@ -112,7 +113,24 @@ class ReKVLlavaOneVision:
         template = load_chat_template(path, tokenizer)
         processor = FrameProcessor.from_dir(path, model.config.vision_config.image_size)
         logger.info("loaded %s (%s, %s)", path_or_id, dtype, device)
-        return cls(model, tokenizer, template, processor, config, source=path_or_id)
+        engine = cls(model, tokenizer, template, processor, config, source=path_or_id)
+        if engine.config.uses_embeddings:
+            engine.embedder  # load the open_clip model now: a missing extra fails here, not mid-stream
+        return engine
+
+    @property
+    def embedder(self):
+        """The external-retrieval embedder, loaded once per engine on first use."""
+        if self._embedder is None:
+            from .embedder import ClipEmbedder
+
+            cfg = self.config
+            self._embedder = ClipEmbedder(cfg.clip_model, cfg.clip_pretrained, self.device, cfg.clip_batch_size)
+        return self._embedder
+
+    @embedder.setter
+    def embedder(self, value) -> None:
+        self._embedder = value
 
     def new_session(self):
         """A new stream with its own KV store."""

@@ -1,10 +1,13 @@
-"""Question answering over retrieved KV: the QA attention handler and the decoding loop.
+"""Question answering over retrieved KV: the QA attention handler.
 
-Context layout (consecutive positions, as vanilla LLaVA-OV sees it when every frame is
-retrieved): ``[sinks (0..S-1), retrieved frames in time order (S..C-1), image_newline,
-question + rest of the chat template, answer]`` with ``C = S + K * frame_tokens``.
-Retrieval happens inside each layer's attention during the prefill, from that layer's
-pre-RoPE question queries (the question tokens, not the newline).
+Context layout of layer ``l`` (consecutive positions; with every frame retrieved this is
+exactly what vanilla LLaVA-OV sees): ``[sinks (0..S-1), the K_l frames layer l retrieved,
+in time order (S..C_l-1), image_newline, question + rest of the chat template, answer]``
+with ``C_l = S + K_l * frame_tokens``. Retrieval happens inside each layer's attention
+during the prefill, from that layer's pre-RoPE question queries (the question tokens only).
+Because ``K_l`` may differ between layers (adaptive policies), the handler rotates the
+pre-RoPE queries and keys itself at each layer's own positions; the positions the model
+was called with are not used.
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ class QAStep:
 
     state: StreamState
     rope: Rope
-    select: Selector  # (layer, question query mean (Hq, D) fp32) -> frame indices (K,)
-    frames: int  # K, the same on every layer
-    extra_tokens: int
+    select: Selector  # (layer, question query mean (Hq, D) fp32) -> sorted frame indices
+    max_tokens: int  # positions a layer may use: context + prefill + answer
+    extra_tokens: int  # answer tokens to leave room for
     question_offset: int = 1  # the first prefill token is image_newline, not question
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
     decoding: bool = False
@@ -57,36 +60,40 @@ class QAStep:
     _caches: List[Optional[_LayerCache]] = field(default_factory=list)
     _tables: Optional[tuple] = None
 
+    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """RoPE of ``(H, T, D)`` pre-RoPE ``x`` at positions ``start..start+T-1``."""
+        if self._tables is None:
+            self._tables = self.rope.tables(torch.arange(self.max_tokens, device=x.device), x)
+        cos, sin = self._tables
+        end = start + x.shape[1]
+        if end > cos.shape[0]:
+            raise RuntimeError(f"position {end} beyond the {cos.shape[0]} positions reserved for this question")
+        return self.rope.rotate(x, cos[start:end], sin[start:end])
+
     def attend(self, layer, q, k, v, q_pre, k_pre, scaling):
-        q, k, v = q[0], k[0], v[0]
+        q_pre, k_pre, v = q_pre[0].transpose(0, 1), k_pre[0].transpose(0, 1), v[0]
         if self.decoding:
             cache = self._caches[layer]
             past = cache.length
-            cache.append(k, v)
+            cache.append(self._rotate(k_pre, past), v)
             keys, values = cache.view()
-            return causal_attention(q, keys, values, scaling, past=past).unsqueeze(0)
-        return self._prefill(layer, q, k, v, q_pre, scaling).unsqueeze(0)
+            return causal_attention(self._rotate(q_pre, past), keys, values, scaling, past=past).unsqueeze(0)
+        return self._prefill(layer, q_pre, k_pre, v, scaling).unsqueeze(0)
 
-    def _prefill(self, layer, q, k, v, q_pre, scaling):
+    def _prefill(self, layer, q_pre, k_pre, v, scaling):
         st = self.state
         if not self._caches:
             self._caches = [None] * st.store.layers
             self.selected = [None] * st.store.layers
-        query_mean = q_pre[0, self.question_offset : self.question_end].float().mean(dim=0)
+        query_mean = q_pre[:, self.question_offset : self.question_end].float().mean(dim=1)
         index = self.select(layer, query_mean)
-        if index.numel() != self.frames:
-            raise RuntimeError(f"layer {layer} selected {index.numel()} frames, expected {self.frames}")
         self.selected[layer] = index
-        k_ctx, v_ctx = st.store.gather(layer, index, q.device)
-        if self._tables is None:
-            sinks = st.sinks
-            positions = torch.arange(sinks, sinks + k_ctx.shape[0], device=q.device)
-            self._tables = self.rope.tables(positions, q)
-        k_ctx = self.rope.rotate(k_ctx.transpose(0, 1), *self._tables)
-        past_k = torch.cat([st.sink_k[layer], k_ctx], dim=1)
+        k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
+        past_k = torch.cat([st.sink_k[layer], self._rotate(k_ctx.transpose(0, 1), st.sinks)], dim=1)
         past_v = torch.cat([st.sink_v[layer], v_ctx.transpose(0, 1)], dim=1)
-        cache = _LayerCache(past_k, past_v, extra=k.shape[1] + self.extra_tokens)
-        cache.append(k, v)
+        past = past_k.shape[1]
+        cache = _LayerCache(past_k, past_v, extra=k_pre.shape[1] + self.extra_tokens)
+        cache.append(self._rotate(k_pre, past), v)
         self._caches[layer] = cache
         keys, values = cache.view()
-        return causal_attention(q, keys, values, scaling, past=past_k.shape[1])
+        return causal_attention(self._rotate(q_pre, past), keys, values, scaling, past=past)

@@ -7,8 +7,6 @@ the raw dot product (``"dot"``, ReKV's code) or its cosine (``"cosine"``, ReKV's
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 
@@ -34,12 +32,3 @@ def frame_scores(query_mean: torch.Tensor, summaries: torch.Tensor, score: str =
         k_norm = summaries.reshape(frames, -1).norm(dim=1) * group**0.5
         return dots / (q_norm * k_norm).clamp_min(torch.finfo(dots.dtype).tiny)
     raise ValueError(f"unknown score {score!r}")
-
-
-def select_frames(scores: torch.Tensor, topk: Optional[int]) -> torch.Tensor:
-    """Indices of the ``topk`` best frames in time order (every frame if ``topk`` is None
-    or not smaller than the number of frames). Returns a 1-D long tensor."""
-    frames = scores.shape[0]
-    if topk is None or topk >= frames:
-        return torch.arange(frames, device=scores.device)
-    return torch.topk(scores, topk).indices.sort().values

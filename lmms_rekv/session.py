@@ -12,8 +12,9 @@ from .encoder import ChunkStep, PrefixStep, StreamState
 from .generation import GenerationSettings, cut_at_stop, next_token
 from .preprocess import as_frames
 from .qa import QAStep
-from .retrieval import frame_scores, select_frames
-from .store import BlockStore
+from .retrieval import frame_scores
+from .selection import fuse, select
+from .store import BlockStore, GrowingRows
 
 if TYPE_CHECKING:
     from .model import ReKVLlavaOneVision
@@ -48,6 +49,7 @@ class ReKVSession:
             layers, engine.frame_tokens, text.num_key_value_heads, head_dim, engine.dtype, storage, engine.device
         )
         self.state = StreamState(store=store, window=self.config.window_tokens)
+        self._embeddings: Optional[GrowingRows] = None
         self._pending: List[torch.Tensor] = []
         self._pending_frames = 0
         self._prefix_done = False
@@ -63,12 +65,27 @@ class ReKVSession:
 
         Full chunks of ``chunk_frames`` are encoded at once; the rest waits for more frames
         or the next question, so the stored KV does not depend on how calls split frames."""
-        pixels = self.engine.processor(as_frames(frames), dtype=self.engine.dtype, device=self.engine.device)
+        frames = as_frames(frames)
+        if self.config.uses_embeddings:
+            self._embed(frames)
+        pixels = self.engine.processor(frames, dtype=self.engine.dtype, device=self.engine.device)
         self._pending.append(pixels)
         self._pending_frames += pixels.shape[0]
         chunk = self.config.chunk_frames
         while self._pending_frames >= chunk:
             self._encode(self._take(chunk))
+
+    def _embed(self, frames: torch.Tensor) -> None:
+        """External-retrieval embeddings of new frames (once per frame, in batches)."""
+        embeddings = self.engine.embedder.embed_frames(frames)
+        if self._embeddings is None:
+            self._embeddings = GrowingRows(embeddings.shape[1], self.engine.device)
+        self._embeddings.append(embeddings)
+
+    @property
+    def embeddings(self) -> Optional[torch.Tensor]:
+        """``(frames, E)`` normalised frame embeddings (external/hybrid retrieval), else None."""
+        return None if self._embeddings is None else self._embeddings.view()
 
     def flush(self) -> None:
         """Encode frames still waiting for a full chunk."""
@@ -160,24 +177,30 @@ class ReKVSession:
         engine = self.engine
         self.flush()
         suffix = engine.prompt_suffix_ids(question)
-        frames_in_context = self._context_frames()
-        step = QAStep(self.state, engine.rope, self._selector(), frames_in_context, new_tokens, question_end=1 + len(suffix))
-        context = self.state.sinks + frames_in_context * engine.frame_tokens
-        self._check_budget(context + 1 + len(suffix) + new_tokens)
+        context = self.state.sinks + self.config.policy().budget(self.state.store.frames) * engine.frame_tokens
+        prefill = 1 + len(suffix) + scored
+        self._check_budget(context + prefill + new_tokens)
+        step = QAStep(
+            self.state, engine.rope, self._selector(question), context + prefill + new_tokens, new_tokens,
+            question_end=1 + len(suffix),
+        )
         embeds = torch.cat([engine.newline_embedding(), engine.embed(suffix)], dim=1)
         return step, embeds, context
 
-    def _context_frames(self) -> int:
-        topk, stored = self.config.topk_frames, self.state.store.frames
-        return stored if topk is None else min(topk, stored)
-
-    def _selector(self):
+    def _selector(self, question: str):
+        """(layer, question query mean) -> frames, for the configured retrieval mode."""
         store, cfg = self.state.store, self.config
-
-        def select(layer: int, query_mean: torch.Tensor) -> torch.Tensor:
-            return select_frames(frame_scores(query_mean, store.summaries(layer), cfg.score), cfg.topk_frames)
-
-        return select
+        policy = cfg.policy()
+        if cfg.retrieval == "internal":
+            return lambda layer, query: select(frame_scores(query, store.summaries(layer), cfg.score), policy)
+        external = self.embeddings[: store.frames] @ self.engine.embedder.embed_text(question)
+        if cfg.retrieval == "external":
+            chosen = select(external, policy)
+            return lambda layer, query: chosen
+        return lambda layer, query: select(
+            fuse(frame_scores(query, store.summaries(layer), cfg.score), external, cfg.hybrid_rule, cfg.hybrid_alpha),
+            policy,
+        )
 
     def _check_budget(self, tokens: int) -> None:
         budget = self.config.qa_budget_tokens
@@ -231,6 +254,6 @@ class ReKVSession:
             "cpu_reserved_bytes": 0 if on_device else store.reserved_bytes,
             "summary_bytes": store.summary_bytes,
             "disk_bytes": 0,
-            "embedding_bytes": 0,
+            "embedding_bytes": 0 if self._embeddings is None else self._embeddings.nbytes,
             "kv_bytes_per_frame": store.bytes_per_frame,
         }

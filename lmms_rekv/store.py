@@ -143,3 +143,30 @@ class BlockStore:
     @property
     def summary_bytes(self) -> int:
         return self.frames * self.layers * self.kv_heads * self.head_dim * 4
+
+
+class GrowingRows:
+    """Rows appended in batches to one preallocated tensor whose capacity doubles."""
+
+    def __init__(self, width: int, device: torch.device, dtype: torch.dtype = torch.float32, capacity: int = 64) -> None:
+        self._data = torch.empty((capacity, width), dtype=dtype, device=device)
+        self.rows = 0
+
+    def append(self, rows: torch.Tensor) -> None:
+        need = self.rows + rows.shape[0]
+        if need > self._data.shape[0]:
+            capacity = self._data.shape[0]
+            while capacity < need:
+                capacity *= 2
+            grown = self._data.new_empty((capacity, self._data.shape[1]))
+            grown[: self.rows] = self._data[: self.rows]
+            self._data = grown
+        self._data[self.rows : need] = rows.to(self._data)
+        self.rows = need
+
+    def view(self) -> torch.Tensor:
+        return self._data[: self.rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self._data.shape[1] * self._data.element_size()

@@ -4,7 +4,8 @@ stored blocks and independently captured question queries; time order preserved.
 import pytest
 import torch
 
-from lmms_rekv.retrieval import frame_scores, select_frames
+from lmms_rekv.retrieval import frame_scores
+from lmms_rekv.selection import SelectionPolicy, select
 
 QUESTION = "where is the red cup after the door opens?"
 
@@ -64,9 +65,9 @@ def test_selection_equals_brute_force(load, frames, score):
 
 def test_select_frames_keeps_time_order_and_handles_all():
     scores = torch.tensor([0.1, 5.0, -1.0, 3.0, 4.0])
-    assert select_frames(scores, 3).tolist() == [1, 3, 4]
-    assert select_frames(scores, None).tolist() == [0, 1, 2, 3, 4]
-    assert select_frames(scores, 9).tolist() == [0, 1, 2, 3, 4]
+    assert select(scores, SelectionPolicy(topk=3)).tolist() == [1, 3, 4]
+    assert select(scores, SelectionPolicy(topk=None)).tolist() == [0, 1, 2, 3, 4]
+    assert select(scores, SelectionPolicy(topk=9)).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_store_unchanged_by_questions(load, frames):
