@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Optional
 
@@ -128,6 +129,16 @@ class ReKVConfig:
             recent=self.recent_frames, group=self.group_frames,
         )
 
+    @classmethod
+    def from_strings(cls, **values) -> "ReKVConfig":
+        """Build from command-line style values ("none" -> None, "64" -> 64, ...), e.g. lmms-eval
+        ``--model_args``; raises ValueError for unknown names or unparsable values."""
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(values) - set(hints))
+        if unknown:
+            raise ValueError(f"unknown ReKVConfig fields: {unknown}")
+        return cls(**{name: _parse(name, value, hints[name]) for name, value in values.items()})
+
     def replace(self, **changes) -> "ReKVConfig":
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -146,6 +157,20 @@ def _positive(name: str, value, optional: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         kind = "a positive int or None" if optional else "a positive int"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def _parse(name: str, value, hint):
+    """``value`` converted to the field type ``hint`` (int, float, str, possibly Optional)."""
+    if not isinstance(value, str):
+        return value
+    args = typing.get_args(hint)
+    if value.strip().lower() in ("none", "null") and type(None) in args:
+        return None
+    target = next((a for a in args if a is not type(None)), hint) if args else hint
+    try:
+        return target(value) if target in (int, float) else value
+    except ValueError as exc:
+        raise ValueError(f"{name}: cannot read {value!r} as {target.__name__}") from exc
 
 
 def _unit(name: str, value, closed_low: bool) -> None:

@@ -90,28 +90,17 @@ class ReKVLlavaOV(lmms):
         device: Optional[str] = None,
         fps: float = 0.5,
         max_frames: Optional[int] = None,
-        window_tokens: Any = 15_000,
-        topk_frames: Any = 64,
-        retrieval: str = "internal",
-        score: str = "dot",
-        offload: str = "cpu",
-        chunk_frames: int = 64,
         max_new_tokens: int = 16,
         batch_size: Any = 1,
-        **kwargs,
+        **rekv_args,
     ) -> None:
         super().__init__()
-        if kwargs:
-            logger.warning("rekv_llava_ov ignores unknown model args: %s", sorted(kwargs))
         if str(batch_size) not in ("1", "auto"):
             logger.warning("rekv_llava_ov answers one stream at a time; batch_size=%s ignored", batch_size)
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
         self._device = self._pick_device(device)
-        config = ReKVConfig(
-            window_tokens=_none_or_int(window_tokens), topk_frames=_none_or_int(topk_frames), retrieval=retrieval,
-            score=score, offload=offload, chunk_frames=int(chunk_frames),
-        )
+        config = ReKVConfig.from_strings(**rekv_args)
         self.engine = ReKVLlavaOneVision.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device)
         self.fps = float(fps)
         self.max_frames = _none_or_int(max_frames)

@@ -5,8 +5,8 @@
   ``softmax(zscore(scores) / temperature)`` reaches ``mass``, clamped to
   ``[min_frames, topk]`` -- peaked scores load few frames, flat scores the whole budget;
 * ``recent``: the last ``recent`` frames are always loaded (inside the budget);
-* ``group``: frames are scored in groups of ``group`` consecutive frames (mean score) and
-  loaded group by group (ReKV's block-size ablation).
+* ``group``: the frames before the recent ones are scored in groups of ``group``
+  consecutive frames (mean score) and loaded group by group (ReKV's block-size ablation).
 
 Scores of several retrievers can be fused first (``fuse``). The result is always sorted
 (time order) and never holds more than ``topk`` frames.
@@ -69,8 +69,9 @@ def select(scores: torch.Tensor, policy: SelectionPolicy) -> torch.Tensor:
     if budget >= frames:
         return torch.arange(frames, device=scores.device)
     recent = min(policy.recent, budget)
-    units = group_scores(scores.float(), policy.group)
-    slots = (budget - recent) // policy.group
+    head = frames - recent  # groups are formed over the frames before the recent ones
+    units = group_scores(scores[:head].float(), policy.group)
+    slots = min((budget - recent) // policy.group, units.shape[0])
     count = slots
     if policy.adaptive == "mass":
         low = min(slots, math.ceil(max(0, policy.min_frames - recent) / policy.group))
@@ -78,9 +79,7 @@ def select(scores: torch.Tensor, policy: SelectionPolicy) -> torch.Tensor:
     chosen = torch.topk(units, count).indices if count else units.new_empty(0, dtype=torch.long)
     offsets = torch.arange(policy.group, device=scores.device)
     picked = (chosen[:, None] * policy.group + offsets[None, :]).reshape(-1)
-    picked = picked[picked < frames]
-    if recent:
-        picked = torch.cat([picked, torch.arange(frames - recent, frames, device=scores.device)])
+    picked = torch.cat([picked[picked < head], torch.arange(head, frames, device=scores.device)])
     return torch.unique(picked)  # sorted
 
 

@@ -121,6 +121,24 @@ def build_tiny_model(
     return path
 
 
+#: A tiny open_clip model (random weights, CLIP's bundled tokenizer): no download needed.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def write_tiny_clip_config(folder: str, name: str = "rekv-tiny-clip") -> str:
+    """Write an open_clip model config for a tiny CLIP and return its path; use it as
+    ``ReKVConfig(clip_model=path, clip_pretrained=None)``."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.json")
+    with open(path, "w") as fh:
+        json.dump(TINY_CLIP_CONFIG, fh, indent=1)
+    return path
+
+
 def main() -> None:
     """``python -m lmms_rekv.tiny [DIR]``: build the tiny model (default: the embedded one,
     reused when present) and print its directory."""
