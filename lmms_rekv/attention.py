@@ -54,35 +54,40 @@ def sink_window_attention(
             ``(first_query + i - window, first_query + i]`` (all earlier ones if ``window`` is None).
         q_sink: ``(Hq, L, D)`` the same queries rotated at their sink-relative positions.
         k_sink, v_sink: ``(Hkv, S, D)`` sink keys (rotated at 0..S-1) / values, seen by every query.
-        block: queries per block; bounds the score matrix to ``block x (window + block)``.
+        block: queries per SDPA call; bounds the mask to ``block x (S + window + block)``.
 
-    Returns ``(Hq, L, D)``; softmax in fp32 over the union of sink and window keys.
+    Returns ``(Hq, L, D)``: one softmax over the union of sink and window keys.
+
+    Sink scores need the queries rotated differently from window scores. Both fit one
+    ``scaled_dot_product_attention`` call by widening the head dim: queries
+    ``[q | q_sink]``, window keys ``[k | 0]``, sink keys ``[0 | k_sink]``, so that each key
+    meets only its own rotation of the query (the scale stays ``1/sqrt(D)``).
     """
     hq, length, dim = q.shape
-    hkv = k.shape[0]
-    group = hq // hkv
-    qg = q.view(hkv, group, length, dim)
-    qsg = q_sink.view(hkv, group, length, dim)
-    sink_t = k_sink.transpose(-1, -2).unsqueeze(1)
-    out = torch.empty_like(qg)
+    n_sink = k_sink.shape[1]
+    if n_sink:
+        q = torch.cat([q, q_sink], dim=-1)
+        sink_keys = torch.cat([torch.zeros_like(k_sink), k_sink], dim=-1)
+        k = torch.cat([k, torch.zeros_like(k)], dim=-1)
+    out = torch.empty((hq, length, dim), dtype=v.dtype, device=v.device)
+    gqa = hq != k.shape[0]
     for i0 in range(0, length, block):
         i1 = min(length, i0 + block)
         lo = 0 if window is None else max(0, first_query + i0 - window + 1)
         hi = first_query + i1
         q_idx = torch.arange(first_query + i0, hi, device=q.device)[:, None]
         k_idx = torch.arange(lo, hi, device=q.device)[None, :]
-        allowed = k_idx <= q_idx
+        mask = k_idx <= q_idx
         if window is not None:
-            allowed &= k_idx > q_idx - window
-        win = torch.matmul(qg[:, :, i0:i1], k[:, lo:hi].transpose(-1, -2).unsqueeze(1))
-        sink = torch.matmul(qsg[:, :, i0:i1], sink_t)
-        logits = torch.cat([sink, win.masked_fill(~allowed, float("-inf"))], dim=-1) * scaling
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)
-        n_sink = k_sink.shape[1]
-        out[:, :, i0:i1] = torch.matmul(probs[..., :n_sink], v_sink.unsqueeze(1)) + torch.matmul(
-            probs[..., n_sink:], v[:, lo:hi].unsqueeze(1)
-        )
-    return out.view(hq, length, dim)
+            mask &= k_idx > q_idx - window
+        keys, values = k[:, lo:hi], v[:, lo:hi]
+        if n_sink:
+            keys, values = torch.cat([sink_keys, keys], dim=1), torch.cat([v_sink, values], dim=1)
+            mask = torch.cat([mask.new_ones((i1 - i0, n_sink)), mask], dim=1)
+        out[:, i0:i1] = F.scaled_dot_product_attention(
+            q[None, :, i0:i1], keys[None], values[None], attn_mask=mask, scale=scaling, enable_gqa=gqa
+        )[0]
+    return out
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, past: int = 0) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
@@ -32,6 +33,8 @@ class Answer:
     selected: List[torch.Tensor]
     logits: List[torch.Tensor] = field(default_factory=list)
     context_tokens: int = 0
+    first_token_seconds: float = 0.0  # question start -> first token chosen (prefill + retrieval)
+    seconds: float = 0.0  # question start -> last token
 
 
 class ReKVSession:
@@ -108,7 +111,8 @@ class ReKVSession:
         features = engine.frame_features(pixels)  # (1, n * frame_tokens, hidden)
         first = st.store.reserve(n)
         length = features.shape[1]
-        step = ChunkStep(st, engine.rope, first, length, self.config.query_block_tokens, features)
+        block = self.config.query_block_tokens or (2048 if engine.device.type == "cuda" else 128)
+        step = ChunkStep(st, engine.rope, first, length, block, features)
         positions = torch.arange(length, device=engine.device) + st.sinks + st.window_len
         with engine.patch.routed(step):
             engine.language_model(inputs_embeds=features, position_ids=positions[None], use_cache=False)
@@ -143,9 +147,12 @@ class ReKVSession:
     def answer(self, question: str, max_new_tokens: int = 16, return_logits: bool = False, **generation) -> Answer:
         """Like ``ask`` but returns the tokens, the per-layer selected frames and optionally
         the logits of every step."""
+        start = time.perf_counter()
         settings = self.engine.generation_settings(max_new_tokens=max_new_tokens, **generation)
         step, embeds, position = self._prepare(question, settings.max_new_tokens)
-        return self._decode(step, embeds, position, settings, return_logits)
+        answer = self._decode(step, embeds, position, settings, return_logits, start)
+        answer.seconds = time.perf_counter() - start
+        return answer
 
     @torch.inference_mode()
     def loglikelihood(self, question: str, continuation: str) -> Tuple[float, bool]:
@@ -207,7 +214,7 @@ class ReKVSession:
         if budget is not None and tokens > budget:
             raise ValueError(f"question needs {tokens} context tokens, over the QA budget of {budget}")
 
-    def _decode(self, step: QAStep, embeds, position: int, settings: GenerationSettings, return_logits: bool) -> Answer:
+    def _decode(self, step: QAStep, embeds, position: int, settings: GenerationSettings, return_logits: bool, start: float) -> Answer:
         engine = self.engine
         generator = None
         if settings.do_sample and settings.seed is not None:
@@ -223,6 +230,8 @@ class ReKVSession:
                 if return_logits:
                     all_logits.append(logits.cpu())
                 token = next_token(logits, settings, generator)
+                if i == 0:
+                    first = time.perf_counter() - start
                 if token in settings.eos_token_ids:
                     break
                 tokens.append(token)
@@ -235,7 +244,10 @@ class ReKVSession:
                 embeds = engine.embed([token])
         if not settings.stop:
             text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Answer(text=text, token_ids=tokens, selected=step.selected, logits=all_logits, context_tokens=position)
+        return Answer(
+            text=text, token_ids=tokens, selected=step.selected, logits=all_logits, context_tokens=position,
+            first_token_seconds=first,
+        )
 
     # -- accounting -----------------------------------------------------------------------
     def stats(self) -> dict:
