@@ -14,7 +14,8 @@ RETRIEVAL_MODES = ("internal", "external", "hybrid")
 FUSION_RULES = ("zscore", "rrf")
 ADAPTIVE_POLICIES = (None, "mass")
 SCORES = ("dot", "cosine")
-OFFLOAD_TIERS = ("cpu", "device")
+OFFLOAD_TIERS = ("cpu", "device", "disk")
+KV_QUANT = (None, "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,15 @@ class ReKVConfig:
         chunk_frames: frames encoded per language-model forward. Frames added to a session
             are buffered until a full chunk exists (or a question flushes them), so the
             stored KV does not depend on how frames were split across ``add_frames`` calls.
-        offload: where every frame's KV goes: ``"cpu"`` (pinned RAM when a GPU is used) or
-            ``"device"`` (kept on the model's device; for small streams and tests).
+        offload: where every frame's KV goes: ``"cpu"`` (pinned RAM when a GPU is used),
+            ``"device"`` (kept on the model's device; for small streams and tests) or
+            ``"disk"`` (RAM up to ``ram_budget_bytes``, older frames in segment files under
+            ``offload_dir``).
+        offload_dir: parent folder of the disk tier's per-session folders (default: the
+            system temporary folder).
+        ram_budget_bytes: RAM the disk tier may hold of offloaded KV before spilling.
+        kv_quant: ``None`` (exact), ``"int8"`` or ``"int4"``: offloaded blocks are stored
+            quantized (keys per channel, values per token) and dequantized when loaded.
         query_block_tokens: queries per attention call while encoding (bounds the mask to
             block x (window + block); results do not depend on it). ``None`` = 128 on CPU
             (fastest measured there), 2048 on CUDA.
@@ -61,6 +69,9 @@ class ReKVConfig:
     score: str = "dot"
     chunk_frames: int = 64
     offload: str = "cpu"
+    offload_dir: Optional[str] = None
+    ram_budget_bytes: int = 4 * 1024**3
+    kv_quant: Optional[str] = None
     query_block_tokens: Optional[int] = None
     frame_tokens: int = LLAVA_OV_FRAME_TOKENS
     qa_budget_tokens: Optional[int] = 32_768
@@ -89,6 +100,8 @@ class ReKVConfig:
         _choice("retrieval", self.retrieval, RETRIEVAL_MODES)
         _choice("score", self.score, SCORES)
         _choice("offload", self.offload, OFFLOAD_TIERS)
+        _choice("kv_quant", self.kv_quant, KV_QUANT)
+        _positive("ram_budget_bytes", self.ram_budget_bytes)
         _choice("hybrid_rule", self.hybrid_rule, FUSION_RULES)
         _choice("adaptive", self.adaptive, ADAPTIVE_POLICIES)
         _positive("clip_batch_size", self.clip_batch_size)

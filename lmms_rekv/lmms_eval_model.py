@@ -7,7 +7,8 @@
 Requests are grouped by video: each video is decoded once at ``fps`` and encoded once, and
 every question on it is answered from the same session. A visual may carry a temporal
 fragment, ``path#t=END`` or ``path#t=START,END`` (seconds): the stream then covers START..
-and a question is answered once the frames up to END are encoded -- never later ones. A
+and the question is answered as of END: only frames sampled at or before END can be
+retrieved, and encoding is causal, so later frames cannot change the answer. A
 video that cannot be read, or a question that fails, is logged and recorded in
 ``self.failures`` (and appended to ``$LMMS_REKV_FAILURES`` as JSON lines when set); its
 documents get an empty answer and the run goes on.
@@ -15,6 +16,7 @@ documents get an empty answer and the run goes on.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -23,13 +25,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
 from .config import ReKVConfig
 from .model import ReKVLlavaOneVision
-from .video import FrameStream
+from .video import VideoError, iter_video_timed
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class ReKVLlavaOV(lmms):
         fps: float = 0.5,
         max_frames: Optional[int] = None,
         max_new_tokens: int = 16,
+        cache_dir: Optional[str] = None,
         batch_size: Any = 1,
         **rekv_args,
     ) -> None:
@@ -105,8 +109,12 @@ class ReKVLlavaOV(lmms):
         self.fps = float(fps)
         self.max_frames = _none_or_int(max_frames)
         self.max_new_tokens = int(max_new_tokens)
+        self.cache_dir = None if str(cache_dir).lower() in ("none", "") else os.path.expanduser(str(cache_dir))
+        if self.cache_dir:
+            os.makedirs(self.cache_dir, exist_ok=True)
         self.failures: List[Dict[str, Any]] = []
-        self.videos_decoded = 0
+        self.videos_decoded = 0  # videos decoded and encoded by this process
+        self.videos_from_cache = 0
 
     @staticmethod
     def _pick_device(device: Optional[str]) -> torch.device:
@@ -153,25 +161,64 @@ class ReKVLlavaOV(lmms):
             jobs.sort(key=lambda j: math.inf if j.end is None else j.end)
             self._run_video(path, start, jobs, answer, results, bar)
         bar.close()
+        logger.info("rekv_llava_ov: %d videos encoded, %d reopened from the cache", self.videos_decoded, self.videos_from_cache)
         return results
 
     def _run_video(self, path: str, start: float, jobs: List[Job], answer: Callable, results: list, bar) -> None:
-        session, stream = None, None
-        for job in jobs:
+        """Encode the video once, then answer its questions; a question at time ``t`` may
+        only retrieve frames sampled at or before ``t`` (``frame_limit``)."""
+        session, times = None, None
+        try:
+            for job in jobs:
+                try:
+                    if isinstance(job.doc, dict) and "__error__" in job.doc:
+                        raise job.doc["__error__"]
+                    if session is None:
+                        session, times = self._open(path, start)
+                    limit = None if job.end is None else bisect.bisect_right(times, job.end + 1e-6)
+                    if limit == 0:
+                        raise ValueError(f"no frame of {path} is sampled by t={job.end}s")
+                    results[job.index] = answer(session, job, limit)
+                except Exception as exc:  # one bad document must not end the run
+                    self._record_failure(job, exc)
+                bar.update(1)
+        finally:
+            if session is not None:
+                session.close()
+
+    def _open(self, path: str, start: float):
+        """(session, frame timestamps) of a video: reopened from ``cache_dir`` when an intact
+        entry exists, else decoded and encoded once (and saved when a cache is set)."""
+        if not os.path.isfile(path):
+            raise VideoError(f"video not found: {path}")
+        folder = None
+        if self.cache_dir:
+            from .persist import cache_key
+
+            folder = os.path.join(self.cache_dir, cache_key(self.engine, path, self.fps, self.max_frames, start))
+            if os.path.isdir(folder):
+                try:
+                    session = self.engine.open_session(folder)
+                    self.videos_from_cache += 1
+                    return session, session.saved_meta["times"]
+                except Exception as exc:
+                    logger.warning("rekv_llava_ov: cache entry %s for %s is unusable (%s); re-encoding", folder, path, exc)
+        session, times, batch = self.engine.new_session(), [], []
+        self.videos_decoded += 1
+        for t, frame in iter_video_timed(path, self.fps, self.max_frames, start_time=start):
+            times.append(t)
+            batch.append(frame)
+            if len(batch) == self.engine.config.chunk_frames:
+                session.add_frames(np.stack(batch))
+                batch = []
+        if batch:
+            session.add_frames(np.stack(batch))
+        if folder is not None:
             try:
-                if isinstance(job.doc, dict) and "__error__" in job.doc:
-                    raise job.doc["__error__"]
-                if stream is None:
-                    stream = FrameStream(path, self.fps, self.max_frames, start_time=start)
-                    session = self.engine.new_session()
-                    self.videos_decoded += 1
-                frames = stream.until(job.end)
-                if frames is not None:
-                    session.add_frames(frames)
-                results[job.index] = answer(session, job)
-            except Exception as exc:  # one bad document must not end the run
-                self._record_failure(job, exc)
-            bar.update(1)
+                session.save(folder, video=path, times=times)
+            except OSError as exc:
+                logger.warning("rekv_llava_ov: could not save %s to the cache: %s", path, exc)
+        return session, times
 
     def _record_failure(self, job: Job, exc: Exception) -> None:
         args = job.args if len(job.args) >= 6 else (None,) * 6
@@ -185,22 +232,22 @@ class ReKVLlavaOV(lmms):
 
     # -- lmms-eval API --------------------------------------------------------------------
     def generate_until(self, requests) -> List[str]:
-        def answer(session, job: Job) -> str:
+        def answer(session, job: Job, limit: Optional[int]) -> str:
             context, gen_kwargs = job.args[0], dict(job.args[1] or {})
-            return session.ask(clean_context(context), **self._generation(gen_kwargs)).strip()
+            return session.ask(clean_context(context), frame_limit=limit, **self._generation(gen_kwargs)).strip()
 
         return self._run(requests, answer, "", "rekv_llava_ov generate")
 
     def loglikelihood(self, requests) -> List[Tuple[float, bool]]:
-        def answer(session, job: Job) -> Tuple[float, bool]:
+        def answer(session, job: Job, limit: Optional[int]) -> Tuple[float, bool]:
             context, target = job.args[0], job.args[1]
             continuation = target if isinstance(target, str) else target(job.doc)
-            return session.loglikelihood(clean_context(context), continuation)
+            return session.loglikelihood(clean_context(context), continuation, frame_limit=limit)
 
         return self._run(requests, answer, (float("-inf"), False), "rekv_llava_ov loglikelihood")
 
     def generate_until_multi_round(self, requests) -> list:
-        def answer(session, job: Job):
+        def answer(session, job: Job, limit: Optional[int]):
             context, gen_kwargs, doc_to_text = job.args[0], dict(job.args[1] or {}), job.args[3]
             gen_kwargs.pop("until", None)
             settings = self._generation(gen_kwargs)
@@ -212,7 +259,7 @@ class ReKVLlavaOV(lmms):
                     )
                     if terminal:
                         return tuple(round_res) if round_res is not None else tuple(outputs)
-                outputs.append(session.ask(clean_context(context), **settings).strip())
+                outputs.append(session.ask(clean_context(context), frame_limit=limit, **settings).strip())
                 round_idx += 1
 
         return self._run(requests, answer, ("",), "rekv_llava_ov multi-round")

@@ -138,6 +138,12 @@ class ReKVLlavaOneVision:
 
         return ReKVSession(self)
 
+    def open_session(self, folder: str):
+        """A session reopened from a folder written by ``session.save`` (checksums verified)."""
+        from .persist import load_session
+
+        return load_session(self, folder)
+
     @property
     def device(self) -> torch.device:
         return self.model.device

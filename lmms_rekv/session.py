@@ -47,15 +47,22 @@ class ReKVSession:
         text = engine.model.config.text_config
         layers = text.num_hidden_layers
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        storage = engine.device if self.config.offload == "device" else torch.device("cpu")
+        cfg = self.config
+        storage = engine.device if cfg.offload == "device" else torch.device("cpu")
         store = BlockStore(
-            layers, engine.frame_tokens, text.num_key_value_heads, head_dim, engine.dtype, storage, engine.device
+            layers, engine.frame_tokens, text.num_key_value_heads, head_dim, engine.dtype, storage, engine.device,
+            kv_quant=cfg.kv_quant,
         )
+        if cfg.offload == "disk":
+            from .backends import DiskBackend
+
+            store.backend = DiskBackend(layers, store.codec.fields(), cfg.offload_dir, cfg.ram_budget_bytes)
         self.state = StreamState(store=store, window=self.config.window_tokens)
         self._embeddings: Optional[GrowingRows] = None
         self._pending: List[torch.Tensor] = []
         self._pending_frames = 0
         self._prefix_done = False
+        self.saved_meta: dict = {}  # what ``save`` stored beside the stream (reopened sessions)
 
     # -- frames ---------------------------------------------------------------------------
     @property
@@ -80,7 +87,9 @@ class ReKVSession:
 
     def _embed(self, frames: torch.Tensor) -> None:
         """External-retrieval embeddings of new frames (once per frame, in batches)."""
-        embeddings = self.engine.embedder.embed_frames(frames)
+        self._embed_rows(self.engine.embedder.embed_frames(frames))
+
+    def _embed_rows(self, embeddings: torch.Tensor) -> None:
         if self._embeddings is None:
             self._embeddings = GrowingRows(embeddings.shape[1], self.engine.device)
         self._embeddings.append(embeddings)
@@ -136,33 +145,37 @@ class ReKVSession:
         self._prefix_done = True
 
     # -- questions ------------------------------------------------------------------------
-    def ask(self, question: str, max_new_tokens: int = 16, **generation) -> str:
+    def ask(self, question: str, max_new_tokens: int = 16, frame_limit: Optional[int] = None, **generation) -> str:
         """Answer ``question`` about the frames so far; greedy unless told otherwise.
 
+        ``frame_limit=n`` answers as of the ``n``-th frame: only frames ``0..n-1`` can be
+        retrieved (their KV never depends on later frames: encoding is causal).
         ``generation`` takes the fields of ``GenerationSettings`` (do_sample, temperature,
         top_p, stop, eos_token_ids, seed)."""
-        return self.answer(question, max_new_tokens=max_new_tokens, **generation).text
+        return self.answer(question, max_new_tokens=max_new_tokens, frame_limit=frame_limit, **generation).text
 
     @torch.inference_mode()
-    def answer(self, question: str, max_new_tokens: int = 16, return_logits: bool = False, **generation) -> Answer:
+    def answer(
+        self, question: str, max_new_tokens: int = 16, return_logits: bool = False, frame_limit: Optional[int] = None, **generation
+    ) -> Answer:
         """Like ``ask`` but returns the tokens, the per-layer selected frames and optionally
         the logits of every step."""
         start = time.perf_counter()
         settings = self.engine.generation_settings(max_new_tokens=max_new_tokens, **generation)
-        step, embeds, position = self._prepare(question, settings.max_new_tokens)
+        step, embeds, position = self._prepare(question, settings.max_new_tokens, frame_limit=frame_limit)
         answer = self._decode(step, embeds, position, settings, return_logits, start)
         answer.seconds = time.perf_counter() - start
         return answer
 
     @torch.inference_mode()
-    def loglikelihood(self, question: str, continuation: str) -> Tuple[float, bool]:
+    def loglikelihood(self, question: str, continuation: str, frame_limit: Optional[int] = None) -> Tuple[float, bool]:
         """Log-probability of ``continuation`` as the answer to ``question`` (frames retrieved
         with the question alone), and whether greedy decoding would produce it."""
         engine = self.engine
         cont = engine.tokenize(continuation)
         if not cont:
             raise ValueError("continuation must not be empty")
-        step, embeds, position = self._prepare(question, len(cont), scored=len(cont))
+        step, embeds, position = self._prepare(question, len(cont), scored=len(cont), frame_limit=frame_limit)
         embeds = torch.cat([embeds, engine.embed(cont)], dim=1)
         first = embeds.shape[1] - len(cont) - 1  # position predicting the first continuation token
         positions = torch.arange(position, position + embeds.shape[1], device=engine.device)[None]
@@ -174,40 +187,44 @@ class ReKVSession:
         total = float(logprobs.gather(1, target[:, None]).sum())
         return total, bool((logits.argmax(dim=-1) == target).all())
 
-    def _prepare(self, question: str, new_tokens: int, scored: int = 0):
+    def _prepare(self, question: str, new_tokens: int, scored: int = 0, frame_limit: Optional[int] = None):
         """Validate, flush, and build the QA handler, the prefill embeddings
         ``[image_newline, question...]`` and the first prefill position."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         if self.frames == 0:
             raise RuntimeError("no frames in this session yet: call add_frames() before ask()")
+        if frame_limit is not None and frame_limit < 1:
+            raise ValueError(f"frame_limit must be >= 1, got {frame_limit}")
         engine = self.engine
         self.flush()
+        frames = self.state.store.frames if frame_limit is None else min(frame_limit, self.state.store.frames)
         suffix = engine.prompt_suffix_ids(question)
-        context = self.state.sinks + self.config.policy().budget(self.state.store.frames) * engine.frame_tokens
+        context = self.state.sinks + self.config.policy().budget(frames) * engine.frame_tokens
         prefill = 1 + len(suffix) + scored
         self._check_budget(context + prefill + new_tokens)
         step = QAStep(
-            self.state, engine.rope, self._selector(question), context + prefill + new_tokens, new_tokens,
+            self.state, engine.rope, self._selector(question, frames), context + prefill + new_tokens, new_tokens,
             question_end=1 + len(suffix),
         )
         embeds = torch.cat([engine.newline_embedding(), engine.embed(suffix)], dim=1)
         return step, embeds, context
 
-    def _selector(self, question: str):
-        """(layer, question query mean) -> frames, for the configured retrieval mode."""
+    def _selector(self, question: str, frames: int):
+        """(layer, question query mean) -> indices among the first ``frames`` frames."""
         store, cfg = self.state.store, self.config
         policy = cfg.policy()
+
+        def internal(layer: int, query: torch.Tensor) -> torch.Tensor:
+            return frame_scores(query, store.summaries(layer)[:frames], cfg.score)
+
         if cfg.retrieval == "internal":
-            return lambda layer, query: select(frame_scores(query, store.summaries(layer), cfg.score), policy)
-        external = self.embeddings[: store.frames] @ self.engine.embedder.embed_text(question)
+            return lambda layer, query: select(internal(layer, query), policy)
+        external = self.embeddings[:frames] @ self.engine.embedder.embed_text(question)
         if cfg.retrieval == "external":
             chosen = select(external, policy)
             return lambda layer, query: chosen
-        return lambda layer, query: select(
-            fuse(frame_scores(query, store.summaries(layer), cfg.score), external, cfg.hybrid_rule, cfg.hybrid_alpha),
-            policy,
-        )
+        return lambda layer, query: select(fuse(internal(layer, query), external, cfg.hybrid_rule, cfg.hybrid_alpha), policy)
 
     def _check_budget(self, tokens: int) -> None:
         budget = self.config.qa_budget_tokens
@@ -249,11 +266,30 @@ class ReKVSession:
             first_token_seconds=first,
         )
 
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the store (the disk tier removes its files)."""
+        self.state.store.close()
+
+    def __enter__(self) -> "ReKVSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def save(self, folder: str, **meta) -> None:
+        """Persist the encoded stream to ``folder`` (atomic; see ``lmms_rekv.persist``)."""
+        from .persist import save_session
+
+        save_session(self, folder, **meta)
+
     # -- accounting -----------------------------------------------------------------------
     def stats(self) -> dict:
         """Sizes of this stream: frames, tokens and bytes per tier."""
         st, store = self.state, self.state.store
+        backend = store.backend
         on_device = self.config.offload == "device"
+        ram = getattr(backend, "ram_bytes", 0 if on_device else store.used_bytes)
         return {
             "frames": self.frames,
             "encoded_frames": store.frames,
@@ -262,10 +298,10 @@ class ReKVSession:
             "sink_tokens": st.sinks,
             "window_tokens": st.window_len,
             "device_bytes": st.device_bytes() + (store.used_bytes if on_device else 0),
-            "cpu_bytes": 0 if on_device else store.used_bytes,
+            "cpu_bytes": ram,
             "cpu_reserved_bytes": 0 if on_device else store.reserved_bytes,
             "summary_bytes": store.summary_bytes,
-            "disk_bytes": 0,
+            "disk_bytes": getattr(backend, "disk_bytes", 0),
             "embedding_bytes": 0 if self._embeddings is None else self._embeddings.nbytes,
             "kv_bytes_per_frame": store.bytes_per_frame,
         }

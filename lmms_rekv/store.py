@@ -1,5 +1,7 @@
 """Block store: every frame's per-layer pre-RoPE keys and values, in growing arenas.
 
+(Layout below is the exact codec on the memory backend; see ``quant`` and ``backends``.)
+
 One block = one frame = ``frame_tokens`` tokens. Keys and values live in two arenas of shape
 ``(layers, capacity, frame_tokens, kv_heads, head_dim)`` on the storage tier's device (CPU,
 pinned when the model runs on CUDA; or the model's device). Capacity doubles when full, so
@@ -11,7 +13,7 @@ stay on the model's device for scoring.
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -19,7 +21,11 @@ logger = logging.getLogger(__name__)
 
 
 class BlockStore:
-    """Append-only store of frame KV blocks; readers never mutate it."""
+    """Append-only store of frame KV blocks; readers never mutate it.
+
+    A codec (exact or int8/int4) turns each chunk's keys/values into stored fields; a
+    backend (memory, or disk with a RAM budget) keeps them. The per-frame mean pre-RoPE key
+    of every layer (``summaries``, fp32, exact) stays on the model's device for scoring."""
 
     def __init__(
         self,
@@ -31,58 +37,39 @@ class BlockStore:
         storage_device: torch.device,
         summary_device: torch.device,
         initial_capacity: int = 64,
+        kv_quant: Optional[str] = None,
+        backend=None,
     ) -> None:
+        from .backends import MemoryBackend
+        from .quant import make_codec
+
         self.layers, self.frame_tokens = layers, frame_tokens
-        self.kv_heads, self.head_dim = kv_heads, head_dim
-        self.dtype = dtype
-        self.storage_device = torch.device(storage_device)
+        self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
         self.summary_device = torch.device(summary_device)
-        self.pin = self.storage_device.type == "cpu" and torch.cuda.is_available() and self.summary_device.type == "cuda"
-        self.frames = 0
-        self._keys = self._values = self._summaries = None
-        self._allocate(max(1, initial_capacity))
+        self.codec = make_codec(kv_quant, frame_tokens, kv_heads, head_dim, dtype)
+        storage_device = torch.device(storage_device)
+        pin = storage_device.type == "cpu" and self.summary_device.type == "cuda"
+        self.backend = backend or MemoryBackend(layers, self.codec.fields(), storage_device, pin, initial_capacity)
+        self._summaries = GrowingRows(kv_heads * head_dim, self.summary_device, layers=layers, capacity=initial_capacity)
 
-    # -- capacity -------------------------------------------------------------------------
     @property
-    def capacity(self) -> int:
-        return self._keys.shape[1]
-
-    def _arena(self, capacity: int) -> torch.Tensor:
-        shape = (self.layers, capacity, self.frame_tokens, self.kv_heads, self.head_dim)
-        return torch.empty(shape, dtype=self.dtype, device=self.storage_device, pin_memory=self.pin)
-
-    def _allocate(self, capacity: int) -> None:
-        keys, values = self._arena(capacity), self._arena(capacity)
-        summaries = torch.empty(
-            (self.layers, capacity, self.kv_heads, self.head_dim), dtype=torch.float32, device=self.summary_device
-        )
-        if self._keys is not None:
-            n = self.frames
-            keys[:, :n].copy_(self._keys[:, :n])
-            values[:, :n].copy_(self._values[:, :n])
-            summaries[:, :n].copy_(self._summaries[:, :n])
-        self._keys, self._values, self._summaries = keys, values, summaries
-        logger.debug("block store capacity -> %d frames", capacity)
+    def frames(self) -> int:
+        return self.backend.frames
 
     def reserve(self, n_frames: int) -> int:
         """Make room for ``n_frames`` more frames; returns the index of the first one.
 
-        The frames count as stored once every layer has been written with ``write``."""
+        The frames count as stored once every layer has been written and ``commit`` called."""
         if n_frames < 1:
             raise ValueError("reserve needs at least one frame")
-        need = self.frames + n_frames
-        if need > self.capacity:
-            capacity = self.capacity
-            while capacity < need:
-                capacity *= 2
-            self._allocate(capacity)
-        return self.frames
+        self._summaries.reserve(n_frames)
+        return self.backend.reserve(n_frames)
 
     def commit(self, n_frames: int) -> None:
         """Mark ``n_frames`` reserved frames as written on every layer."""
-        self.frames += n_frames
+        self._summaries.rows += n_frames
+        self.backend.commit(n_frames)
 
-    # -- write / read ---------------------------------------------------------------------
     def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store frames ``first..first+n`` of ``layer``.
 
@@ -90,47 +77,44 @@ class BlockStore:
         n = keys.shape[0] // self.frame_tokens
         shape = (n, self.frame_tokens, self.kv_heads, self.head_dim)
         keys, values = keys.reshape(shape), values.reshape(shape)
-        self._summaries[layer, first : first + n].copy_(keys.float().mean(dim=1))
-        non_blocking = self.pin
-        self._keys[layer, first : first + n].copy_(keys, non_blocking=non_blocking)
-        self._values[layer, first : first + n].copy_(values, non_blocking=non_blocking)
-
-    def _sync(self) -> None:
-        if self.pin:
-            torch.cuda.current_stream().synchronize()
+        self._summaries.write(layer, first, keys.float().mean(dim=1).reshape(n, -1))
+        self.backend.write(layer, first, self.codec.encode(keys, values))
 
     def summaries(self, layer: int) -> torch.Tensor:
         """Mean pre-RoPE key per frame, ``(frames, kv_heads, head_dim)`` fp32 on the model device."""
-        return self._summaries[layer, : self.frames]
+        return self._summaries.view(layer).view(-1, self.kv_heads, self.head_dim)
 
     def all_summaries(self) -> torch.Tensor:
         """``(layers, frames, kv_heads, head_dim)`` fp32."""
-        return self._summaries[:, : self.frames]
+        return self._summaries.view().view(self.layers, -1, self.kv_heads, self.head_dim)
 
     def gather(self, layer: int, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of ``frames`` (1-D index, any order) on ``layer``, in one batched copy.
+        """Keys and values of ``frames`` (1-D index, any order) on ``layer``, in one batched
+        read; stored fields move to ``device`` and are decoded there.
 
         Returns two ``(len(frames) * frame_tokens, kv_heads, head_dim)`` tensors on ``device``."""
-        self._sync()
-        index = frames.to(self.storage_device)
+        fields = {k: v.to(device, non_blocking=True) for k, v in self.backend.read(layer, frames).items()}
+        keys, values = self.codec.decode(fields)
         flat = (-1, self.kv_heads, self.head_dim)
-        keys = self._keys[layer].index_select(0, index).reshape(flat)
-        values = self._values[layer].index_select(0, index).reshape(flat)
-        return keys.to(device, non_blocking=True), values.to(device, non_blocking=True)
+        return keys.reshape(flat), values.reshape(flat)
 
     def frame(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One stored block (a view; do not modify): two ``(frame_tokens, kv_heads, head_dim)``."""
+        """One stored block, decoded: two ``(frame_tokens, kv_heads, head_dim)`` tensors."""
         if not 0 <= index < self.frames:
             raise IndexError(f"frame {index} not stored (have {self.frames})")
-        self._sync()
-        return self._keys[layer, index], self._values[layer, index]
+        keys, values = self.gather(layer, torch.tensor([index]), self.backend_device)
+        return keys.view(self.frame_tokens, self.kv_heads, self.head_dim), values.view(self.frame_tokens, self.kv_heads, self.head_dim)
+
+    @property
+    def backend_device(self) -> torch.device:
+        return getattr(self.backend, "device", torch.device("cpu"))
 
     # -- accounting -----------------------------------------------------------------------
     @property
     def bytes_per_frame(self) -> int:
-        """KV bytes of one frame over all layers: layers * 2 * kv_heads * head_dim * itemsize * tokens."""
-        item = torch.empty((), dtype=self.dtype).element_size()
-        return self.layers * 2 * self.kv_heads * self.head_dim * item * self.frame_tokens
+        """Stored bytes of one frame over all layers (exact: layers * 2 * kv_heads * head_dim
+        * itemsize * frame_tokens; less with int8/int4)."""
+        return self.codec.bytes_per_frame(self.layers)
 
     @property
     def used_bytes(self) -> int:
@@ -138,35 +122,49 @@ class BlockStore:
 
     @property
     def reserved_bytes(self) -> int:
-        return self.capacity * self.bytes_per_frame
+        return getattr(self.backend, "reserved_bytes", self.used_bytes)
 
     @property
     def summary_bytes(self) -> int:
-        return self.frames * self.layers * self.kv_heads * self.head_dim * 4
+        return self._summaries.nbytes
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 class GrowingRows:
-    """Rows appended in batches to one preallocated tensor whose capacity doubles."""
+    """Rows appended in batches to preallocated ``(layers, capacity, width)`` storage whose
+    capacity doubles (``layers=None``: one ``(capacity, width)`` table)."""
 
-    def __init__(self, width: int, device: torch.device, dtype: torch.dtype = torch.float32, capacity: int = 64) -> None:
-        self._data = torch.empty((capacity, width), dtype=dtype, device=device)
+    def __init__(self, width: int, device: torch.device, dtype: torch.dtype = torch.float32, capacity: int = 64, layers: Optional[int] = None) -> None:
+        self._flat = layers is None
+        self._data = torch.empty((1 if self._flat else layers, capacity, width), dtype=dtype, device=device)
         self.rows = 0
 
-    def append(self, rows: torch.Tensor) -> None:
-        need = self.rows + rows.shape[0]
-        if need > self._data.shape[0]:
-            capacity = self._data.shape[0]
+    def reserve(self, n: int) -> None:
+        need = self.rows + n
+        if need > self._data.shape[1]:
+            capacity = self._data.shape[1]
             while capacity < need:
                 capacity *= 2
-            grown = self._data.new_empty((capacity, self._data.shape[1]))
-            grown[: self.rows] = self._data[: self.rows]
+            grown = self._data.new_empty((self._data.shape[0], capacity, self._data.shape[2]))
+            grown[:, : self.rows] = self._data[:, : self.rows]
             self._data = grown
-        self._data[self.rows : need] = rows.to(self._data)
-        self.rows = need
 
-    def view(self) -> torch.Tensor:
-        return self._data[: self.rows]
+    def write(self, layer: int, first: int, rows: torch.Tensor) -> None:
+        self._data[layer, first : first + rows.shape[0]] = rows.to(self._data)
+
+    def append(self, rows: torch.Tensor) -> None:
+        """Flat tables: add rows at the end."""
+        self.reserve(rows.shape[0])
+        self.write(0, self.rows, rows)
+        self.rows += rows.shape[0]
+
+    def view(self, layer: Optional[int] = None) -> torch.Tensor:
+        if layer is None:
+            return self._data[0, : self.rows] if self._flat else self._data[:, : self.rows]
+        return self._data[layer, : self.rows]
 
     @property
     def nbytes(self) -> int:
-        return self.rows * self._data.shape[1] * self._data.element_size()
+        return self._data.shape[0] * self.rows * self._data.shape[2] * self._data.element_size()

@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from lmms_eval.api.instance import Instance
 
-from lmms_rekv.video import FrameStream, iter_video, read_video, write_video
+from lmms_rekv.video import iter_video, read_video, write_video
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")
 MODEL_ARGS = "window_tokens=64,topk_frames=4,chunk_frames=4,fps=1"
@@ -64,7 +65,8 @@ def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
 
     monkeypatch.setattr(lm.engine, "new_session", counting_session)
     streams = []
-    monkeypatch.setattr(module, "FrameStream", lambda *a, **k: streams.append(a[0]) or FrameStream(*a, **k))
+    real_decode = module.iter_video_timed
+    monkeypatch.setattr(module, "iter_video_timed", lambda *a, **k: streams.append(a[0]) or real_decode(*a, **k))
 
     before = lm.videos_decoded
     answers = lm.generate_until(_requests(lm, docs))
@@ -80,16 +82,34 @@ def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
 def test_streaming_question_never_sees_later_frames(lm, tmp_path):
     base = _clip(2, seconds=8)
     changed = base.copy()
-    changed[4 * 4 + 2 :] = 255 - changed[4 * 4 + 2 :]  # differs after 4.5 s
+    changed[4 * 4 + 2 :] = 255 - changed[4 * 4 + 2 :]  # differs from 4.5 s on
     same_until = [_video(tmp_path, "s1", base), _video(tmp_path, "s2", changed)]
     docs = [{"q": "what happens now?", "visual": f"{p}#t=4.0"} for p in same_until]
     docs += [{"q": "what happens now?", "visual": p} for p in same_until]
     live_a, live_b, full_a, full_b = lm.generate_until(_requests(lm, docs, gen_kwargs={"max_new_tokens": 8}))
-    assert live_a == live_b
-    assert full_a != full_b  # the later frames do matter once they are in the stream
+    assert live_a == live_b  # the later frames differ, the answer at 4 s does not
+    assert full_a != full_b  # ... and they do matter once the question is asked after them
+    # the same answer as a stream that really stopped at 4 s
     session = lm.engine.new_session()
     session.add_frames(read_video(same_until[0], fps=2, end_time=4.0))
+    assert session.stats()["frames"] == 9
     assert session.ask("what happens now?", max_new_tokens=8).strip() == live_a
+
+
+def test_frame_limit_is_bit_exact_against_later_content(load, frames):
+    """The KV of frames <= t does not depend on the content of later frames in the same chunk."""
+    engine = load(window_tokens=40, topk_frames=3, chunk_frames=4)
+    video = frames(12, seed=30)
+    other = video.copy()
+    other[7:] = 255 - other[7:]
+    answers = []
+    for v in (video, other):
+        session = engine.new_session()
+        session.add_frames(v)
+        answers.append(session.answer("what happens now?", max_new_tokens=5, return_logits=True, frame_limit=7, eos_token_ids=()))
+        assert all(s.max() < 7 for s in answers[-1].selected)
+    assert answers[0].token_ids == answers[1].token_ids
+    assert all(torch.equal(a, b) for a, b in zip(answers[0].logits, answers[1].logits))
 
 
 def test_bad_videos_are_recorded_and_others_answered(lm, tmp_path, monkeypatch):
@@ -138,11 +158,11 @@ def test_multi_round(lm, tmp_path):
     assert result == expected
 
 
-def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False):
+def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra=""):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), LMMS_REKV_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval"] if torchrun else [sys.executable, "-m", "lmms_eval"]
     cmd = head + [
-        "--model", "rekv_llava_ov", "--model_args", f"pretrained={tiny_dir},{MODEL_ARGS}", "--tasks", "rekv_demo",
+        "--model", "rekv_llava_ov", "--model_args", f"pretrained={tiny_dir},{MODEL_ARGS}{extra}", "--tasks", "rekv_demo",
         "--include_path", tasks_dir, "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -172,3 +192,45 @@ def test_cli_survives_bad_documents(tmp_path, tiny_dir):
     assert predictions[0] == "" and predictions[5] == ""
     assert sum(1 for p in predictions.values() if p) == 14
     assert "accuracy,none" in results["results"]["rekv_demo"]
+
+
+def test_cache_dir_skips_encoding_and_resumes(tiny_dir, tmp_path, caplog):
+    from lmms_rekv.lmms_eval_model import ReKVLlavaOV
+
+    videos = [_video(tmp_path, f"c{i}", _clip(10 + i)) for i in range(3)]
+    docs = [{"q": q, "visual": v} for v in videos for q in ("what is first?", "what color?")]
+    make = lambda: ReKVLlavaOV(pretrained=tiny_dir, dtype="float32", device="cpu", window_tokens=64, topk_frames=4,  # noqa: E731
+                               chunk_frames=4, fps=2, cache_dir=str(tmp_path / "cache"))
+    # a run "killed" after the first video: only its entry exists
+    first = make()
+    partial = first.generate_until(_requests(first, docs[:2]))
+    assert first.videos_decoded == 1 and len(os.listdir(tmp_path / "cache")) == 1
+    resumed = make()
+    full = resumed.generate_until(_requests(resumed, docs))
+    assert (resumed.videos_decoded, resumed.videos_from_cache) == (2, 1)
+    assert full[:2] == partial
+    again = make()
+    assert again.generate_until(_requests(again, docs)) == full
+    assert (again.videos_decoded, again.videos_from_cache) == (0, 3)
+    # a corrupted file: detected, warned about, re-encoded, same answers
+    entry = sorted((tmp_path / "cache").iterdir())[0]
+    segment = entry / "seg_000000.bin"
+    data = bytearray(segment.read_bytes())
+    data[7] ^= 0x55
+    segment.write_bytes(bytes(data))
+    fixed = make()
+    with caplog.at_level("WARNING"):
+        assert fixed.generate_until(_requests(fixed, docs)) == full
+    assert (fixed.videos_decoded, fixed.videos_from_cache) == (1, 2)
+    assert any("re-encoding" in r.message for r in caplog.records)
+
+
+def test_cli_rekv_demo_twice_with_cache_dir(tmp_path, tiny_dir):
+    cache = tmp_path / "cache"
+    _, first = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "c1", extra=f",cache_dir={cache}")
+    entries = {e.name: (e / "manifest.json").stat().st_mtime_ns for e in cache.iterdir()}
+    assert len(entries) == 4  # one per video; the streaming questions reuse them too
+    _, second = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "c2", extra=f",cache_dir={cache}")
+    assert second == first
+    # nothing was encoded again: every entry is untouched
+    assert {e.name: (e / "manifest.json").stat().st_mtime_ns for e in cache.iterdir()} == entries

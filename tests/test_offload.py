@@ -72,7 +72,7 @@ def test_store_grows_by_doubling_and_keeps_data():
             store.write(layer, first, k, v)
             written.append((layer, first, k, v))
         store.commit(2)
-    assert store.frames == 10 and store.capacity == 16
+    assert store.frames == 10 and store.backend.capacity == 16
     for layer, first, k, v in written:
         for i in range(2):
             sk, sv = store.frame(layer, first + i)

@@ -76,7 +76,7 @@ def test_store_unchanged_by_questions(load, frames):
     session.add_frames(frames(10, seed=6))
     session.flush()
     store = session.state.store
-    arenas = lambda: (store._keys[:, :10], store._values[:, :10], store.all_summaries())
+    arenas = lambda: (*store.backend.rows(0, 10).values(), store.all_summaries())
     before = [t.clone() for t in arenas()]
     window = [t.clone() for t in session.state.win_k]
     first = session.answer(QUESTION, max_new_tokens=5, eos_token_ids=())

@@ -1,0 +1,117 @@
+"""Disk backend: the most recent frames in RAM (at most ``ram_budget_bytes``), older ones
+spilled to segment files of many frames each (see ``segments``).
+
+Writes are atomic and checksummed; reads are batched per segment and run of consecutive
+frames. The session's folder is removed on ``close`` (or when the store is garbage
+collected) unless ``persist`` is set."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import shutil
+import tempfile
+import weakref
+from typing import Dict, List, Optional
+
+import torch
+
+from ..quant import Fields
+from .memory import MemoryBackend
+from .segments import Segment, SegmentReader, write_manifest, write_segment
+
+logger = logging.getLogger(__name__)
+
+
+class DiskBackend:
+    def __init__(self, layers: int, fields: Fields, offload_dir: Optional[str], ram_budget_bytes: int, persist: bool = False) -> None:
+        self.layers, self.fields, self.device = layers, fields, torch.device("cpu")
+        if offload_dir:
+            os.makedirs(offload_dir, exist_ok=True)
+        self.folder = tempfile.mkdtemp(prefix="rekv-", dir=offload_dir)
+        probe = MemoryBackend(layers, fields, "cpu", capacity=1)
+        self.frame_bytes = probe.frame_bytes
+        self.ram_frames = max(2, ram_budget_bytes // self.frame_bytes)
+        self.segment_frames = max(1, self.ram_frames // 2)
+        self.tail = MemoryBackend(layers, fields, "cpu", capacity=self.ram_frames)
+        self.segments: List[Segment] = []
+        self._firsts: List[int] = []
+        self.disk_frames = 0
+        self.reader = SegmentReader(self.folder, layers, fields)
+        self.persist = persist
+        self._cleanup = weakref.finalize(self, _remove, self.folder, self.reader, persist)
+        logger.debug("disk backend in %s: %d frames in RAM, segments of %d", self.folder, self.ram_frames, self.segment_frames)
+
+    @property
+    def frames(self) -> int:
+        return self.disk_frames + self.tail.frames
+
+    def reserve(self, n: int) -> int:
+        while self.tail.frames and self.tail.frames + n > self.ram_frames:
+            self._spill(min(self.segment_frames, self.tail.frames))
+        if n > self.ram_frames:
+            logger.warning("a chunk of %d frames exceeds the RAM budget of %d frames", n, self.ram_frames)
+        return self.disk_frames + self.tail.reserve(n)
+
+    def write(self, layer: int, first: int, data: Dict[str, torch.Tensor]) -> None:
+        self.tail.write(layer, first - self.disk_frames, data)
+
+    def commit(self, n: int) -> None:
+        self.tail.commit(n)
+
+    def _spill(self, n: int) -> None:
+        """Move the oldest ``n`` RAM frames into a new segment file."""
+        segment = write_segment(self.folder, len(self.segments), self.disk_frames, self.tail.rows(0, n))
+        self.segments.append(segment)
+        self._firsts.append(segment.first)
+        self.tail.drop_front(n)
+        self.disk_frames += n
+        write_manifest(self.folder, self.layers, self.fields, self.segments)
+
+    def flush(self) -> None:
+        """Spill every RAM frame (before persisting)."""
+        if self.tail.frames:
+            self._spill(self.tail.frames)
+
+    def read(self, layer: int, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
+        index = frames.tolist()
+        out = {name: torch.empty((len(index), *shape), dtype=dtype) for name, (shape, dtype) in self.fields.items()}
+        on_disk = sorted((f, row) for row, f in enumerate(index) if f < self.disk_frames)
+        by_segment: Dict[int, List] = {}
+        for f, row in on_disk:
+            by_segment.setdefault(bisect.bisect_right(self._firsts, f) - 1, []).append((f, row))
+        for seg, pairs in by_segment.items():
+            self.reader.read_into(self.segments[seg], layer, [p[0] for p in pairs], out, [p[1] for p in pairs])
+        in_ram = [(row, f - self.disk_frames) for row, f in enumerate(index) if f >= self.disk_frames]
+        if in_ram:
+            rows = torch.tensor([r for r, _ in in_ram])
+            got = self.tail.read(layer, torch.tensor([f for _, f in in_ram]))
+            for name in out:
+                out[name][rows] = got[name]
+        return out
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.tail.used_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(s.bytes for s in self.segments)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.frames * self.frame_bytes
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self.tail.reserved_bytes
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def _remove(folder: str, reader: SegmentReader, persist: bool) -> None:
+    reader.close()
+    if not persist:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""Persisted encoded videos: a session's whole state saved to a folder and reopened
+instead of re-encoding.
+
+Folder layout: ``seg_*.bin`` KV segments (see ``backends.segments``), ``state.safetensors``
+(sinks, sliding window, per-frame summaries, external embeddings) and ``manifest.json``,
+written last: a folder without a manifest is an unfinished save. Every file carries a
+CRC-32 that ``load_session`` checks; a mismatch raises ``CorruptSegmentError``.
+
+``cache_key`` names an entry by what determines its content: the model, the settings that
+change the stored KV, the video's bytes and the sampling (fps, max_frames, start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Dict, Optional
+
+import torch
+
+from .backends.segments import (
+    CorruptSegmentError, Segment, atomic_write, file_crc, read_manifest, verify, write_manifest, write_segment,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE = "state.safetensors"
+SEGMENT_FRAMES = 256
+
+
+def video_digest(path: str, block: int = 1 << 22) -> str:
+    """BLAKE2b of a file's bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: float = 0.0) -> str:
+    """Key of an encoded video: model, KV-relevant settings, video content, sampling."""
+    cfg = engine.config
+    relevant = {
+        "model": engine.source or "", "dtype": str(engine.dtype), "frame_tokens": engine.frame_tokens,
+        "window_tokens": cfg.window_tokens, "chunk_frames": cfg.chunk_frames, "kv_quant": cfg.kv_quant,
+        "clip": [cfg.clip_model, cfg.clip_pretrained] if cfg.uses_embeddings else None,
+        "video": video_digest(video), "fps": fps, "max_frames": max_frames, "start": start, "format": 1,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _state_tensors(session) -> Dict[str, torch.Tensor]:
+    st = session.state
+    tensors = {"summaries": st.store.all_summaries().contiguous().cpu()}
+    for name in ("sink_k", "sink_v", "win_k", "win_v"):
+        for layer, tensor in enumerate(getattr(st, name)):
+            tensors[f"{name}.{layer}"] = tensor.contiguous().cpu()
+    if session.embeddings is not None:
+        tensors["embeddings"] = session.embeddings.contiguous().cpu()
+    return tensors
+
+
+def save_session(session, folder: str, **meta) -> None:
+    """Write ``session`` (pending frames are encoded first) to ``folder``, replacing it."""
+    from safetensors.torch import save_file
+
+    session.flush()
+    store = session.state.store
+    tmp = f"{folder}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    segments = []
+    backend = store.backend
+    if hasattr(backend, "flush"):  # disk tier: its segments are already on disk
+        backend.flush()
+        for segment in backend.segments:
+            shutil.copyfile(os.path.join(backend.folder, segment.file), os.path.join(tmp, segment.file))
+            segments.append(segment)
+    else:
+        for index, first in enumerate(range(0, store.frames, SEGMENT_FRAMES)):
+            last = min(store.frames, first + SEGMENT_FRAMES)
+            segments.append(write_segment(tmp, index, first, backend.rows(first, last)))
+    save_file(_state_tensors(session), os.path.join(tmp, STATE))
+    extra = {
+        "frames": store.frames, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
+        "kv_quant": session.config.kv_quant, "meta": meta,
+    }
+    write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
+    if os.path.exists(folder):
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    logger.info("saved %d frames to %s", store.frames, folder)
+
+
+def load_session(engine, folder: str):
+    """A new session of ``engine`` holding the stream saved in ``folder``.
+
+    Raises ``CorruptSegmentError`` when a file is missing, truncated or altered, and
+    ``ValueError`` when the entry was written with other settings."""
+    from safetensors.torch import load_file
+
+    manifest = read_manifest(folder)
+    session = engine.new_session()
+    store, st = session.state.store, session.state
+    fields = store.codec.fields()
+    expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}
+    if manifest["fields"] != expected or manifest["layers"] != store.layers:
+        raise ValueError(f"{folder} holds KV of another layout (kv_quant={manifest.get('kv_quant')!r})")
+    for segment in manifest["segments"]:
+        verify(folder, segment)
+    state_path = os.path.join(folder, STATE)
+    if not os.path.isfile(state_path) or file_crc(state_path) != manifest["state_crc32"]:
+        raise CorruptSegmentError(f"{state_path} is missing or fails its checksum")
+    state = load_file(state_path, device=str(engine.device))
+    for segment in manifest["segments"]:
+        _load_segment(store, folder, segment, fields)
+    summaries = state["summaries"]
+    for layer in range(store.layers):
+        store._summaries.write(layer, 0, summaries[layer].reshape(summaries.shape[1], -1))
+    for name in ("sink_k", "sink_v", "win_k", "win_v"):
+        getattr(st, name).extend(state[f"{name}.{layer}"] for layer in range(store.layers))
+    st.stream_tokens = manifest["stream_tokens"]
+    if "embeddings" in state:
+        session._embed_rows(state["embeddings"])
+    session._prefix_done = True
+    session.saved_meta = manifest.get("meta", {})
+    return session
+
+
+def _load_segment(store, folder: str, segment: Segment, fields) -> None:
+    from .backends.segments import field_bytes
+
+    raw = torch.from_file(os.path.join(folder, segment.file), shared=False, size=segment.bytes, dtype=torch.uint8)
+    first = store.reserve(segment.count)
+    if first != segment.first:
+        raise CorruptSegmentError(f"{segment.file} starts at frame {segment.first}, expected {first}")
+    offset, rows = 0, {}
+    for name, (shape, dtype) in fields.items():
+        size = store.layers * segment.count * field_bytes(shape, dtype)
+        rows[name] = raw[offset : offset + size].view(dtype).view(store.layers, segment.count, *shape)
+        offset += size
+    store._summaries.reserve(segment.count)
+    for layer in range(store.layers):
+        store.backend.write(layer, first, {name: rows[name][layer] for name in rows})
+    store.commit(segment.count)

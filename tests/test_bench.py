@@ -1,0 +1,36 @@
+"""rekv-bench smoke run (tiny preset; no timing assertions) and the KV accounting."""
+
+import json
+import os
+
+import pytest
+
+from lmms_rekv.accounting import preset_accounting
+
+
+def test_bench_tiny_smoke(tmp_path):
+    from lmms_rekv.bench import main
+
+    out = tmp_path / "bench"
+    assert main(["--preset", "tiny", "--out", str(out), "--frames", "20", "60", "200", "--repeats", "1", "--uniform-frames", "8"]) == 0
+    results = json.load(open(out / "results.json"))
+    summary = results["summary"]
+    for key in ("encode_frame_time_ratio_10x", "qa_latency_ratio_10x", "full_attention_qa_latency_ratio_10x", "kv_bytes_per_frame", "encode_frames_per_s"):
+        assert summary[key] is not None and summary[key] > 0, key
+    assert [p["frames"] for p in results["rekv"]["points"]] == [20, 60, 200]
+    assert [p["frames"] for p in results["uniform"]["points"]] == [20, 60, 200]
+    # device KV is bounded for ReKV and grows for full attention
+    rekv_dev = [p["device_bytes"] for p in results["rekv"]["points"]]
+    full_dev = [p["device_bytes"] for p in results["full"]["points"]]
+    assert len(set(rekv_dev)) == 1 and full_dev == sorted(full_dev) and full_dev[-1] > 5 * full_dev[0]
+    assert results["kv_per_hour"]["measured_gib"] == pytest.approx(results["kv_per_hour"]["formula_gib"])
+    for name in ("results.md", "latency.png", "memory.png"):
+        assert os.path.getsize(out / name) > 0
+
+
+@pytest.mark.parametrize("name,mib_frame,gib_hour", [("0.5b", 2.30, 4.04), ("7b", 10.72, 18.84)])
+def test_kv_accounting_of_real_configs(name, mib_frame, gib_hour):
+    got = preset_accounting(name)
+    assert got["frame_tokens"] == 196
+    assert round(got["mib_per_frame"], 2) == mib_frame
+    assert round(got["gib_per_hour"], 2) == gib_hour

@@ -1,0 +1,196 @@
+"""Memory tiers: disk offload under a RAM budget, quantized blocks, persisted sessions."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lmms_rekv.backends import CorruptSegmentError
+from lmms_rekv.quant import make_codec
+
+QUESTION = "what is on the table?"
+
+
+def _capture_kv(engine):
+    captured, hooks = {}, []
+    for idx, layer in enumerate(engine.language_model.layers):
+        for name in ("k_proj", "v_proj"):
+            def hook(module, inputs, output, key=(idx, name)):
+                captured.setdefault(key, []).append(output[0].detach().clone())
+            hooks.append(getattr(layer.self_attn, name).register_forward_hook(hook))
+    return captured, hooks
+
+
+def _stream(engine, video, step=5):
+    captured, hooks = _capture_kv(engine)
+    try:
+        session = engine.new_session()
+        for lo in range(0, len(video), step):
+            session.add_frames(video[lo : lo + step])
+        session.flush()
+    finally:
+        for h in hooks:
+            h.remove()
+    store = session.state.store
+    shape = (-1, store.frame_tokens, store.kv_heads, store.head_dim)
+    exact = {
+        layer: (torch.cat(captured[(layer, "k_proj")][1:]).view(shape), torch.cat(captured[(layer, "v_proj")][1:]).view(shape))
+        for layer in range(store.layers)
+    }
+    return session, exact
+
+
+TIERS = [dict(offload="cpu"), dict(offload="device"), dict(offload="disk", ram_budget_bytes=3 * 8192)]
+
+
+@pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
+def test_store_load_round_trip_is_bit_exact(load, frames, tier, tmp_path):
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, offload_dir=str(tmp_path), **tier)
+    session, exact = _stream(engine, frames(17, seed=20))
+    store = session.state.store
+    if tier["offload"] == "disk":
+        stats = session.stats()
+        assert stats["disk_bytes"] > 3 * stats["cpu_bytes"] and stats["cpu_bytes"] <= 3 * 8192
+    for layer, (keys, values) in exact.items():
+        for f in range(17):
+            k, v = store.frame(layer, f)
+            assert torch.equal(k, keys[f]) and torch.equal(v, values[f])
+        order = torch.tensor([16, 0, 5, 6, 7, 2, 15])
+        got_k, got_v = store.gather(layer, order, torch.device("cpu"))
+        assert torch.equal(got_k, keys[order].reshape(got_k.shape)) and torch.equal(got_v, values[order].reshape(got_v.shape))
+    folder = store.backend.folder if tier["offload"] == "disk" else None
+    session.close()
+    if folder:
+        assert not os.path.exists(folder)
+
+
+def _bound(x, dim, bits):
+    """Half a quantization step of each element's group, plus float16 rounding slack."""
+    span = x.float().amax(dim=dim, keepdim=True) - x.float().amin(dim=dim, keepdim=True)
+    magnitude = x.float().abs().amax(dim=dim, keepdim=True)
+    return span / (2 * (2**bits - 1)) + 2e-3 * magnitude + 1e-6
+
+
+@pytest.mark.parametrize("kind,bits", [("int8", 8), ("int4", 4)])
+@pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
+def test_quantized_blocks_meet_the_bound(load, frames, kind, bits, tier, tmp_path):
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, kv_quant=kind, offload_dir=str(tmp_path), **tier)
+    session, exact = _stream(engine, frames(9, seed=21))
+    store = session.state.store
+    for layer, (keys, values) in exact.items():
+        for f in range(9):
+            k, v = store.frame(layer, f)
+            assert ((k - keys[f]).abs() <= _bound(keys[f], 0, bits)).all()  # per channel: over tokens
+            assert ((v - values[f]).abs() <= _bound(values[f], 2, bits)).all()  # per token: over channels
+        # summaries (used for retrieval) stay exact
+        assert torch.allclose(store.summaries(layer), keys.float().mean(1), atol=1e-6)
+    assert store.bytes_per_frame < make_codec(None, store.frame_tokens, store.kv_heads, store.head_dim, torch.float32).bytes_per_frame(store.layers) / (3 if bits == 8 else 5)
+    assert isinstance(session.ask(QUESTION, max_new_tokens=3), str)
+
+
+def test_codec_bytes_for_the_real_7b():
+    exact = make_codec(None, 196, 4, 128, torch.float16).bytes_per_frame(28)
+    assert exact == 11239424  # 10.72 MiB
+    int8 = make_codec("int8", 196, 4, 128, torch.float16).bytes_per_frame(28)
+    int4 = make_codec("int4", 196, 4, 128, torch.float16).bytes_per_frame(28)
+    assert int8 < exact / 1.9 and int4 < exact / 3.7
+
+
+@pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
+def test_persisted_session_reopens_identically(load, frames, tier, tmp_path):
+    engine = load(window_tokens=40, topk_frames=3, chunk_frames=3, offload_dir=str(tmp_path / "spill"), **tier)
+    session = engine.new_session()
+    session.add_frames(frames(13, seed=22))
+    before = session.answer(QUESTION, max_new_tokens=5, return_logits=True, eos_token_ids=())
+    session.save(str(tmp_path / "entry"))
+    reopened = engine.open_session(str(tmp_path / "entry"))
+    after = reopened.answer(QUESTION, max_new_tokens=5, return_logits=True, eos_token_ids=())
+    assert after.token_ids == before.token_ids
+    assert all(torch.equal(a, b) for a, b in zip(after.logits, before.logits))
+    assert reopened.stats()["frames"] == 13
+    # streaming goes on from the reopened state exactly as from the original
+    more = frames(4, seed=23)
+    session.add_frames(more)
+    reopened.add_frames(more)
+    assert session.ask(QUESTION, max_new_tokens=4) == reopened.ask(QUESTION, max_new_tokens=4)
+
+
+def test_corrupt_entry_is_detected(load, frames, tmp_path):
+    engine = load(window_tokens=40, topk_frames=3, chunk_frames=3)
+    session = engine.new_session()
+    session.add_frames(frames(6, seed=24))
+    folder = str(tmp_path / "entry")
+    session.save(folder)
+    segment = os.path.join(folder, "seg_000000.bin")
+    data = bytearray(open(segment, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(segment, "wb").write(bytes(data))
+    with pytest.raises(CorruptSegmentError, match="checksum"):
+        engine.open_session(folder)
+    open(segment, "wb").write(bytes(data[:100]))  # a partially written segment
+    with pytest.raises(CorruptSegmentError, match="partially written"):
+        engine.open_session(folder)
+    os.remove(os.path.join(folder, "manifest.json"))  # an unfinished save
+    with pytest.raises(CorruptSegmentError, match="no manifest"):
+        engine.open_session(folder)
+
+
+def test_disk_tier_rejects_a_truncated_segment_while_streaming(load, frames, tmp_path):
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=2, offload="disk", ram_budget_bytes=2 * 8192, offload_dir=str(tmp_path))
+    session = engine.new_session()
+    session.add_frames(frames(10, seed=25))
+    backend = session.state.store.backend
+    first = os.path.join(backend.folder, backend.segments[0].file)
+    with open(first, "r+b") as fh:
+        fh.truncate(10)
+    with pytest.raises(CorruptSegmentError):
+        session.ask(QUESTION, max_new_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def wide_dir(tmp_path_factory):
+    """A tiny model with 64 tokens per frame and 4 kv heads: 128 KiB of KV per frame."""
+    from lmms_rekv.tiny import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("wide") / "model"), hidden=128, heads=4, kv_heads=4, image_size=128)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def test_long_stream_on_disk_keeps_rss_bounded(wide_dir, tmp_path):
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+
+    def engine(**tier):
+        cfg = ReKVConfig(window_tokens=256, topk_frames=4, chunk_frames=50, frame_tokens=64, **tier)
+        return ReKVLlavaOneVision.from_pretrained(wide_dir, config=cfg, dtype="float32", device="cpu")
+
+    budget = 16 * 2**20
+    disk = engine(offload="disk", ram_budget_bytes=budget, offload_dir=str(tmp_path)).new_session()
+    rng = np.random.default_rng(0)
+    chunk = rng.integers(0, 256, (50, 16, 16, 3), dtype=np.uint8)
+    samples = []
+    for i in range(40):  # 2,000 frames
+        disk.add_frames(np.roll(chunk, i, axis=0))
+        if i in (9, 39):
+            samples.append(_rss())
+    stats = disk.stats()
+    stored = stats["kv_bytes_per_frame"] * 2000
+    assert stats["frames"] == 2000 and stored > 10 * budget
+    assert stats["cpu_bytes"] <= budget and stats["disk_bytes"] + stats["cpu_bytes"] == stored
+    growth = samples[1] - samples[0]  # RSS from frame 500 to 2000, while 1,500 frames of KV were added
+    assert growth < 0.25 * (stored * 3 / 4), (growth, stored)
+    answer_disk = disk.answer(QUESTION, max_new_tokens=6, return_logits=True, eos_token_ids=())
+    cpu = engine(offload="cpu").new_session()
+    for i in range(40):
+        cpu.add_frames(np.roll(chunk, i, axis=0))
+    answer_cpu = cpu.answer(QUESTION, max_new_tokens=6, return_logits=True, eos_token_ids=())
+    assert answer_disk.token_ids == answer_cpu.token_ids
+    assert all(torch.equal(a, b) for a, b in zip(answer_disk.logits, answer_cpu.logits))
+    assert [s.tolist() for s in answer_disk.selected] == [s.tolist() for s in answer_cpu.selected]
+    disk.close()
+    assert os.listdir(tmp_path) == []
