@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
@@ -80,7 +81,7 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
 
     rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, frame_tokens=16 if preset == "tiny" else 196)
     if preset == "tiny":
-        path = build_tiny_model(os.path.join(workdir, "tiny-model"))
+        path = build_tiny_model(os.path.join(workdir, "tiny-model"))  # a temporary folder
         rekv = ReKVLlavaOneVision.from_pretrained(path, config=rekv_cfg, dtype=dtype, device=device)
     else:
         from transformers import LlavaOnevisionForConditionalGeneration
@@ -269,7 +270,13 @@ def machine_name(device: torch.device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} CPU, {torch.get_num_threads()} threads"
 
 
 def run(args) -> Dict:
@@ -285,7 +292,8 @@ def run(args) -> Dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(args.dtype, device)
     os.makedirs(args.out, exist_ok=True)
-    rekv, full = build_engines(args.preset, args.out, device, dtype, cfg)
+    with tempfile.TemporaryDirectory(prefix="rekv-bench-") as workdir:
+        rekv, full = build_engines(args.preset, workdir, device, dtype, cfg)
     results = {"preset": args.preset, "machine": machine_name(device), "dtype": str(dtype).replace("torch.", ""),
                "config": asdict(cfg), "points": sorted(cfg.frames)}
     results["rekv"] = run_stream(rekv, cfg.frames, cfg.chunk, cfg.answer_tokens, args.repeats, "ReKV stream")
