@@ -140,8 +140,10 @@ def run_stream(engine, points: List[int], chunk: int, answer_tokens: int, repeat
 
 def run_uniform(engine, points: List[int], n_frames: int, answer_tokens: int, repeats: int) -> Dict:
     """Vanilla generate on ``n_frames`` frames sampled uniformly from the first ``p`` frames."""
+    from tqdm.auto import tqdm
+
     model, device, out = engine.model, engine.device, []
-    for point in points:
+    for point in tqdm(points, desc="uniform-sampling baseline", unit="point"):
         n = min(n_frames, point)
         idx = np.linspace(0, point - 1, n).round().astype(int)
         frames = np.concatenate([synthetic_frames(int(i), 1) for i in idx])

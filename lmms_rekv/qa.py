@@ -55,10 +55,12 @@ class QAStep:
     extra_tokens: int  # answer tokens to leave room for
     question_offset: int = 1  # the first prefill token is image_newline, not question
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
+    fixed: Optional[torch.Tensor] = None  # frames shared by every layer (external): prefetched at once
     decoding: bool = False
     selected: List[Optional[torch.Tensor]] = field(default_factory=list)
     _caches: List[Optional[_LayerCache]] = field(default_factory=list)
     _tables: Optional[tuple] = None
+    _prefetched: Optional[tuple] = None
 
     def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """RoPE of ``(H, T, D)`` pre-RoPE ``x`` at positions ``start..start+T-1``."""
@@ -86,9 +88,15 @@ class QAStep:
             self._caches = [None] * st.store.layers
             self.selected = [None] * st.store.layers
         query_mean = q_pre[:, self.question_offset : self.question_end].float().mean(dim=1)
-        index = self.select(layer, query_mean)
+        if self.fixed is not None:
+            index = self.fixed
+            if self._prefetched is None:
+                self._prefetched = st.store.gather_all(index, q_pre.device)
+            k_ctx, v_ctx = self._prefetched[0][layer], self._prefetched[1][layer]
+        else:
+            index = self.select(layer, query_mean)
+            k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         self.selected[layer] = index
-        k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         past_k = torch.cat([st.sink_k[layer], self._rotate(k_ctx.transpose(0, 1), st.sinks)], dim=1)
         past_v = torch.cat([st.sink_v[layer], v_ctx.transpose(0, 1)], dim=1)
         past = past_k.shape[1]

@@ -203,9 +203,10 @@ class ReKVSession:
         context = self.state.sinks + self.config.policy().budget(frames) * engine.frame_tokens
         prefill = 1 + len(suffix) + scored
         self._check_budget(context + prefill + new_tokens)
+        selector = self._selector(question, frames)
         step = QAStep(
-            self.state, engine.rope, self._selector(question, frames), context + prefill + new_tokens, new_tokens,
-            question_end=1 + len(suffix),
+            self.state, engine.rope, selector, context + prefill + new_tokens, new_tokens,
+            question_end=1 + len(suffix), fixed=getattr(selector, "fixed", None),
         )
         embeds = torch.cat([engine.newline_embedding(), engine.embed(suffix)], dim=1)
         return step, embeds, context
@@ -223,7 +224,12 @@ class ReKVSession:
         external = self.embeddings[:frames] @ self.engine.embedder.embed_text(question)
         if cfg.retrieval == "external":
             chosen = select(external, policy)
-            return lambda layer, query: chosen
+
+            def same_for_all(layer: int, query: torch.Tensor) -> torch.Tensor:
+                return chosen
+
+            same_for_all.fixed = chosen  # every layer's blocks fetched in one batched read
+            return same_for_all
         return lambda layer, query: select(fuse(internal(layer, query), external, cfg.hybrid_rule, cfg.hybrid_alpha), policy)
 
     def _check_budget(self, tokens: int) -> None:

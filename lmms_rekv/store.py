@@ -98,6 +98,18 @@ class BlockStore:
         flat = (-1, self.kv_heads, self.head_dim)
         return keys.reshape(flat), values.reshape(flat)
 
+    def gather_all(self, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``gather`` for every layer at once (one batched read and copy when the same frames
+        serve all layers): two ``(layers, len(frames) * frame_tokens, kv_heads, head_dim)``."""
+        read_all = getattr(self.backend, "read_all", None)
+        if read_all is None:
+            pairs = [self.gather(layer, frames, device) for layer in range(self.layers)]
+            return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+        fields = {k: v.to(device, non_blocking=True) for k, v in read_all(frames).items()}
+        keys, values = self.codec.decode(fields)
+        flat = (self.layers, -1, self.kv_heads, self.head_dim)
+        return keys.reshape(flat), values.reshape(flat)
+
     def frame(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """One stored block, decoded: two ``(frame_tokens, kv_heads, head_dim)`` tensors."""
         if not 0 <= index < self.frames:

@@ -194,3 +194,23 @@ def test_long_stream_on_disk_keeps_rss_bounded(wide_dir, tmp_path):
     assert [s.tolist() for s in answer_disk.selected] == [s.tolist() for s in answer_cpu.selected]
     disk.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_disk_reads_with_read_ahead_match_memory(load, frames, tmp_path):
+    """Sparse, unordered and gap-spanning index sets read the same from disk as from RAM."""
+    disk = load(window_tokens=40, topk_frames=None, chunk_frames=3, offload="disk", ram_budget_bytes=4 * 8192, offload_dir=str(tmp_path))
+    cpu = load(window_tokens=40, topk_frames=None, chunk_frames=3)
+    video = frames(30, seed=26)
+    stores = []
+    for engine in (disk, cpu):
+        session = engine.new_session()
+        session.add_frames(video)
+        session.flush()
+        stores.append(session.state.store)
+    assert stores[0].backend.disk_frames >= 24
+    for index in ([0, 2, 7, 3, 29], [5, 6, 7, 8, 9, 10], [1, 4, 9, 14, 19, 28], [28, 27, 26, 1]):
+        got = stores[0].gather(1, torch.tensor(index), torch.device("cpu"))
+        want = stores[1].gather(1, torch.tensor(index), torch.device("cpu"))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    all_k, all_v = stores[0].gather_all(torch.tensor([3, 17, 25]), torch.device("cpu"))
+    assert torch.equal(all_k[1], stores[1].gather(1, torch.tensor([3, 17, 25]), torch.device("cpu"))[0])

@@ -78,6 +78,12 @@ class MemoryBackend:
         index = frames.to(self.device)
         return {name: arena[layer].index_select(0, index) for name, arena in self._arenas.items()}
 
+    def read_all(self, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``read`` for every layer: ``{name: (layers, k, *shape)}`` in one index per field."""
+        self.sync()
+        index = frames.to(self.device)
+        return {name: arena.index_select(1, index) for name, arena in self._arenas.items()}
+
     def frame(self, layer: int, index: int) -> Dict[str, torch.Tensor]:
         self.sync()
         return {name: arena[layer, index] for name, arena in self._arenas.items()}

@@ -121,28 +121,43 @@ class SegmentReader:
         return self._fds[segment.file]
 
     def read_into(self, segment: Segment, layer: int, frames: List[int], out: Dict[str, torch.Tensor], rows: List[int]) -> None:
-        """Copy ``frames`` (sorted, inside ``segment``) of ``layer`` into ``out[field][rows]``."""
+        """Copy ``frames`` (sorted, inside ``segment``) of ``layer`` into ``out[field][rows]``.
+
+        Frames less than ``READ_AHEAD + 1`` apart are fetched in one read of the whole span
+        (the gap is read too and dropped): few large reads instead of many small ones."""
         fd = self._fd(segment)
         offset = 0
         for name, (shape, dtype) in self.fields.items():
             fb = field_bytes(shape, dtype)
             base = offset + layer * segment.count * fb
-            start = 0
-            while start < len(frames):
-                end = start + 1
-                while end < len(frames) and frames[end] == frames[end - 1] + 1 and rows[end] == rows[end - 1] + 1:
-                    end += 1
-                target = out[name][rows[start] : rows[start] + (end - start)]
-                got = os.preadv(fd, [_raw_out(target)], base + (frames[start] - segment.first) * fb)
-                if got != (end - start) * fb:
+            for lo, hi in _spans(frames, READ_AHEAD):
+                span = frames[hi - 1] - frames[lo] + 1
+                position = base + (frames[lo] - segment.first) * fb
+                direct = span == hi - lo and rows[hi - 1] - rows[lo] == hi - lo - 1
+                target = out[name][rows[lo] : rows[lo] + span] if direct else torch.empty((span, *shape), dtype=dtype)
+                if os.preadv(fd, [_raw_out(target)], position) != span * fb:
                     raise CorruptSegmentError(f"short read from {segment.file}")
-                start = end
+                if not direct:
+                    picked = torch.tensor(frames[lo:hi]) - frames[lo]
+                    out[name][torch.tensor(rows[lo:hi])] = target[picked]
             offset += self.layers * segment.count * fb
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+READ_AHEAD = 4  # frames of gap read through rather than split into two reads
+
+
+def _spans(frames: List[int], gap: int):
+    """``(lo, hi)`` index ranges of ``frames`` (sorted) whose neighbours are at most ``gap + 1`` apart."""
+    lo = 0
+    for i in range(1, len(frames) + 1):
+        if i == len(frames) or frames[i] - frames[i - 1] > gap + 1:
+            yield lo, i
+            lo = i
 
 
 def _raw_out(tensor: torch.Tensor) -> memoryview:
