@@ -94,6 +94,19 @@ def extract_letter(text: str, n_options: int = 4) -> str:
     return match.group(1) if match else ""
 
 
+def mc_doc_to_text(doc, lmms_eval_specific_kwargs=None) -> str:
+    """``pre_prompt + question + lettered options + post_prompt`` for a doc with
+    ``question`` and ``options``."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', '')}{doc['question']}\n{format_options(doc['options'])}\n{kwargs.get('post_prompt', '')}"
+
+
+def mc_process_results(doc, results) -> Dict[str, float]:
+    """Accuracy of the option letter named by the prediction against ``doc["answer"]``."""
+    prediction = results[0] if results else ""
+    return {"accuracy": float(extract_letter(prediction, len(doc["options"])) == doc["answer"])}
+
+
 # -- open-ended scoring ------------------------------------------------------------------
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD-style token F1 between two strings (lower-cased, punctuation removed)."""

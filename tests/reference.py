@@ -80,3 +80,23 @@ def dense_generate(engine, frames, window, question: str, max_new_tokens: int):
         all_logits.append(logits)
         tokens.append(int(logits.argmax()))
     return tokens, all_logits
+
+
+def answer_capturing_queries(engine, session, question: str, **kwargs):
+    """``session.answer`` plus each layer's pre-RoPE query projection of the QA prefill
+    ``{layer: (tokens, Hq * D)}``, captured by hooks of the test's own."""
+    seen = {}
+
+    def hook_for(idx):
+        def hook(module, inputs, output):
+            seen.setdefault(idx, output[0].detach().clone())  # returns None: output unchanged
+
+        return hook
+
+    hooks = [l.self_attn.q_proj.register_forward_hook(hook_for(i)) for i, l in enumerate(engine.language_model.layers)]
+    try:
+        answer = session.answer(question, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return answer, seen

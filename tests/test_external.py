@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from lmms_rekv.retrieval import frame_scores
 from lmms_rekv.selection import SelectionPolicy, fuse, mass_count, select
 from lmms_rekv.tiny import write_tiny_clip_config
+from reference import answer_capturing_queries
 
 QUESTION = "where is the red cup?"
 
@@ -24,19 +25,6 @@ def _engine(load, clip_json, **config):
     if engine.config.uses_embeddings:
         engine.embedder  # built once per engine
     return engine
-
-
-def _capture_queries(engine):
-    seen = {}
-
-    def hook_for(idx):
-        def hook(module, inputs, output):
-            seen.setdefault(idx, output[0].detach().clone())  # returns None: output unchanged
-
-        return hook
-
-    hooks = [layer.self_attn.q_proj.register_forward_hook(hook_for(i)) for i, layer in enumerate(engine.language_model.layers)]
-    return seen, hooks
 
 
 def test_external_selection_is_cosine_topk_shared_by_layers(load, clip_json, frames, monkeypatch):
@@ -106,12 +94,7 @@ def test_hybrid_equals_brute_force_fusion(load, clip_json, frames):
     engine = _engine(load, clip_json, retrieval="hybrid", hybrid_alpha=0.3, topk_frames=4)
     session = engine.new_session()
     session.add_frames(frames(12, seed=12))
-    seen, hooks = _capture_queries(engine)
-    try:
-        answer = session.answer(QUESTION, max_new_tokens=2)
-    finally:
-        for h in hooks:
-            h.remove()
+    answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
     text = engine.model.config.text_config
     external = session.embeddings @ engine.embedder.embed_text(QUESTION)
     for layer, selected in enumerate(answer.selected):

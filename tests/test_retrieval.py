@@ -5,20 +5,10 @@ import pytest
 import torch
 
 from lmms_rekv.retrieval import frame_scores
+from reference import answer_capturing_queries
 from lmms_rekv.selection import SelectionPolicy, select
 
 QUESTION = "where is the red cup after the door opens?"
-
-
-def _capture_question_queries(engine):
-    """Hooks (not the engine's) recording each layer's first q_proj output during ask."""
-    seen = {}
-    hooks = []
-    for idx, layer in enumerate(engine.language_model.layers):
-        def hook(module, inputs, output, idx=idx):
-            seen.setdefault(idx, output[0].detach().clone())
-        hooks.append(layer.self_attn.q_proj.register_forward_hook(hook))
-    return seen, hooks
 
 
 def _brute_force(store, layer, query_tokens, score, topk, group):
@@ -42,12 +32,7 @@ def test_selection_equals_brute_force(load, frames, score):
     engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, score=score)
     session = engine.new_session()
     session.add_frames(frames(12, seed=5))
-    seen, hooks = _capture_question_queries(engine)
-    try:
-        answer = session.answer(QUESTION, max_new_tokens=2)
-    finally:
-        for h in hooks:
-            h.remove()
+    answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
     store = session.state.store
     text = engine.model.config.text_config
     group = text.num_attention_heads // text.num_key_value_heads

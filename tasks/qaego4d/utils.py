@@ -12,9 +12,9 @@ streamed, then the question is asked.
 
 from __future__ import annotations
 
-from lmms_rekv.tasks.common import (
-    answer_letter, data_dir, extract_letter, first_existing, format_options, load_json, to_dataset, video_file,
-)
+from lmms_rekv.tasks.common import answer_letter, data_dir, first_existing, load_json, to_dataset, video_file
+from lmms_rekv.tasks.common import mc_doc_to_text as doc_to_text  # noqa: F401  (used by the YAML)
+from lmms_rekv.tasks.common import mc_process_results as process_results  # noqa: F401
 
 
 def qaego4d_docs(dataset):
@@ -33,13 +33,3 @@ def qaego4d_docs(dataset):
 
 def doc_to_visual(doc):
     return [doc["video"]]
-
-
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    kwargs = lmms_eval_specific_kwargs or {}
-    return f"{kwargs.get('pre_prompt', '')}{doc['question']}\n{format_options(doc['options'])}\n{kwargs.get('post_prompt', '')}"
-
-
-def process_results(doc, results):
-    prediction = results[0] if results else ""
-    return {"accuracy": float(extract_letter(prediction, len(doc["options"])) == doc["answer"])}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from lmms_rekv.tasks.common import extract_letter, format_options
+from lmms_rekv.tasks.common import mc_doc_to_text as doc_to_text  # noqa: F401  (used by the YAML)
+from lmms_rekv.tasks.common import mc_process_results as process_results  # noqa: F401
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
@@ -50,15 +51,3 @@ def video_path(doc) -> str:
 def doc_to_visual(doc):
     path = doc.get("path") or video_path(doc)
     return [f"{path}#t={doc['time']}"] if doc.get("time") is not None else [path]
-
-
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    kwargs = lmms_eval_specific_kwargs or {}
-    options = format_options(doc["options"])
-    post = kwargs.get("post_prompt", "Answer with the option's letter from the given choices directly.")
-    return f"{kwargs.get('pre_prompt', '')}{doc['question']}\n{options}\n{post}"
-
-
-def process_results(doc, results):
-    prediction = results[0] if results else ""
-    return {"accuracy": float(extract_letter(prediction, len(doc["options"])) == doc["answer"])}
