@@ -91,35 +91,6 @@ def iter_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, en
         yield frame
 
 
-class FrameStream:
-    """One pass over a video, handed out in time order up to a requested time.
-
-    ``until(t)`` returns the sampled frames with timestamps ``<= t`` not handed out yet
-    (all remaining ones for ``t=None``), so a question at ``t`` never sees a later frame;
-    the video is decoded once however many questions are asked on it."""
-
-    def __init__(self, path: str, fps: float, max_frames: Optional[int] = None, start_time: float = 0.0) -> None:
-        self._frames = iter_video_timed(path, fps, max_frames, start_time=start_time)
-        self._held: Optional[Tuple[float, np.ndarray]] = None
-        self.done = False
-        self.frames_out = 0
-
-    def until(self, end_time: Optional[float]) -> Optional[np.ndarray]:
-        out = []
-        while not self.done:
-            item = self._held or next(self._frames, None)
-            self._held = None
-            if item is None:
-                self.done = True
-                break
-            if end_time is not None and item[0] > end_time + 1e-6:
-                self._held = item
-                break
-            out.append(item[1])
-        self.frames_out += len(out)
-        return np.stack(out) if out else None
-
-
 def read_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, end_time: Optional[float] = None) -> np.ndarray:
     """All sampled frames of ``path`` as one ``(N, H, W, 3)`` uint8 array (see ``iter_video``)."""
     return np.stack(list(iter_video(path, fps, max_frames, end_time)))
