@@ -1,13 +1,11 @@
-"""Block store: every frame's per-layer pre-RoPE keys and values, in growing arenas.
+"""Block store: every frame's per-layer pre-RoPE keys and values.
 
-(Layout below is the exact codec on the memory backend; see ``quant`` and ``backends``.)
-
-One block = one frame = ``frame_tokens`` tokens. Keys and values live in two arenas of shape
-``(layers, capacity, frame_tokens, kv_heads, head_dim)`` on the storage tier's device (CPU,
-pinned when the model runs on CUDA; or the model's device). Capacity doubles when full, so
-appending a chunk costs one copy per layer, never one allocation per frame. Per-layer block
-summaries (mean pre-RoPE key of each frame, fp32, ``(layers, capacity, kv_heads, head_dim)``)
-stay on the model's device for scoring.
+One block = one frame = ``frame_tokens`` tokens. A codec (``quant``: exact, int8, int4)
+turns a chunk's keys/values into stored fields; a backend (``backends``: growing in-memory
+arenas ``(layers, capacity, *field_shape)`` on the CPU -- pinned when the model runs on
+CUDA -- or on the device; or RAM + segment files on disk) keeps them, one copy per layer and
+chunk, never one allocation per frame. Per-layer block summaries (mean pre-RoPE key of each
+frame, fp32, exact whatever the codec) stay on the model's device for scoring.
 """
 
 from __future__ import annotations
