@@ -330,7 +330,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    results = run(args)
+    run(args)
     print(open(os.path.join(args.out, "results.md")).read())
     return 0
 

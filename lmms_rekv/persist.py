@@ -22,7 +22,7 @@ from typing import Dict, Optional
 import torch
 
 from .backends.segments import (
-    CorruptSegmentError, Segment, atomic_write, file_crc, read_manifest, verify, write_manifest, write_segment,
+    CorruptSegmentError, Segment, file_crc, read_manifest, verify, write_manifest, write_segment,
 )
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,5 @@
 """Decoding honours max_new_tokens, EOS and stop strings; sampling is seeded."""
 
-import torch
 
 
 def test_max_new_tokens_and_eos(load, frames):
