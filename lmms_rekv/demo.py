@@ -68,6 +68,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     questions = args.questions or ["What is happening in the video?", "What color is the moving square?"]
     result = run_demo(args.model, args.seconds, args.fps, args.burst, args.dtype, args.device, questions)
+    if not args.model:
+        print("(the embedded tiny model has random weights: its answers are noise)")
     for question, answer in result["answers"].items():
         print(f"Q: {question}\nA: {answer!r}")
     print("stats:", json.dumps(result["stats"], indent=1))
