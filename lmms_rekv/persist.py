@@ -117,9 +117,7 @@ def load_session(engine, folder: str):
     state = load_file(state_path, device=str(engine.device))
     for segment in manifest["segments"]:
         _load_segment(store, folder, segment, fields)
-    summaries = state["summaries"]
-    for layer in range(store.layers):
-        store._summaries.write(layer, 0, summaries[layer].reshape(summaries.shape[1], -1))
+    store.load_summaries(state["summaries"])
     for name in ("sink_k", "sink_v", "win_k", "win_v"):
         getattr(st, name).extend(state[f"{name}.{layer}"] for layer in range(store.layers))
     st.stream_tokens = manifest["stream_tokens"]
@@ -142,7 +140,6 @@ def _load_segment(store, folder: str, segment: Segment, fields) -> None:
         size = store.layers * segment.count * field_bytes(shape, dtype)
         rows[name] = raw[offset : offset + size].view(dtype).view(store.layers, segment.count, *shape)
         offset += size
-    store._summaries.reserve(segment.count)
     for layer in range(store.layers):
         store.backend.write(layer, first, {name: rows[name][layer] for name in rows})
     store.commit(segment.count)

@@ -49,14 +49,15 @@ class ReKVSession:
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         cfg = self.config
         storage = engine.device if cfg.offload == "device" else torch.device("cpu")
-        store = BlockStore(
-            layers, engine.frame_tokens, text.num_key_value_heads, head_dim, engine.dtype, storage, engine.device,
-            kv_quant=cfg.kv_quant,
-        )
+        factory = None
         if cfg.offload == "disk":
             from .backends import DiskBackend
 
-            store.backend = DiskBackend(layers, store.codec.fields(), cfg.offload_dir, cfg.ram_budget_bytes)
+            factory = lambda fields: DiskBackend(layers, fields, cfg.offload_dir, cfg.ram_budget_bytes)  # noqa: E731
+        store = BlockStore(
+            layers, engine.frame_tokens, text.num_key_value_heads, head_dim, engine.dtype, storage, engine.device,
+            kv_quant=cfg.kv_quant, backend_factory=factory,
+        )
         self.state = StreamState(store=store, window=self.config.window_tokens)
         self._embeddings: Optional[GrowingRows] = None
         self._pending: List[torch.Tensor] = []

@@ -11,7 +11,7 @@ frame, fp32, exact whatever the codec) stay on the model's device for scoring.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -36,7 +36,7 @@ class BlockStore:
         summary_device: torch.device,
         initial_capacity: int = 64,
         kv_quant: Optional[str] = None,
-        backend=None,
+        backend_factory: Optional[Callable] = None,
     ) -> None:
         from .backends import MemoryBackend
         from .quant import make_codec
@@ -47,7 +47,10 @@ class BlockStore:
         self.codec = make_codec(kv_quant, frame_tokens, kv_heads, head_dim, dtype)
         storage_device = torch.device(storage_device)
         pin = storage_device.type == "cpu" and self.summary_device.type == "cuda"
-        self.backend = backend or MemoryBackend(layers, self.codec.fields(), storage_device, pin, initial_capacity)
+        if backend_factory is not None:  # e.g. the disk tier: built for this codec's fields
+            self.backend = backend_factory(self.codec.fields())
+        else:
+            self.backend = MemoryBackend(layers, self.codec.fields(), storage_device, pin, initial_capacity)
         self._summaries = GrowingRows(kv_heads * head_dim, self.summary_device, layers=layers, capacity=initial_capacity)
 
     @property
@@ -77,6 +80,11 @@ class BlockStore:
         keys, values = keys.reshape(shape), values.reshape(shape)
         self._summaries.write(layer, first, keys.float().mean(dim=1).reshape(n, -1))
         self.backend.write(layer, first, self.codec.encode(keys, values))
+
+    def load_summaries(self, summaries: torch.Tensor) -> None:
+        """Restore ``(layers, frames, kv_heads, head_dim)`` summaries of stored frames (reopened sessions)."""
+        for layer in range(self.layers):
+            self._summaries.write(layer, 0, summaries[layer].reshape(summaries.shape[1], -1))
 
     def summaries(self, layer: int) -> torch.Tensor:
         """Mean pre-RoPE key per frame, ``(frames, kv_heads, head_dim)`` fp32 on the model device."""
