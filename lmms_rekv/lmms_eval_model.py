@@ -11,7 +11,8 @@ and the question is answered as of END: only frames sampled at or before END can
 retrieved, and encoding is causal, so later frames cannot change the answer. A
 video that cannot be read, or a question that fails, is logged and recorded in
 ``self.failures`` (and appended to ``$LMMS_REKV_FAILURES`` as JSON lines when set); its
-documents get an empty answer and the run goes on.
+documents get an empty answer and the run goes on. An ``ImportError`` (a broken
+installation, not a bad document) ends the run at once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from .video import VideoError, iter_video_timed
 logger = logging.getLogger(__name__)
 
 PLACEHOLDERS = ("<video>", "<image>")
+# errors that say the installation is broken (e.g. a module missing from a wheel): every
+# document would fail the same way, so they end the run instead of being recorded per document
+FATAL_ERRORS = (ImportError,)
 
 
 @dataclass
@@ -179,6 +183,8 @@ class ReKVLlavaOV(lmms):
                     if limit == 0:
                         raise ValueError(f"no frame of {path} is sampled by t={job.end}s")
                     results[job.index] = answer(session, job, limit)
+                except FATAL_ERRORS:  # a broken installation, not a bad document: stop now
+                    raise
                 except Exception as exc:  # one bad document must not end the run
                     self._record_failure(job, exc)
                 bar.update(1)

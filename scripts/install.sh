@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
-# Create .venv and install lmms-rekv (editable) with its test, clip and bench extras.
-# On a machine without an NVIDIA GPU, torch/torchvision are pinned to the pair served from
-# local disk (constraints-cpu.txt) so that pip downloads no other build; with a GPU it is
-# the ordinary `pip install -e ".[test,clip,bench]"`.
+# Create .venv and install lmms-rekv (editable) with its test, clip and bench extras, every
+# package pinned by the tested lock (lmms_rekv/requirements-lock.txt, written by
+# scripts/lock.sh from a venv whose suite passed).
+#   CPU (no NVIDIA GPU): the whole lock, torch/torchvision included (the pair these machines
+#     serve from local disk -- a CUDA build, ~7 GB venv; see README "Install").
+#   GPU: the lock without its torch/torchvision/CUDA lines, so pip keeps or picks the torch
+#     build that matches the machine.
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu: torch/torchvision at the locked
+#     versions from that index first (PyTorch's small CPU-only wheels), then the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+LOCK=lmms_rekv/requirements-lock.txt
+TORCH_LINES='^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)=='
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  "$VENV/bin/pip" install -q -e ".[test,clip,bench]"
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  pins=$(grep -E '^(torch|torchvision)==' "$LOCK" | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --index-url "$TORCH_INDEX_URL" $pins
+  grep -v -E "$TORCH_LINES" "$LOCK" > "$constraints"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  grep -v -E "$TORCH_LINES" "$LOCK" > "$constraints"
 else
-  "$VENV/bin/pip" install -q -c constraints-cpu.txt -e ".[test,clip,bench]"
+  cp "$LOCK" "$constraints"
 fi
-"$VENV/bin/python" -c "import torch, torchvision, transformers, open_clip, lmms_rekv; print('lmms-rekv ready: torch', torch.__version__, '| transformers', transformers.__version__, '| open_clip', open_clip.__version__)"
+"$VENV/bin/pip" install -q -c "$constraints" -e ".[test,clip,bench]"
+"$VENV/bin/python" -m lmms_rekv.doctor  # versions against the lock + functional checks; non-zero on a problem

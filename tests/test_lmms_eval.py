@@ -14,7 +14,9 @@ from lmms_eval.api.instance import Instance
 
 from lmms_rekv.video import iter_video, read_video, write_video
 
-TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")
+import lmms_rekv.tasks
+
+TASKS_DIR = os.path.dirname(os.path.abspath(lmms_rekv.tasks.__file__))  # the installed copy
 MODEL_ARGS = "window_tokens=64,topk_frames=4,chunk_frames=4,fps=1"
 
 
@@ -158,29 +160,40 @@ def test_multi_round(lm, tmp_path):
     assert result == expected
 
 
-def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra=""):
+def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(), expect=0):
+    """Run the CLI as the README does: ``rekv-eval`` (lmms-eval with failures that show), or
+    lmms-eval under ``torchrun``; returns (results, {doc_id: prediction}, output)."""
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), LMMS_REKV_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
-    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval"] if torchrun else [sys.executable, "-m", "lmms_eval"]
+    env.pop("LMMS_REKV_FAILURES", None)
+    if torchrun:
+        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval"]
+    else:
+        head = [sys.executable, "-m", "lmms_rekv.run_eval", *flags]
     cmd = head + [
         "--model", "rekv_llava_ov", "--model_args", f"pretrained={tiny_dir},{MODEL_ARGS}{extra}", "--tasks", "rekv_demo",
-        "--include_path", tasks_dir, "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG",
+        "--include_path", tasks_dir, "--output_path", str(out), "--log_samples",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.load(open(glob.glob(str(out / "*" / "*_results.json"))[0]))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == expect, output[-6000:]
+    found = glob.glob(str(out / "*" / "*_results.json"))
+    if not found:
+        return None, None, output
+    results = json.load(open(found[0]))
     samples = [json.loads(line) for line in open(glob.glob(str(out / "*" / "*_samples_rekv_demo.jsonl"))[0])]
-    return results, {s["doc_id"]: s["filtered_resps"] for s in samples}
+    return results, {s["doc_id"]: s["filtered_resps"] for s in samples}, output
 
 
 def test_cli_rekv_demo_single_and_torchrun(tmp_path, tiny_dir):
-    results, single = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "one")
+    results, single, output = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "one")
     assert "accuracy,none" in results["results"]["rekv_demo"]
     assert len(single) == 16
-    _, double = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "two", torchrun=True)
+    assert "Traceback" not in output and "rekv-eval: finished, no failed document" in output
+    _, double, _ = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "two", torchrun=True)
     assert double == single
 
 
-def test_cli_survives_bad_documents(tmp_path, tiny_dir):
+def _bad_demo_tasks(tmp_path):
     tasks = tmp_path / "tasks"
     shutil.copytree(os.path.join(TASKS_DIR, "rekv_demo"), tasks / "rekv_demo")
     docs = json.load(open(tasks / "rekv_demo" / "rekv_demo.json"))
@@ -188,10 +201,39 @@ def test_cli_survives_bad_documents(tmp_path, tiny_dir):
     (tmp_path / "bad.mp4").write_bytes(b"garbage" * 100)
     docs[5]["path"] = str(tmp_path / "bad.mp4")
     json.dump(docs, open(tasks / "rekv_demo" / "rekv_demo.json", "w"))
-    results, predictions = _cli(tmp_path, tiny_dir, str(tasks), tmp_path / "bad")
+    return str(tasks)
+
+
+def test_cli_survives_bad_documents(tmp_path, tiny_dir):
+    """The run goes on past bad documents, and rekv-eval says so with a non-zero exit."""
+    tasks = _bad_demo_tasks(tmp_path)
+    results, predictions, output = _cli(tmp_path, tiny_dir, tasks, tmp_path / "bad", expect=1)
     assert predictions[0] == "" and predictions[5] == ""
     assert sum(1 for p in predictions.values() if p) == 14
     assert "accuracy,none" in results["results"]["rekv_demo"]
+    assert "rekv-eval: FAILED: 2 document(s) failed" in output and "missing.mp4" in output
+    _, accepted, output = _cli(tmp_path, tiny_dir, tasks, tmp_path / "ok", flags=["--allow-failed-docs"])
+    assert accepted == predictions and "rekv-eval: finished with 2 document(s) failed" in output
+
+
+def test_cli_evaluation_error_fails_the_command(tmp_path):
+    """lmms-eval prints a traceback and exits 0 when the model cannot be built; rekv-eval exits 1."""
+    results, _, output = _cli(tmp_path, str(tmp_path / "no-such-model"), TASKS_DIR, tmp_path / "err", expect=1)
+    assert results is None and "rekv-eval: FAILED: lmms-eval wrote no results" in output
+
+
+def test_broken_install_ends_the_run(lm, tmp_path, monkeypatch):
+    """An ImportError (e.g. a module missing from a wheel) is not a bad document: it ends the run."""
+    path = _video(tmp_path, "i", _clip(6))
+
+    def missing_module():
+        raise ModuleNotFoundError("No module named 'lmms_rekv.backends'")
+
+    monkeypatch.setattr(lm.engine, "new_session", missing_module)
+    lm.failures.clear()
+    with pytest.raises(ModuleNotFoundError):
+        lm.generate_until(_requests(lm, [{"q": "a?", "visual": path}, {"q": "b?", "visual": path}]))
+    assert lm.failures == []
 
 
 def test_cache_dir_skips_encoding_and_resumes(tiny_dir, tmp_path, caplog):
@@ -227,10 +269,10 @@ def test_cache_dir_skips_encoding_and_resumes(tiny_dir, tmp_path, caplog):
 
 def test_cli_rekv_demo_twice_with_cache_dir(tmp_path, tiny_dir):
     cache = tmp_path / "cache"
-    _, first = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "c1", extra=f",cache_dir={cache}")
+    _, first, _ = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "c1", extra=f",cache_dir={cache}")
     entries = {e.name: (e / "manifest.json").stat().st_mtime_ns for e in cache.iterdir()}
     assert len(entries) == 4  # one per video; the streaming questions reuse them too
-    _, second = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "c2", extra=f",cache_dir={cache}")
+    _, second, _ = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "c2", extra=f",cache_dir={cache}")
     assert second == first
     # nothing was encoded again: every entry is untouched
     assert {e.name: (e / "manifest.json").stat().st_mtime_ns for e in cache.iterdir()} == entries

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Build the wheel and sdist, install the wheel into a fresh venv through the tested lock,
+# and prove the installed package works: doctor, the test suite run against site-packages
+# (scripts/test_installed.sh), and the README's lmms-eval rekv_demo run with no failed
+# document. Used by CI on every change.   bash scripts/check_wheel.sh [WORKDIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+WORK=${1:-$(mktemp -d -t rekv-wheel-XXXX)}
+mkdir -p "$WORK"
+trap 'rm -rf "$WORK"' EXIT
+"$PYTHON" -m venv "$WORK/venv"
+LOCK=$ROOT/lmms_rekv/requirements-lock.txt
+"$WORK/venv/bin/python" -m pip install -q --upgrade pip
+"$WORK/venv/bin/pip" install -q -c "$LOCK" build "setuptools>=68" wheel
+"$WORK/venv/bin/python" -m build -q --no-isolation --wheel --sdist --outdir "$WORK/dist" . >/dev/null
+wheel=$(ls "$WORK"/dist/lmms_rekv-*.whl)
+echo "check_wheel: built $(basename "$wheel") and $(basename "$WORK"/dist/lmms_rekv-*.tar.gz)"
+"$WORK/venv/bin/pip" install -q -c "$LOCK" "$wheel[test,clip,bench]"
+bash scripts/test_installed.sh "$WORK/venv"
+cd "$WORK"
+export HF_HOME="$WORK/hf" HF_HUB_OFFLINE=1 LMMS_REKV_HOME="$WORK/home"
+"$WORK/venv/bin/rekv-eval" --model rekv_llava_ov --model_args "pretrained=$("$WORK/venv/bin/python" -m lmms_rekv.tiny)" \
+  --tasks rekv_demo --output_path "$WORK/out" --log_samples
+echo "check_wheel: the installed wheel passed (doctor, suite, rekv_demo)"
+cd "$ROOT"

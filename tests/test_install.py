@@ -1,0 +1,149 @@
+"""The installed package: complete wheel and sdist, the shipped lock, ``doctor``, ``rekv-eval``."""
+
+import glob
+import importlib
+import os
+import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_SUFFIXES = (".yaml", ".json", ".txt", ".safetensors", ".model")
+
+
+def _setuptools_config() -> dict:
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        return tomllib.load(fh)["tool"]["setuptools"]
+
+
+def _source_tree() -> dict:
+    """``{path inside the wheel: path in the checkout}`` of every module and data file the
+    package folders hold, following the ``package-dir`` mapping."""
+    mapping = _setuptools_config()["package-dir"]
+    files = {}
+    for package, folder in mapping.items():
+        base = os.path.join(ROOT, folder)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            if not any(n.endswith(".py") or n.endswith(DATA_SUFFIXES) for n in filenames):
+                continue  # task folders are packages without an __init__.py
+            relative = os.path.relpath(dirpath, base)
+            target = package.replace(".", "/") + ("" if relative == "." else "/" + relative)
+            for name in filenames:
+                if name.endswith(".py") or name.endswith(DATA_SUFFIXES):
+                    files[f"{target}/{name}"] = os.path.join(dirpath, name)
+    return files
+
+
+def test_every_package_folder_is_listed():
+    listed = set(_setuptools_config()["packages"])
+    folders = {os.path.dirname(path).replace("/", ".") for path in _source_tree()}
+    assert folders - listed == set(), "add these packages to pyproject.toml [tool.setuptools] packages"
+    assert listed - folders == set(), "listed packages with no folder"
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory):
+    """A wheel and an sdist built from the checkout, as a user's ``pip install`` would."""
+    out = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--sdist", "--outdir", str(out), ROOT],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = glob.glob(str(out / "*.whl"))
+    (sdist,) = glob.glob(str(out / "*.tar.gz"))
+    return wheel, sdist
+
+
+def test_wheel_holds_every_module_and_data_file(dists):
+    wheel, _ = dists
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = set(_source_tree())
+    assert expected - names == set(), "missing from the wheel"
+    for required in ("lmms_rekv/requirements-lock.txt", "lmms_rekv/backends/disk.py", "lmms_rekv/patches/llava_onevision.py",
+                     "lmms_rekv/tasks/rekv_demo/rekv_demo.yaml", "lmms_rekv/tasks/rekv_demo/rekv_demo.json"):
+        assert required in names
+    assert not [n for n in names if n.startswith(("patches/", "tasks/", "tests/"))], "top-level packages leaked into the wheel"
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "rekv_llava_ov = lmms_rekv.plugin:manifest" in entry_points and "rekv-eval" in entry_points
+
+
+def test_sdist_rebuilds_the_same_package(dists):
+    _, sdist = dists
+    names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    for path in _source_tree().values():
+        assert os.path.relpath(path, ROOT) in names
+
+
+def test_installed_package_is_the_one_under_test():
+    """Under ``scripts/test_installed.sh`` the suite must exercise site-packages, not the checkout."""
+    import lmms_rekv
+
+    location = os.path.dirname(os.path.abspath(lmms_rekv.__file__))
+    if os.environ.get("REKV_EXPECT_INSTALLED"):
+        assert not location.startswith(ROOT + os.sep) and "site-packages" in location, location
+        for package in ("lmms_rekv.patches", "lmms_rekv.tasks", "lmms_rekv.backends"):
+            assert importlib.import_module(package).__file__.startswith(location)
+    assert os.path.isfile(os.path.join(location, "requirements-lock.txt"))
+
+
+def test_lock_pins_every_dependency_exactly():
+    from lmms_rekv.doctor import LOCK_FILE, canonical, read_lock
+
+    pins = read_lock()
+    assert pins, LOCK_FILE
+    for name in ("torch", "torchvision", "transformers", "lmms-eval", "open-clip-torch", "av", "filelock", "pytest"):
+        assert canonical(name) in pins, name
+    assert pins["filelock"].split(".")[:2] < ["4", "3"] or int(pins["filelock"].split(".")[0]) < 4  # the known break
+    assert "lmms-rekv" not in pins
+
+
+# -- doctor -------------------------------------------------------------------------------
+def _doctor(*args):
+    return subprocess.run([sys.executable, "-m", "lmms_rekv.doctor", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_doctor_all_green_here():
+    proc = _doctor()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all green" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    for name in ("torch", "torchvision", "transformers", "lmms-eval", "open-clip-torch", "av", "filelock"):
+        assert f"  {name} " in proc.stdout
+    assert "rekv_llava_ov -> lmms_rekv.lmms_eval_model.ReKVLlavaOV" in proc.stdout
+
+
+def test_doctor_fails_without_its_lock(tmp_path):
+    proc = _doctor("--lock", str(tmp_path / "nowhere.txt"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert "1 problem(s)" in proc.stdout and "nowhere.txt is missing" in proc.stdout
+
+
+def test_doctor_flags_the_filelock_break():
+    from lmms_rekv import doctor
+
+    real = doctor.installed_version
+    report = doctor.Report()
+    doctor.check_versions(report, doctor.read_lock(), lambda name: "4.3.1" if name == "filelock" else real(name))
+    assert len(report.problems) == 1 and report.problems[0].startswith("filelock 4.3.1 is outside lmms-rekv's bound <4.3")
+    assert any("BREAKS" in line for line in report.lines)
+    report = doctor.Report()
+    doctor.check_versions(report, {"transformers": "0.0.1"}, real)
+    assert report.problems == [] and any("untested" in line for line in report.lines)
+
+
+def test_doctor_failed_check_is_one_line_and_exit_1(monkeypatch, capsys):
+    from lmms_rekv import doctor
+
+    def broken():
+        raise RuntimeError("operator torchvision::nms does not exist\nmore detail")
+
+    monkeypatch.setattr(doctor, "_torchvision", broken)
+    for name in ("_devices", "_entry_point", "_evaluator", "_pyav", "_modules"):
+        monkeypatch.setattr(doctor, name, lambda: "stubbed")
+    assert doctor.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  torchvision: RuntimeError: operator torchvision::nms does not exist" in out
+    assert "more detail" not in out and "torch and torchvision do not match" in out
