@@ -46,8 +46,10 @@ class ReKVConfig:
         query_block_tokens: queries per attention call while encoding (bounds the mask to
             block x (window + block); results do not depend on it). ``None`` = 128 on CPU
             (fastest measured there), 2048 on CUDA.
-        frame_tokens: visual tokens per frame of the model (196 for LLaVA-OneVision); the
-            loader replaces it with the checkpoint's value and re-validates.
+        frame_tokens: visual tokens per frame of the model (196 for LLaVA-OneVision).
+            ``None`` (default) = not known yet: the loader sets the checkpoint's value and
+            only then checks ``topk_frames`` against the QA budget (so a 4-token model may
+            retrieve more frames than a 196-token one).
         qa_budget_tokens: most context tokens (sinks + retrieved frames + question +
             answer) a question may use; ``None`` = the model's ``max_position_embeddings``.
         qa_reserve_tokens: tokens kept free in the QA budget for the question and answer.
@@ -73,7 +75,7 @@ class ReKVConfig:
     ram_budget_bytes: int = 4 * 1024**3
     kv_quant: Optional[str] = None
     query_block_tokens: Optional[int] = None
-    frame_tokens: int = LLAVA_OV_FRAME_TOKENS
+    frame_tokens: Optional[int] = None
     qa_budget_tokens: Optional[int] = 32_768
     qa_reserve_tokens: int = 512
     clip_model: str = "ViT-SO400M-14-SigLIP-384"
@@ -93,7 +95,7 @@ class ReKVConfig:
         _positive("topk_frames", self.topk_frames, optional=True)
         _positive("chunk_frames", self.chunk_frames)
         _positive("query_block_tokens", self.query_block_tokens, optional=True)
-        _positive("frame_tokens", self.frame_tokens)
+        _positive("frame_tokens", self.frame_tokens, optional=True)
         _positive("qa_budget_tokens", self.qa_budget_tokens, optional=True)
         if not isinstance(self.qa_reserve_tokens, int) or self.qa_reserve_tokens < 0:
             raise ValueError(f"qa_reserve_tokens must be an int >= 0, got {self.qa_reserve_tokens!r}")
@@ -119,7 +121,7 @@ class ReKVConfig:
             free = self.topk_frames - self.recent_frames
             if free and self.group_frames > free:
                 raise ValueError(f"group_frames={self.group_frames} does not fit the {free} frames topk_frames leaves after recent_frames")
-        if self.topk_frames is not None and self.qa_budget_tokens is not None:
+        if self.topk_frames is not None and self.qa_budget_tokens is not None and self.frame_tokens is not None:
             need = self.topk_frames * self.frame_tokens + self.qa_reserve_tokens
             if need > self.qa_budget_tokens:
                 raise ValueError(

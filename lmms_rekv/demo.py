@@ -1,6 +1,6 @@
-"""Demo: stream a generated clip through LLaVA-OneVision with ReKV and ask two questions.
+"""Demo: stream a video through LLaVA-OneVision with ReKV and ask questions about it.
 
-    python -m lmms_rekv.demo                 # builds the embedded tiny random model offline
+    python -m lmms_rekv.demo                 # the trained miniature on a held-out world video
     python -m lmms_rekv.demo --model llava-hf/llava-onevision-qwen2-0.5b-ov-hf --dtype bfloat16
 """
 
@@ -26,27 +26,73 @@ def tiny_model_dir(home: Optional[str] = None) -> str:
 
 
 def run_demo(model: Optional[str], seconds: float, fps: float, burst: int, dtype: Optional[str], device: Optional[str], questions: List[str]) -> dict:
+    """A real checkpoint: a generated clip streamed at ``fps`` in bursts, free questions."""
     from tqdm.auto import tqdm
 
     from . import ReKVConfig, ReKVLlavaOneVision
     from .video import iter_video, synthetic_frames, write_video
 
-    path = model or tiny_model_dir()
-    config = ReKVConfig(window_tokens=15_000 if model else 64, topk_frames=64 if model else 4, chunk_frames=burst)
-    rekv = ReKVLlavaOneVision.from_pretrained(path, config=config, dtype=dtype, device=device)
+    config = ReKVConfig(window_tokens=15_000, topk_frames=64, chunk_frames=burst)
+    rekv = ReKVLlavaOneVision.from_pretrained(model, config=config, dtype=dtype, device=device)
     clip = os.path.join(os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), "demo_clip.mp4")
     write_video(clip, synthetic_frames(seconds, fps=4), fps=4)
     session = rekv.new_session()
+    stream(session, iter_video(clip, fps=fps), burst, int(seconds * fps), tqdm)
+    answers = {q: session.ask(q, max_new_tokens=16) for q in questions}
+    return {"model": model, "video": clip, "answers": answers, "stats": session.stats()}
+
+
+def stream(session, frames, burst: int, total: int, tqdm) -> None:
+    """Add ``frames`` (an iterator) to ``session`` in bursts of ``burst``, with a progress bar."""
     batch = []
-    for frame in tqdm(iter_video(clip, fps=fps), total=int(seconds * fps), desc="streaming frames", unit="frame"):
+    for frame in tqdm(frames, total=total, desc="streaming frames", unit="frame"):
         batch.append(frame)
         if len(batch) == burst:
             session.add_frames(_stack(batch))
             batch = []
     if batch:
         session.add_frames(_stack(batch))
-    answers = {q: session.ask(q, max_new_tokens=16) for q in questions}
-    return {"model": path, "video": clip, "answers": answers, "stats": session.stats()}
+
+
+def run_miniature_demo(frames: int, burst: int, seed: int, topk: int, window_frames: int) -> dict:
+    """The trained miniature on a held-out world video of ``frames`` frames (1 fps): each
+    question answered by ReKV and by full attention, with the frames ReKV retrieved."""
+    from tqdm.auto import tqdm
+
+    from . import ReKVConfig, ReKVLlavaOneVision
+    from .miniature import shipped_path, world
+    from .video import iter_video, write_video
+
+    rekv = ReKVLlavaOneVision.from_pretrained(shipped_path(), dtype="float32", device="cpu")
+    ft = rekv.frame_tokens
+    rekv = type(rekv)(rekv.model, rekv.tokenizer, rekv.chat_template, rekv.processor,
+                      ReKVConfig(window_tokens=window_frames * ft, topk_frames=topk, chunk_frames=burst))
+    full = type(rekv)(rekv.model, rekv.tokenizer, rekv.chat_template, rekv.processor, ReKVConfig(window_tokens=None, topk_frames=None))
+    rng = world.rng_for(world.HELD_OUT, 100_000 + seed)
+    episode = world.make_episode(rng, frames)
+    clip = os.path.join(os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), f"miniature_demo_{seed}.mp4")
+    write_video(clip, world.render(episode.objects, episode.colors, rng, scale=8), fps=1)
+    session, reference = rekv.new_session(), full.new_session()
+    stream(session, iter_video(clip, fps=1), burst, frames, tqdm)
+    reference.add_frames(_stack(list(iter_video(clip, fps=1))))
+    rows = []
+    for q in episode.questions:
+        answer = session.answer(q.text, max_new_tokens=3)
+        retrieved = sorted({int(i) for layer in answer.selected for i in layer})
+        rows.append({"question": q.text, "kind": q.kind, "answer": answer.text.strip(), "truth": q.answer,
+                     "full_attention": reference.ask(q.text, max_new_tokens=3).strip(), "needle_seconds": list(q.frames),
+                     "retrieved_seconds": retrieved, "per_layer": [[int(i) for i in layer] for layer in answer.selected]})
+    return {"video": clip, "frames": frames, "topk": topk, "rows": rows, "stats": session.stats()}
+
+
+def print_miniature(result: dict) -> None:
+    print(f"the trained miniature (lmms_rekv/miniature/weights) on a held-out {result['frames']}-frame world video "
+          f"({result['video']}), 1 fps; ReKV retrieves {result['topk']} frames per layer:")
+    for row in result["rows"]:
+        mark = "right" if row["answer"].split()[:1] == [row["truth"]] else "WRONG"
+        print(f"Q: {row['question']}\n   ReKV: {row['answer']!r} ({mark}; truth {row['truth']!r}) | full attention: {row['full_attention']!r}")
+        print(f"   needle at t={row['needle_seconds']} s; retrieved t={row['retrieved_seconds']} s (per layer: {row['per_layer']})")
+    print("stats:", json.dumps(result["stats"]))
 
 
 def _stack(frames):
@@ -57,19 +103,24 @@ def _stack(frames):
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="LLaVA-OneVision directory or hub id (default: the embedded tiny model)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video")
+    parser.add_argument("--model", help="LLaVA-OneVision directory or hub id (default: the trained miniature)")
+    parser.add_argument("--frames", type=int, default=60, help="miniature: frames of the held-out world video")
+    parser.add_argument("--seed", type=int, default=0, help="miniature: which held-out video")
+    parser.add_argument("--topk", type=int, default=4, help="miniature: frames retrieved per layer")
+    parser.add_argument("--window-frames", type=int, default=4, help="miniature: sliding window while encoding, in frames")
+    parser.add_argument("--seconds", type=float, default=60.0, help="--model: length of the generated clip")
+    parser.add_argument("--fps", type=float, default=1.0, help="--model: frames sampled per second of video")
     parser.add_argument("--burst", type=int, default=8, help="frames per add_frames call (and per encode chunk)")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--question", action="append", dest="questions", help="question to ask (repeatable)")
+    parser.add_argument("--question", action="append", dest="questions", help="--model: question to ask (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if not args.model:
+        print_miniature(run_miniature_demo(args.frames, args.burst, args.seed, args.topk, args.window_frames))
+        return 0
     questions = args.questions or ["What is happening in the video?", "What color is the moving square?"]
     result = run_demo(args.model, args.seconds, args.fps, args.burst, args.dtype, args.device, questions)
-    if not args.model:
-        print("(the embedded tiny model has random weights: its answers are noise)")
     for question, answer in result["answers"].items():
         print(f"Q: {question}\nA: {answer!r}")
     print("stats:", json.dumps(result["stats"], indent=1))

@@ -35,9 +35,14 @@ def resolve_dtype(dtype: DTypeLike, device: torch.device) -> torch.dtype:
 
 
 def resolve_source(path_or_id: str) -> str:
-    """A local directory for ``path_or_id``: the path itself, or the hub snapshot of an id."""
+    """A local directory for ``path_or_id``: the path itself, ``"miniature"`` (the shipped
+    trained miniature), or the hub snapshot of an id."""
     if os.path.isdir(path_or_id):
         return path_or_id
+    if path_or_id == "miniature":  # the trained miniature shipped with the package
+        from .miniature import shipped_path
+
+        return shipped_path()
     if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1 or os.path.exists(path_or_id):
         raise FileNotFoundError(f"model directory not found: {path_or_id!r}")
     try:

@@ -21,7 +21,7 @@ echo "check_wheel: built $(basename "$wheel") and $(basename "$WORK"/dist/lmms_r
 bash scripts/test_installed.sh "$WORK/venv"
 cd "$WORK"
 export HF_HOME="$WORK/hf" HF_HUB_OFFLINE=1 LMMS_REKV_HOME="$WORK/home"
-"$WORK/venv/bin/rekv-eval" --model rekv_llava_ov --model_args "pretrained=$("$WORK/venv/bin/python" -m lmms_rekv.tiny)" \
+"$WORK/venv/bin/rekv-eval" --model rekv_llava_ov --model_args pretrained=miniature,window_tokens=16,topk_frames=4 \
   --tasks rekv_demo --output_path "$WORK/out" --log_samples
 echo "check_wheel: the installed wheel passed (doctor, suite, rekv_demo)"
 cd "$ROOT"

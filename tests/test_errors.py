@@ -17,8 +17,8 @@ from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
         (dict(score="l2"), "score"),
         (dict(retrieval="magic"), "retrieval"),
         (dict(offload="tape"), "offload"),
-        (dict(topk_frames=200), "QA budget"),
-        (dict(topk_frames=10, qa_budget_tokens=1000), "QA budget"),
+        (dict(topk_frames=200, frame_tokens=196), "QA budget"),
+        (dict(topk_frames=10, qa_budget_tokens=1000, frame_tokens=196), "QA budget"),
         (dict(window_tokens=1.5), "window_tokens"),
         (dict(qa_reserve_tokens=-1), "qa_reserve_tokens"),
     ],
@@ -33,6 +33,12 @@ def test_config_revalidated_for_the_model(load, tiny_dir):
     assert engine.config.frame_tokens == engine.frame_tokens == 16
     with pytest.raises(ValueError, match="QA budget"):
         ReKVConfig(topk_frames=64).for_model(frame_tokens=196, max_positions=4096)
+    # checked against the checkpoint's tokens per frame, not LLaVA-OV's 196: 200 frames x 16
+    # tokens fit the default budget, so the config is accepted before the model is known
+    big = load(topk_frames=200)
+    assert big.config.topk_frames == 200 and big.config.frame_tokens == 16
+    with pytest.raises(ValueError, match="QA budget"):
+        load(topk_frames=2100)  # 2100 x 16 + 512 > 32768
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import glob
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,7 +13,7 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_SUFFIXES = (".yaml", ".json", ".txt", ".safetensors", ".model")
+DATA_SUFFIXES = (".yaml", ".json", ".txt", ".safetensors", ".jinja")
 
 
 def _setuptools_config() -> dict:
@@ -22,15 +23,14 @@ def _setuptools_config() -> dict:
 
 def _source_tree() -> dict:
     """``{path inside the wheel: path in the checkout}`` of every module and data file the
-    package folders hold, following the ``package-dir`` mapping."""
+    package folders hold (data folders such as the miniature's weights included), following
+    the ``package-dir`` mapping."""
     mapping = _setuptools_config()["package-dir"]
     files = {}
     for package, folder in mapping.items():
         base = os.path.join(ROOT, folder)
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-            if not any(n.endswith(".py") or n.endswith(DATA_SUFFIXES) for n in filenames):
-                continue  # task folders are packages without an __init__.py
             relative = os.path.relpath(dirpath, base)
             target = package.replace(".", "/") + ("" if relative == "." else "/" + relative)
             for name in filenames:
@@ -41,7 +41,7 @@ def _source_tree() -> dict:
 
 def test_every_package_folder_is_listed():
     listed = set(_setuptools_config()["packages"])
-    folders = {os.path.dirname(path).replace("/", ".") for path in _source_tree()}
+    folders = {os.path.dirname(path).replace("/", ".") for path in _source_tree() if path.endswith(".py")}
     assert folders - listed == set(), "add these packages to pyproject.toml [tool.setuptools] packages"
     assert listed - folders == set(), "listed packages with no folder"
 
@@ -49,8 +49,11 @@ def test_every_package_folder_is_listed():
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory):
     """A wheel and an sdist built from the checkout, as a user's ``pip install`` would."""
-    out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--sdist", "--outdir", str(out), ROOT],
+    out, tree = tmp_path_factory.mktemp("dist"), tmp_path_factory.mktemp("src") / "tree"
+    # build from a copy: setuptools' build/ folder must neither land in the checkout nor leak stale files in
+    skip = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "out", "*.egg-info", "__pycache__", ".hf_home", ".pytest_cache")
+    shutil.copytree(ROOT, tree, ignore=skip)
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--sdist", "--outdir", str(out), str(tree)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (wheel,) = glob.glob(str(out / "*.whl"))

@@ -1,22 +1,24 @@
-"""rekv_demo: a small synthetic video QA set that runs offline.
+"""rekv_demo: streaming video QA in the miniature's world, offline.
 
-Videos are generated at first use (PyAV) from the specs in the annotations: a background
-colour that changes halfway through and a square of a third colour moving across. They are
-written under ``$LMMS_REKV_HOME/rekv_demo`` (default ``~/.cache/lmms-rekv/rekv_demo``)."""
+Each video is a held-out episode of ``lmms_rekv.miniature.world`` (objects in colours, a few
+needle objects shown exactly once), regenerated from its seed at first use and written
+with PyAV under ``$LMMS_REKV_HOME/rekv_demo`` (default ``~/.cache/lmms-rekv/rekv_demo``):
+every world frame lasts ``SECONDS_PER_FRAME`` seconds, so lmms-eval's default 0.5 fps
+samples each once. Questions: the colour of a needle (also asked mid-stream, as of half the
+video), what came right after a needle, and whether two needles had the same colour;
+scored by the first word of the answer. Ask ``pretrained=miniature`` for a model trained
+on this world.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from typing import List
 
-from lmms_rekv.tasks.common import mc_doc_to_text as doc_to_text  # noqa: F401  (used by the YAML)
-from lmms_rekv.tasks.common import mc_process_results as process_results  # noqa: F401
-
-COLORS = {
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
-    "purple": (140, 60, 190), "orange": (240, 140, 30), "white": (240, 240, 240), "black": (15, 15, 15),
-}
-FPS = 4
-SIZE = 96
+SECONDS_PER_FRAME = 2
+SCALE = 8  # 16 x 16 world frames written as 128 x 128 video
+VIDEOS, FRAMES, FIRST_SEED, NEEDLE_DEPTH = 4, 40, 9000, 0.2
 
 
 def video_dir() -> str:
@@ -24,30 +26,58 @@ def video_dir() -> str:
     return os.path.join(home, "rekv_demo")
 
 
-def render(doc) -> "np.ndarray":  # noqa: F821
-    """Frames of the video described by ``doc`` (uint8 ``(seconds * FPS, SIZE, SIZE, 3)``)."""
-    import numpy as np
+def episode(doc):
+    """``(episode, frames)`` of a doc's video, regenerated from its held-out seed."""
+    from lmms_rekv.miniature import world
 
-    n = int(doc["seconds"] * FPS)
-    frames = np.empty((n, SIZE, SIZE, 3), np.uint8)
-    first, second, square = (np.array(COLORS[doc[k]], np.uint8) for k in ("bg_first", "bg_second", "square"))
-    for i in range(n):
-        frames[i] = first if i < n // 2 else second
-        x = int((SIZE - 20) * i / max(1, n - 1))
-        frames[i, 38:58, x : x + 20] = square
-    return frames
+    rng = world.rng_for(world.HELD_OUT, doc["seed"])
+    ep = world.make_episode(rng, doc["frames"], depth=NEEDLE_DEPTH)
+    return ep, world.render(ep.objects, ep.colors, rng, scale=SCALE)
+
+
+def build_docs() -> List[dict]:
+    """The task's documents (written to ``rekv_demo.json``; a test checks they match)."""
+    docs = []
+    for i in range(VIDEOS):
+        seed = FIRST_SEED + i
+        ep, _ = episode({"seed": seed, "frames": FRAMES})
+        base = {"video": f"world_{seed}", "seed": seed, "frames": FRAMES}
+        colour = ep.questions[0]
+        middle = FRAMES // 2 * SECONDS_PER_FRAME - 1  # seconds: the needle (at 20 %) is already shown
+        docs.append(dict(base, id=f"{base['video']}_mid", kind="color", question=colour.text, answer=colour.answer, time=middle))
+        for q in ep.questions:
+            docs.append(dict(base, id=f"{base['video']}_{q.kind}", kind=q.kind, question=q.text, answer=q.answer, time=None))
+    return docs
 
 
 def video_path(doc) -> str:
     """The doc's video, generated on first use (atomic write: safe with several ranks)."""
+    import numpy as np
+
     from lmms_rekv.video import write_video
 
     path = os.path.join(video_dir(), f"{doc['video']}.mp4")
     if not os.path.isfile(path):
-        write_video(path, render(doc), fps=FPS)
+        _, frames = episode(doc)
+        write_video(path, np.repeat(frames, SECONDS_PER_FRAME, axis=0), fps=1)
     return path
 
 
 def doc_to_visual(doc):
     path = doc.get("path") or video_path(doc)
     return [f"{path}#t={doc['time']}"] if doc.get("time") is not None else [path]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', '')}{doc['question']}{kwargs.get('post_prompt', '')}"
+
+
+def first_word(text: str) -> str:
+    words = re.findall(r"[a-z]+", (text or "").lower())
+    return words[0] if words else ""
+
+
+def process_results(doc, results):
+    right = float(first_word(results[0]) == doc["answer"])
+    return {"accuracy": right, f"{doc['kind']}_accuracy": right}

@@ -1,0 +1,260 @@
+"""Training the miniature from scratch on CPU, with full attention only (never retrieval in
+the loop: what the benchmark measures about retrieval must transfer to real checkpoints,
+which ReKV uses training-free).
+
+What makes it learn in minutes: a curriculum that grows the video only when the current
+length is mastered (start at 2 frames, x1.5 whenever the running accuracy on the colour
+question passes 85 %), with colour questions only until 8 frames -- on 2-3 frames the other
+kinds can be answered without finding the asked object, so they would not teach it -- and
+then all kinds mixed (the others train along at whatever length is reached), and
+auxiliary losses -- every frame's visual tokens are classified against the language model's
+input embeddings (tied with the output) of its object and colour words, every frame's
+tokens after the first decoder layer against the previous frame's object (temporal order),
+and the answer is predicted from the final hidden state at the question's last object word.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import build, world
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (time-budgeted)."""
+
+    minutes: float = 15.0
+    seed: int = 0
+    batch: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    decay_fraction: float = 0.3  # cosine decay over the last 30 % of the time budget
+    start_frames: int = 2
+    max_frames: int = 64
+    grow: float = 1.5
+    grow_threshold: float = 0.85
+    grow_on: Sequence[str] = ("color",)  # kinds whose running accuracy gates growth below mix_from_frames
+    grow_on_mixed: Sequence[str] = ("color",)  # ... and from mix_from_frames on
+    kind_weights: Sequence[float] = (1 / 3, 1 / 3, 1 / 3)  # color, after, same
+    mix_from_frames: int = 8  # colour questions only below this length (they teach binding a question to a frame)
+    aux_weight: float = 1.0
+    noise: float = 6.0
+    threads: Optional[int] = None
+    clip_grad: Optional[float] = 1.0
+    prev_aux: bool = True
+    max_steps: Optional[int] = None  # stop after this many steps even if time is left (tests)
+
+
+class Layout:
+    """Token layout of the miniature's prompts: the chat template split at ``<video>``."""
+
+    def __init__(self, tokenizer, frame_tokens: int) -> None:
+        from ..tiny import CHAT_TEMPLATE
+
+        self.tokenizer, self.frame_tokens, self.template = tokenizer, frame_tokens, CHAT_TEMPLATE
+        self.words = build.word_ids(tokenizer)
+        self.video_id = tokenizer.convert_tokens_to_ids("<video>")
+        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.prefix = self._ids(self._split("?")[0])
+        self.object_ids = torch.tensor([self.words["object_q"][w] for w in world.OBJECTS])
+        self.color_ids = torch.tensor([self.words["answer"][w] for w in world.COLORS])
+        self.answer_sets = {k: torch.tensor([self.words["answer"][w] for w in ws]) for k, ws in world.answer_words().items()}
+
+    def _ids(self, text: str) -> List[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _split(self, question: str):
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        text = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, add_generation_prompt=True, tokenize=False)
+        return text.split("<video>")
+
+    def sequence(self, frames: int, question: world.Question):
+        """(ids, index of the answer token, index of the question's last object word)."""
+        suffix = self._ids(self._split(question.text)[1])
+        ids = self.prefix + [self.video_id] * (frames * self.frame_tokens + 1) + suffix
+        objects = {self.words["object_q"][w] for w in question.objects}
+        anchor = len(ids) - len(suffix) + max(i for i, t in enumerate(suffix) if t in objects)
+        answer_at = len(ids)
+        ids = ids + [self.words["answer"][question.answer], self.eos_id]
+        return ids, answer_at, anchor
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, L, 3, S, S) normalized
+    ids: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T)
+    answer_at: torch.Tensor  # (B,) index of the answer token
+    anchor: torch.Tensor  # (B,) index of the question's last object word
+    objects: torch.Tensor  # (B, L)
+    colors: torch.Tensor  # (B, L)
+    kinds: List[str]
+
+
+def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int, size: int,
+               kinds: Sequence[str], weights: Optional[Sequence[float]], noise: float, depth: Optional[float] = None) -> Batch:
+    """``size`` episodes of ``frames`` frames, one question each (kind drawn with ``weights``)."""
+    pixels, seqs, objects, colors, chosen = [], [], [], [], []
+    p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
+    while len(seqs) < size:
+        kind = kinds[int(rng.choice(len(kinds), p=p))]
+        episode = world.make_episode(rng, frames, kinds=(kind,), depth=depth)
+        if not episode.questions:
+            continue  # e.g. "same" on a 1-frame video
+        pixels.append(processor(world.render(episode.objects, episode.colors, rng, noise=noise)))
+        seqs.append(layout.sequence(frames, episode.questions[0]))
+        objects.append(episode.objects)
+        colors.append(episode.colors)
+        chosen.append(kind)
+    width = max(len(s[0]) for s in seqs)
+    ids = torch.full((size, width), layout.pad_id, dtype=torch.long)
+    mask = torch.zeros((size, width), dtype=torch.long)
+    for i, (seq, _, _) in enumerate(seqs):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    return Batch(torch.stack(pixels), ids, mask, torch.tensor([s[1] for s in seqs]), torch.tensor([s[2] for s in seqs]),
+                 torch.tensor(objects), torch.tensor(colors), chosen)
+
+
+def forward(model, batch: Batch, video_id: int, first_layer: bool = False):
+    """Vanilla LLaVA-OV computation, unrolled to expose the visual tokens:
+    ``(hidden (B, T, H), visual tokens (B, L, frame_tokens, H))``, plus with ``first_layer``
+    the frame tokens' hidden states after the first decoder layer ``(B, L, frame_tokens, H)``."""
+    inner = model.model
+    feats = inner.get_video_features(pixel_values_videos=batch.pixels).pooler_output  # (B, L*ft+1, H)
+    embeds = inner.language_model.embed_tokens(batch.ids)
+    video = batch.ids == video_id
+    embeds = embeds.masked_scatter(video[..., None], feats.to(embeds.dtype))
+    out = inner.language_model(inputs_embeds=embeds, attention_mask=batch.mask, output_hidden_states=first_layer)
+    b, frames = feats.shape[0], batch.pixels.shape[1]
+    visual = feats[:, :-1].reshape(b, frames, -1, feats.shape[-1])
+    if not first_layer:
+        return out.last_hidden_state, visual
+    after_first = out.hidden_states[1][video].reshape(b, -1, feats.shape[-1])[:, :-1].reshape(visual.shape)
+    return out.last_hidden_state, visual, after_first
+
+
+def losses(model, batch: Batch, layout: Layout, prev: bool = True) -> Dict[str, torch.Tensor]:
+    """Answer loss (answer + EOS), perception loss and early-answer loss, plus accuracy."""
+    hidden, visual, after_first = forward(model, batch, layout.video_id, first_layer=True)
+    rows = torch.arange(batch.ids.shape[0])
+    at = batch.answer_at
+    logits = model.lm_head(torch.stack([hidden[rows, at - 1], hidden[rows, at]], dim=1))  # (B, 2, V)
+    targets = torch.stack([batch.ids[rows, at], batch.ids[rows, at + 1]], dim=1)
+    answer = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    table = model.model.language_model.embed_tokens.weight
+    obj_logits = visual @ table[layout.object_ids].T  # (B, L, ft, 16)
+    col_logits = visual @ table[layout.color_ids].T
+    ft = visual.shape[2]
+    perception = F.cross_entropy(obj_logits.flatten(0, 2), batch.objects[..., None].expand(-1, -1, ft).flatten()) \
+        + F.cross_entropy(col_logits.flatten(0, 2), batch.colors[..., None].expand(-1, -1, ft).flatten())
+    if prev and visual.shape[1] > 1:  # temporal order: after the first layer a frame knows the previous frame's object
+        prev_logits = after_first[:, 1:] @ table[layout.object_ids].T
+        perception = perception + F.cross_entropy(prev_logits.flatten(0, 2), batch.objects[:, :-1, None].expand(-1, -1, ft).flatten())
+    early_logits = model.lm_head(hidden[rows, batch.anchor])
+    early = F.cross_entropy(early_logits, batch.ids[rows, at])
+    correct = (logits[:, 0].argmax(-1) == targets[:, 0]).float()
+    return {"answer": answer, "perception": perception, "early": early, "correct": correct}
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant, then cosine decay over the last
+    ``decay_fraction`` of the time budget."""
+    scale = min(1.0, (step + 1) / cfg.warmup_steps)
+    start = 1.0 - cfg.decay_fraction
+    if progress > start:
+        scale *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - start) / cfg.decay_fraction)))
+    return cfg.lr * scale
+
+
+def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_bar: bool = True):
+    """Train a miniature from scratch; returns ``(model, tokenizer, log)``."""
+    arch = arch or build.Architecture()
+    from tqdm.auto import tqdm
+
+    from ..preprocess import FrameProcessor
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tokenizer = build.build_tokenizer(arch.vocab_size, seed=cfg.seed)
+    model = build.build_model(arch, tokenizer, seed=cfg.seed).train()
+    frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
+    layout, processor = Layout(tokenizer, frame_tokens), FrameProcessor(size=arch.image_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = world.rng_for(world.TRAIN, cfg.seed)
+    frames, running, step, history = cfg.start_frames, 0.0, 0, []
+    per_kind = {k: 0.0 for k in world.KINDS}
+    budget, start = cfg.minutes * 60.0, time.perf_counter()
+    bar = tqdm(total=int(budget), desc="training the miniature", unit="s", disable=not progress_bar)
+    while (elapsed := time.perf_counter() - start) < budget and (cfg.max_steps is None or step < cfg.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step, elapsed / budget)
+        kinds, weights = (world.KINDS, cfg.kind_weights) if frames >= cfg.mix_from_frames else (("color",), None)
+        batch = make_batch(rng, layout, processor, frames, cfg.batch, kinds, weights, cfg.noise)
+        out = losses(model, batch, layout, prev=cfg.prev_aux)
+        loss = out["answer"] + cfg.aux_weight * (out["perception"] + out["early"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        accuracy = float(out["correct"].mean())
+        for kind in world.KINDS:
+            picked = [c for c, k in zip(out["correct"].tolist(), batch.kinds) if k == kind]
+            if picked:
+                per_kind[kind] = 0.9 * per_kind[kind] + 0.1 * float(np.mean(picked))
+        running = min(per_kind[k] for k in (cfg.grow_on if frames < cfg.mix_from_frames else cfg.grow_on_mixed))
+        if step % 20 == 0:
+            history.append({"step": step, "seconds": round(elapsed, 1), "frames": frames, "loss": round(float(loss.detach()), 4),
+                            "answer_loss": round(float(out["answer"].detach()), 4), "accuracy": round(accuracy, 3),
+                            "running": {k: round(v, 3) for k, v in per_kind.items()}})
+        if running > cfg.grow_threshold and frames < cfg.max_frames:
+            frames, per_kind = min(cfg.max_frames, math.ceil(frames * cfg.grow)), {k: 0.0 for k in world.KINDS}
+            logger.info("step %d: %d frames", step, frames)
+        step += 1
+        bar.n = min(int(elapsed), bar.total)
+        bar.set_postfix(frames=frames, loss=f"{float(loss.detach()):.3f}", acc="/".join(f"{v:.2f}" for v in per_kind.values()), refresh=False)
+        bar.update(0)
+    bar.close()
+    model.eval()
+    log = {"config": asdict(cfg), "architecture": asdict(arch), "steps": step, "seconds": round(time.perf_counter() - start, 1),
+           "final_frames": frames, "parameters": build.parameter_count(model), "history": history}
+    return model, tokenizer, log
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, lengths: Sequence[int], videos: int, seed: int = 0, batch: int = 25,
+             kinds: Sequence[str] = world.KINDS, noise: float = 6.0) -> Dict[str, Dict[str, float]]:
+    """Held-out accuracy with full attention (plain forward, first answer token):
+    ``{kind: {str(length): accuracy}}`` over ``videos`` episodes per kind and length."""
+    from ..preprocess import FrameProcessor
+
+    arch = model.config.vision_config
+    frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
+    layout, processor = Layout(tokenizer, frame_tokens), FrameProcessor(size=arch.image_size)
+    results: Dict[str, Dict[str, float]] = {k: {} for k in kinds}
+    for kind in kinds:
+        for length in lengths:
+            rng = world.rng_for(world.HELD_OUT, seed * 1_000_003 + length)
+            right = 0
+            for first in range(0, videos, batch):
+                b = make_batch(rng, layout, processor, length, min(batch, videos - first), (kind,), None, noise)
+                hidden, _ = forward(model, b, layout.video_id)
+                rows = torch.arange(b.ids.shape[0])
+                guess = model.lm_head(hidden[rows, b.answer_at - 1]).argmax(-1)
+                right += int((guess == b.ids[rows, b.answer_at]).sum())
+            results[kind][str(length)] = right / videos
+    return results

@@ -1,0 +1,159 @@
+"""The trained miniature: its world, its training loop, the shipped weights and their accuracy."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lmms_rekv.miniature import WEIGHTS, build, shipped_path, world
+from lmms_rekv.miniature.accuracy import Bench, Settings, ask, random_hit_rate
+from lmms_rekv.miniature.train import Layout, TrainConfig, evaluate, forward, make_batch, train
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def decode_frame(frame: np.ndarray):
+    """(object, colour) read back from a rendered frame: nearest palette colour of the tiles'
+    top halves, and the bits of their bottom halves."""
+    scale = frame.shape[0] // world.FRAME_SIZE
+    small = frame.reshape(world.FRAME_SIZE, scale, world.FRAME_SIZE, scale, 3).mean(axis=(1, 3))
+    tiles = small.reshape(4, world.TILE, 4, world.TILE, 3).mean(axis=(0, 2))  # average tile (4, 4, 3)
+    palette = np.array([world.PALETTE[c] for c in world.COLORS])
+    color = int(np.argmin(((palette - tiles[:2].reshape(-1, 3).mean(0)) ** 2).sum(1)))
+    bits = tiles[2:].mean(axis=(0, 2))
+    return int(sum((1 << j) for j, v in enumerate(bits) if v > 127)), color
+
+
+@pytest.mark.parametrize("scale", [1, 8])
+def test_frames_show_their_object_and_colour(scale):
+    rng = world.rng_for(world.HELD_OUT, 5)
+    episode = world.make_episode(rng, 40)
+    frames = world.render(episode.objects, episode.colors, rng, scale=scale)
+    assert frames.shape == (40, 16 * scale, 16 * scale, 3) and frames.dtype == np.uint8
+    assert [decode_frame(f) for f in frames] == list(zip(episode.objects, episode.colors))
+
+
+def test_episode_questions_are_answered_by_the_video():
+    """Brute force over many episodes: needles appear once, every answer follows from the frames."""
+    rng = world.rng_for(world.TRAIN, 1)
+    for length in (2, 3, 16, 64, 300):
+        for _ in range(20):
+            ep = world.make_episode(rng, length)
+            assert [q.kind for q in ep.questions] == list(world.KINDS)
+            for q in ep.questions:
+                names = [world.OBJECTS[o] for o in ep.objects]
+                for obj in q.objects:
+                    assert names.count(obj) == 1  # a needle is shown exactly once
+                first = names.index(q.objects[0])
+                if q.kind == "color":
+                    assert q.answer == world.COLORS[ep.colors[first]] and q.frames == (first,)
+                elif q.kind == "after":
+                    assert q.answer == names[first + 1] and q.frames == (first, first + 1)
+                else:
+                    second = names.index(q.objects[1])
+                    assert q.answer == ("yes" if ep.colors[first] == ep.colors[second] else "no")
+    depth_ep = world.make_episode(world.rng_for(world.HELD_OUT, 0), 101, kinds=("color",), depth=0.5)
+    assert depth_ep.questions[0].frames == (50,)
+
+
+def test_same_questions_are_balanced_and_chance_levels():
+    rng = world.rng_for(world.TRAIN, 2)
+    answers = [world.make_episode(rng, 16, kinds=("same",)).questions[0].answer for _ in range(400)]
+    assert 0.4 < answers.count("yes") / 400 < 0.6
+    assert world.CHANCE == {"color": 1 / 8, "after": 1 / 15, "same": 0.5}
+    assert random_hit_rate(16, 4, 1) == pytest.approx(4 / 16) and random_hit_rate(16, 4, 2) == pytest.approx(12 / 240)
+
+
+def test_world_words_are_single_tokens():
+    tokenizer = build.build_tokenizer(build.Architecture().vocab_size)
+    ids = build.word_ids(tokenizer)
+    assert len(set(ids["object_q"].values())) == 16 and len(set(ids["answer"].values())) == 26
+
+
+def test_training_lowers_the_loss():
+    cfg = TrainConfig(minutes=5, max_steps=40, warmup_steps=5, batch=16, seed=3)
+    model, tokenizer, log = train(cfg, progress_bar=False)
+    losses = [h["loss"] for h in log["history"]]
+    assert log["steps"] == 40 and losses[-1] < 0.7 * losses[0], losses
+
+
+# -- the shipped checkpoint -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shipped():
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+
+    return ReKVLlavaOneVision.from_pretrained(shipped_path(), config=ReKVConfig(window_tokens=None, topk_frames=None), dtype=torch.float32, device="cpu")
+
+
+def test_shipped_checkpoint_is_trained_and_documented():
+    log = json.load(open(os.path.join(WEIGHTS, "training_log.json")))
+    assert log["steps"] > 100 and log["parameters"] < 1_000_000
+    assert os.path.getsize(os.path.join(WEIGHTS, "model.safetensors")) < 4 * 1024 * 1024
+    assert json.load(open(os.path.join(WEIGHTS, "world.json")))["objects"] == list(world.OBJECTS)
+
+
+def test_project_full_attention_equals_plain_transformers(shipped):
+    """Full attention through the session == a plain transformers forward of the same prompt."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    plain = LlavaOnevisionForConditionalGeneration.from_pretrained(WEIGHTS, dtype=torch.float32).eval()
+    rng = world.rng_for(world.HELD_OUT, 11)
+    episode = world.make_episode(rng, 24)
+    frames = world.render(episode.objects, episode.colors, rng)
+    session = shipped.new_session()
+    session.add_frames(frames)
+    for q in episode.questions:
+        ours = session.answer(q.text, max_new_tokens=1, return_logits=True).logits[0]
+        ids = shipped.vanilla_input_ids(q.text, len(frames))
+        pixels = shipped.processor(frames)[None]
+        with torch.no_grad():
+            theirs = plain(input_ids=ids, pixel_values_videos=pixels).logits[0, -1]
+        assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
+def _readme_figure(mode: str, kind: str, length: int) -> float:
+    """The accuracy the README's table gives (from benchmarks/miniature-accuracy/results.json)."""
+    path = os.path.join(os.path.dirname(README), "benchmarks", "miniature-accuracy", "results.json")
+    cells = json.load(open(path))["cells"]
+    return next(c["accuracy"] for c in cells if c["mode"] == mode and c["kind"] == kind and c["length"] == length)
+
+
+def test_full_attention_held_out_gate():
+    """The shipped miniature answers >= 90 % of a fixed held-out set of colour questions with
+    full attention at trained lengths (the kinds it learned; see the README for the others)."""
+    model_dir = shipped_path()
+    from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    results = evaluate(model, tokenizer, [16, 64], videos=50, seed=0, kinds=("color",))
+    assert min(results["color"].values()) >= 0.9, results
+
+
+def test_rekv_regression_guard(tmp_path):
+    """ReKV at the benchmark's default settings (internal dot top-4, 4-frame window) on the
+    benchmark's own first held-out videos (64 frames) stays at or above the README's colour
+    figure minus 15 points."""
+    settings = Settings(lengths=(64,), videos=10)
+    bench = Bench(shipped_path(), settings, str(tmp_path))
+    rng = world.rng_for(world.HELD_OUT, settings.seed * 1_000_003 + 64)
+    right = 0
+    for _ in range(settings.videos):
+        episode = world.make_episode(rng, 64)
+        session = bench.encode(world.render(episode.objects, episode.colors, rng), settings.window_frames)
+        (q,) = [q for q in episode.questions if q.kind == "color"]
+        right += ask(session, q, topk_frames=settings.k, score="dot", retrieval="internal")[0]
+    assert right / settings.videos >= _readme_figure("rekv/dot/k4", "color", 64) - 0.15 - 1e-9, right
+
+
+def test_layout_matches_the_engine_prompt(shipped):
+    """The training layout is exactly the prompt the engine builds for vanilla LLaVA-OV."""
+    layout = Layout(shipped.tokenizer, shipped.frame_tokens)
+    q = world.make_episode(world.rng_for(world.HELD_OUT, 0), 8).questions[0]
+    ids, answer_at, _ = layout.sequence(8, q)
+    assert ids[:answer_at] == shipped.vanilla_input_ids(q.text, 8)[0].tolist()
+    batch = make_batch(world.rng_for(world.HELD_OUT, 0), layout, shipped.processor, 8, 2, ("color",), None, 6.0)
+    hidden, visual = forward(shipped.model, batch, layout.video_id)
+    assert visual.shape == (2, 8, shipped.frame_tokens, hidden.shape[-1])
