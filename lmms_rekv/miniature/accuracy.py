@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import ReKVConfig
 from . import world
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,6 @@ class Bench:
     """The miniature loaded once; engines with different settings share its weights."""
 
     def __init__(self, model_dir: str, settings: Settings, workdir: str) -> None:
-        from ..config import ReKVConfig
         from ..model import ReKVLlavaOneVision
         from ..tiny import write_tiny_clip_config
 
@@ -109,14 +109,13 @@ class Bench:
         self.frame_tokens = base.frame_tokens
         self.clip = dict(clip_model=clip, clip_pretrained=None)
         self.engines: Dict[tuple, object] = {}
-        self.ReKVConfig = ReKVConfig
 
     def engine(self, window_frames: Optional[int], kv_quant: Optional[str] = None, embed: bool = False):
         """An engine encoding with ``window_frames`` (None = full context)."""
         key = (window_frames, kv_quant, embed)
         if key not in self.engines:
             window = None if window_frames is None else window_frames * self.frame_tokens
-            cfg = self.ReKVConfig(window_tokens=window, topk_frames=None, chunk_frames=self.settings.chunk_frames, kv_quant=kv_quant,
+            cfg = ReKVConfig(window_tokens=window, topk_frames=None, chunk_frames=self.settings.chunk_frames, kv_quant=kv_quant,
                                   retrieval="hybrid" if embed else "internal", frame_tokens=self.frame_tokens, **self.clip)
             b = self.base
             engine = type(b)(b.model, b.tokenizer, b.chat_template, b.processor, cfg)
