@@ -99,7 +99,7 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
                 torch.set_default_dtype(torch.float32)
         rekv = ReKVLlavaOneVision(model, tokenizer, CHAT_TEMPLATE, FrameProcessor(size=384), rekv_cfg)
     full_cfg = rekv_cfg.replace(window_tokens=None, topk_frames=None, offload="device", qa_budget_tokens=None)
-    full = type(rekv)(rekv.model, rekv.tokenizer, rekv.chat_template, rekv.processor, full_cfg)
+    full = rekv.with_config(full_cfg)
     return rekv, full
 
 

@@ -65,9 +65,8 @@ def run_miniature_demo(frames: int, burst: int, seed: int, topk: int, window_fra
 
     rekv = ReKVLlavaOneVision.from_pretrained(shipped_path(), dtype="float32", device="cpu")
     ft = rekv.frame_tokens
-    rekv = type(rekv)(rekv.model, rekv.tokenizer, rekv.chat_template, rekv.processor,
-                      ReKVConfig(window_tokens=window_frames * ft, topk_frames=topk, chunk_frames=burst))
-    full = type(rekv)(rekv.model, rekv.tokenizer, rekv.chat_template, rekv.processor, ReKVConfig(window_tokens=None, topk_frames=None))
+    rekv = rekv.with_config(ReKVConfig(window_tokens=window_frames * ft, topk_frames=topk, chunk_frames=burst))
+    full = rekv.with_config(ReKVConfig(window_tokens=None, topk_frames=None))
     rng = world.rng_for(world.HELD_OUT, 100_000 + seed)
     episode = world.make_episode(rng, frames)
     clip = os.path.join(os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), f"miniature_demo_{seed}.mp4")

@@ -73,6 +73,21 @@ def load_chat_template(path: str, tokenizer) -> str:
     raise ValueError(f"no chat template found in {path} (chat_template.jinja, chat_template.json or tokenizer)")
 
 
+def render_prompt(tokenizer, chat_template: str, question: str) -> str:
+    """A chat template rendered for one user turn ``[video, question]`` + generation prompt."""
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return tokenizer.apply_chat_template(conversation, chat_template=chat_template, add_generation_prompt=True, tokenize=False)
+
+
+def split_prompt(tokenizer, chat_template: str, question: str, video_token: str = "<video>") -> Tuple[str, str]:
+    """(text before the video token, text after it) of the rendered prompt."""
+    text = render_prompt(tokenizer, chat_template, question)
+    if text.count(video_token) != 1:
+        raise ValueError(f"chat template must place exactly one {video_token} in the prompt: {text!r}")
+    before, after = text.split(video_token)
+    return before, after
+
+
 class ReKVLlavaOneVision:
     """LLaVA-OneVision with ReKV streaming video QA. Create sessions with ``new_session()``."""
 
@@ -123,6 +138,10 @@ class ReKVLlavaOneVision:
             engine.embedder  # load the open_clip model now: a missing extra fails here, not mid-stream
         return engine
 
+    def with_config(self, config: ReKVConfig) -> "ReKVLlavaOneVision":
+        """Another engine over the same loaded weights with different ReKV settings."""
+        return type(self)(self.model, self.tokenizer, self.chat_template, self.processor, config, source=self.source)
+
     @property
     def embedder(self):
         """The external-retrieval embedder, loaded once per engine on first use."""
@@ -160,18 +179,11 @@ class ReKVLlavaOneVision:
     # -- prompts --------------------------------------------------------------------------
     def render(self, question: str) -> str:
         """The model's chat template for one user turn ``[video, question]`` + generation prompt."""
-        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        return self.tokenizer.apply_chat_template(
-            conversation, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
-        )
+        return render_prompt(self.tokenizer, self.chat_template, question)
 
     def split_prompt(self, question: str) -> Tuple[str, str]:
         """(text before the video token, text after it) of the rendered prompt."""
-        text = self.render(question)
-        if text.count(self.video_token) != 1:
-            raise ValueError(f"chat template must place exactly one {self.video_token} in the prompt: {text!r}")
-        before, after = text.split(self.video_token)
-        return before, after
+        return split_prompt(self.tokenizer, self.chat_template, question, self.video_token)
 
     def tokenize(self, text: str) -> List[int]:
         """Token ids of ``text`` without special tokens added."""

@@ -50,7 +50,7 @@ def evaluate(model_dir: str, frames: int = 48, questions: int = 8, seed: int = 0
     video = np.random.default_rng(seed).integers(0, 256, (frames, 48, 48, 3), dtype=np.uint8)
     sessions = {}
     for kind in (None, "int8", "int4"):
-        engine = type(base)(base.model, base.tokenizer, base.chat_template, base.processor, base.config.replace(kv_quant=kind))
+        engine = base.with_config(base.config.replace(kv_quant=kind))
         sessions[kind] = (engine, engine.new_session())
         sessions[kind][1].add_frames(video)
     report = {}

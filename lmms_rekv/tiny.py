@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import random
-from typing import Optional
+from typing import List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +36,15 @@ _WORDS = (
 ).split()
 
 
-def build_tokenizer(vocab_size: int = 384, seed: int = 0):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on a generated corpus."""
+def build_tokenizer(vocab_size: int = 384, seed: int = 0, corpus: Optional[List[str]] = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus`` (default: random
+    sentences of a small video-QA vocabulary)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    rng = random.Random(seed)
-    corpus = [" ".join(rng.choice(_WORDS) for _ in range(12)) + "?" for _ in range(2000)]
+    if corpus is None:
+        rng = random.Random(seed)
+        corpus = [" ".join(rng.choice(_WORDS) for _ in range(12)) + "?" for _ in range(2000)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

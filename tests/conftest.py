@@ -33,7 +33,7 @@ def load(tiny_dir):
         model = cache.get("model")
         if model is None:
             model = cache["model"] = ReKVLlavaOneVision.from_pretrained(tiny_dir, dtype=torch.float32, device="cpu")
-        return type(model)(model.model, model.tokenizer, model.chat_template, model.processor, ReKVConfig(**config))
+        return model.with_config(ReKVConfig(**config))
 
     return _load
 

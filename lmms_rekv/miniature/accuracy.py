@@ -117,8 +117,7 @@ class Bench:
             window = None if window_frames is None else window_frames * self.frame_tokens
             cfg = ReKVConfig(window_tokens=window, topk_frames=None, chunk_frames=self.settings.chunk_frames, kv_quant=kv_quant,
                                   retrieval="hybrid" if embed else "internal", frame_tokens=self.frame_tokens, **self.clip)
-            b = self.base
-            engine = type(b)(b.model, b.tokenizer, b.chat_template, b.processor, cfg)
+            engine = self.base.with_config(cfg)
             if embed:
                 engine.embedder  # noqa: B018  (load now)
             self.engines[key] = engine

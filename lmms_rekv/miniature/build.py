@@ -36,19 +36,9 @@ class Architecture:
 def build_tokenizer(vocab_size: int, seed: int = 0):
     """A byte-level BPE tokenizer trained on the world's questions and answers; raises if an
     object, colour or answer word is not one token in the places it is used."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from ..tiny import build_tokenizer as byte_level_bpe
 
-    from ..tiny import SPECIAL_TOKENS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(world.corpus(world.rng_for(world.TRAIN, seed)), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        additional_special_tokens=SPECIAL_TOKENS[1:])
+    tokenizer = byte_level_bpe(vocab_size, corpus=world.corpus(world.rng_for(world.TRAIN, seed)))
     word_ids(tokenizer)  # validates
     return tokenizer
 

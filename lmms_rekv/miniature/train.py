@@ -77,9 +77,9 @@ class Layout:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _split(self, question: str):
-        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        text = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, add_generation_prompt=True, tokenize=False)
-        return text.split("<video>")
+        from ..model import split_prompt
+
+        return split_prompt(self.tokenizer, self.template, question)
 
     def sequence(self, frames: int, question: world.Question):
         """(ids, index of the answer token, index of the question's last object word)."""
