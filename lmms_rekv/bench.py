@@ -3,6 +3,7 @@
     rekv-bench --preset tiny --out bench_out
     rekv-bench --preset 0.5b --out bench_05b --frames 10 100 --dtype bfloat16 --window-tokens 980 --topk 8
     rekv-bench --preset accuracy --out acc_out      # answer quality: lmms_rekv.miniature.accuracy
+    rekv-bench --preset retrieval --out study_out   # retrieval variants: lmms_rekv.miniature.retrieval_study
 
 One run measures, at several stream lengths, for
   * ``rekv``: windowed encoding, KV offloaded, top-k retrieval;
@@ -316,13 +317,17 @@ def run(args) -> Dict:
     return results
 
 
-def _without_accuracy_preset(argv: List[str]) -> Optional[List[str]]:
-    """``argv`` without ``--preset accuracy`` if it selects that preset, else None."""
+MINIATURE_PRESETS = ("accuracy", "retrieval")  # answer quality on the trained miniature
+
+
+def _miniature_preset(argv: List[str]):
+    """``(preset, argv without it)`` if ``--preset`` selects a miniature preset, else None."""
     for i, arg in enumerate(argv):
-        if arg == "--preset=accuracy":
-            return argv[:i] + argv[i + 1 :]
-        if arg == "--preset" and i + 1 < len(argv) and argv[i + 1] == "accuracy":
-            return argv[:i] + argv[i + 2 :]
+        for name in MINIATURE_PRESETS:
+            if arg == f"--preset={name}":
+                return name, argv[:i] + argv[i + 1 :]
+            if arg == "--preset" and i + 1 < len(argv) and argv[i + 1] == name:
+                return name, argv[:i] + argv[i + 2 :]
     return None
 
 
@@ -330,13 +335,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    rest = _without_accuracy_preset(argv)
-    if rest is not None:
-        from .miniature.accuracy import main as accuracy_main  # answer quality on the trained miniature
+    found = _miniature_preset(argv)
+    if found is not None:
+        import importlib
 
-        return accuracy_main(rest)
+        name, rest = found
+        module = "accuracy" if name == "accuracy" else "retrieval_study"
+        return importlib.import_module(f".miniature.{module}", __package__).main(rest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS) + ["accuracy"], default="tiny")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + list(MINIATURE_PRESETS), default="tiny")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and the plots")
     parser.add_argument("--frames", type=int, nargs="+", help="stream lengths to measure at (the first and 10x it give the ratios)")
     parser.add_argument("--window-tokens", type=int)

@@ -14,6 +14,9 @@ RETRIEVAL_MODES = ("internal", "external", "hybrid")
 FUSION_RULES = ("zscore", "rrf")
 ADAPTIVE_POLICIES = (None, "mass")
 SCORES = ("dot", "cosine")
+QUERY_POOLS = ("mean", "max", "head")  # = lmms_rekv.retrieval.POOLS (not imported: no torch here)
+QUERY_SPANS = ("prompt", "question")
+LAYER_FRAMES = ("own", "first")
 OFFLOAD_TIERS = ("cpu", "device", "disk")
 KV_QUANT = (None, "int8", "int4")
 
@@ -31,6 +34,17 @@ class ReKVConfig:
             open_clip embeddings of the question and of each frame (same frames on every
             layer); ``"hybrid"`` fuses both per layer (``hybrid_rule``, ``hybrid_alpha``).
         score: ``"dot"`` (raw dot product, ReKV's code) or ``"cosine"`` (ReKV's paper).
+        query_pool: how the question's tokens score a frame (internal and hybrid):
+            ``"mean"`` (ReKV: the mean query), ``"max"`` (each token's scores z-normalised
+            over frames, max over tokens; default) or ``"head"`` (the same per query head);
+            see ``lmms_rekv.retrieval``. ReKV as published: ``query_pool="mean",
+            query_span="prompt", layer_frames="own"``; the defaults are the variant the
+            retrieval study measured best on the trained miniature (README).
+        query_span: which prefill tokens' queries score frames: ``"prompt"`` (ReKV: the
+            question and the rest of the chat template after it) or ``"question"`` (the
+            question's own tokens).
+        layer_frames: ``"own"`` (ReKV: every layer retrieves with its own queries) or
+            ``"first"`` (the first layer's frames serve every layer; default).
         chunk_frames: frames encoded per language-model forward. Frames added to a session
             are buffered until a full chunk exists (or a question flushes them), so the
             stored KV does not depend on how frames were split across ``add_frames`` calls.
@@ -53,7 +67,9 @@ class ReKVConfig:
         qa_budget_tokens: most context tokens (sinks + retrieved frames + question +
             answer) a question may use; ``None`` = the model's ``max_position_embeddings``.
         qa_reserve_tokens: tokens kept free in the QA budget for the question and answer.
-        clip_model: open_clip model name, or a path to an open_clip model-config JSON.
+        clip_model: open_clip model name, a path to an open_clip model-config JSON, or
+            ``"miniature"`` (the embedder trained on the miniature's world; its weights
+            come with it and ``clip_pretrained`` is ignored).
         clip_pretrained: open_clip pretrained tag or local checkpoint; None = random weights.
         clip_batch_size: frames per embedding batch.
         hybrid_rule: ``"zscore"`` (mix z-scored scores) or ``"rrf"`` (reciprocal-rank fusion).
@@ -69,6 +85,9 @@ class ReKVConfig:
     topk_frames: Optional[int] = 64
     retrieval: str = "internal"
     score: str = "dot"
+    query_pool: str = "max"
+    query_span: str = "question"
+    layer_frames: str = "first"
     chunk_frames: int = 64
     offload: str = "cpu"
     offload_dir: Optional[str] = None
@@ -101,6 +120,9 @@ class ReKVConfig:
             raise ValueError(f"qa_reserve_tokens must be an int >= 0, got {self.qa_reserve_tokens!r}")
         _choice("retrieval", self.retrieval, RETRIEVAL_MODES)
         _choice("score", self.score, SCORES)
+        _choice("query_pool", self.query_pool, QUERY_POOLS)
+        _choice("query_span", self.query_span, QUERY_SPANS)
+        _choice("layer_frames", self.layer_frames, LAYER_FRAMES)
         _choice("offload", self.offload, OFFLOAD_TIERS)
         _choice("kv_quant", self.kv_quant, KV_QUANT)
         _positive("ram_budget_bytes", self.ram_budget_bytes)

@@ -56,42 +56,48 @@ def stream(session, frames, burst: int, total: int, tqdm) -> None:
 
 def run_miniature_demo(frames: int, burst: int, seed: int, topk: int, window_frames: int) -> dict:
     """The trained miniature on a held-out world video of ``frames`` frames (1 fps): each
-    question answered by ReKV and by full attention, with the frames ReKV retrieved."""
+    question answered by ReKV with internal retrieval, by ReKV with external retrieval (the
+    embedder trained with the miniature) and by full attention, with the frames retrieved."""
     from tqdm.auto import tqdm
 
     from . import ReKVConfig, ReKVLlavaOneVision
     from .miniature import shipped_path, world
     from .video import iter_video, write_video
 
-    rekv = ReKVLlavaOneVision.from_pretrained(shipped_path(), dtype="float32", device="cpu")
-    ft = rekv.frame_tokens
-    rekv = rekv.with_config(ReKVConfig(window_tokens=window_frames * ft, topk_frames=topk, chunk_frames=burst))
-    full = rekv.with_config(ReKVConfig(window_tokens=None, topk_frames=None))
+    base = ReKVLlavaOneVision.from_pretrained(shipped_path(), dtype="float32", device="cpu")
+    rekv = ReKVConfig(window_tokens=window_frames * base.frame_tokens, topk_frames=topk, chunk_frames=burst)
+    engines = {"internal": base.with_config(rekv), "external": base.with_config(rekv.replace(retrieval="external", clip_model="miniature")),
+               "full": base.with_config(ReKVConfig(window_tokens=None, topk_frames=None, chunk_frames=burst))}
     rng = world.rng_for(world.HELD_OUT, 100_000 + seed)
     episode = world.make_episode(rng, frames)
     clip = os.path.join(os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), f"miniature_demo_{seed}.mp4")
     write_video(clip, world.render(episode.objects, episode.colors, rng, scale=8), fps=1)
-    session, reference = rekv.new_session(), full.new_session()
-    stream(session, iter_video(clip, fps=1), burst, frames, tqdm)
-    reference.add_frames(_stack(list(iter_video(clip, fps=1))))
+    sessions = {name: engine.new_session() for name, engine in engines.items()}
+    for name, session in sessions.items():
+        stream(session, iter_video(clip, fps=1), burst, frames, lambda it, **kw: tqdm(it, **{**kw, "desc": f"streaming ({name})"}))
     rows = []
     for q in episode.questions:
-        answer = session.answer(q.text, max_new_tokens=3)
-        retrieved = sorted({int(i) for layer in answer.selected for i in layer})
-        rows.append({"question": q.text, "kind": q.kind, "answer": answer.text.strip(), "truth": q.answer,
-                     "full_attention": reference.ask(q.text, max_new_tokens=3).strip(), "needle_seconds": list(q.frames),
-                     "retrieved_seconds": retrieved, "per_layer": [[int(i) for i in layer] for layer in answer.selected]})
-    return {"video": clip, "frames": frames, "topk": topk, "rows": rows, "stats": session.stats()}
+        row = {"question": q.text, "kind": q.kind, "truth": q.answer, "needle_seconds": list(q.frames)}
+        for name in ("internal", "external"):
+            answer = sessions[name].answer(q.text, max_new_tokens=3)
+            row[name] = {"answer": answer.text.strip(), "retrieved_seconds": sorted({int(i) for layer in answer.selected for i in layer}),
+                         "per_layer": [[int(i) for i in layer] for layer in answer.selected]}
+        row["full_attention"] = sessions["full"].ask(q.text, max_new_tokens=3).strip()
+        rows.append(row)
+    return {"video": clip, "frames": frames, "topk": topk, "rows": rows, "stats": sessions["internal"].stats()}
 
 
 def print_miniature(result: dict) -> None:
     print(f"the trained miniature (lmms_rekv/miniature/weights) on a held-out {result['frames']}-frame world video "
           f"({result['video']}), 1 fps; ReKV retrieves {result['topk']} frames per layer:")
+    mark = lambda text, truth: "right" if text.split()[:1] == [truth] else "WRONG"  # noqa: E731
     for row in result["rows"]:
-        mark = "right" if row["answer"].split()[:1] == [row["truth"]] else "WRONG"
-        print(f"Q: {row['question']}\n   ReKV: {row['answer']!r} ({mark}; truth {row['truth']!r}) | full attention: {row['full_attention']!r}")
-        print(f"   needle at t={row['needle_seconds']} s; retrieved t={row['retrieved_seconds']} s (per layer: {row['per_layer']})")
-    print("stats:", json.dumps(result["stats"]))
+        print(f"Q: {row['question']}  (truth {row['truth']!r}; the answer is in the frame(s) at t={row['needle_seconds']} s)")
+        for name, label in (("internal", "ReKV, internal retrieval"), ("external", "ReKV, external retrieval (trained embedder)")):
+            got = row[name]
+            print(f"   {label}: {got['answer']!r} ({mark(got['answer'], row['truth'])}); retrieved t={got['retrieved_seconds']} s")
+        print(f"   full attention: {row['full_attention']!r} ({mark(row['full_attention'], row['truth'])})")
+    print("stats (internal):", json.dumps(result["stats"]))
 
 
 def _stack(frames):

@@ -2,8 +2,8 @@
 
 ``ClipEmbedder.embed_frames`` maps uint8 frames ``(N, H, W, 3)`` to L2-normalised fp32
 embeddings ``(N, E)`` in batches on the model's device; ``embed_text`` maps a question to
-``(E,)``. Any open_clip model name works, or a path to an open_clip model-config JSON (its
-file name is the model name); ``pretrained`` is an open_clip tag, a local checkpoint file,
+``(E,)``. Any open_clip model name works, a path to an open_clip model-config JSON (its
+file name is the model name), or ``"miniature"`` (the embedder trained with the miniature); ``pretrained`` is an open_clip tag, a local checkpoint file,
 or None for random weights (tests, benchmarks).
 """
 
@@ -42,19 +42,38 @@ class ClipEmbedder:
 
     def __init__(self, model: str, pretrained: Optional[str], device: torch.device, batch_size: int = 32) -> None:
         open_clip = import_open_clip()
+        if model == "miniature":  # the embedder trained on the miniature's world, shipped with it
+            from .miniature.clip import shipped_clip
+
+            model, pretrained = shipped_clip()
         name = model
         if model.endswith(".json") and os.path.isfile(model):
             open_clip.add_model_config(model)
             name = os.path.splitext(os.path.basename(model))[0]
-        self.model = open_clip.create_model(name, pretrained=pretrained, device=device).eval()
-        self.tokenizer = open_clip.get_tokenizer(name)
+        self._setup(open_clip.create_model(name, pretrained=pretrained, device=device).eval(), open_clip.get_tokenizer(name), device, batch_size)
+        logger.info("loaded open_clip %s (pretrained=%s)", name, pretrained)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, device: torch.device, batch_size: int = 32) -> "ClipEmbedder":
+        """Wrap an open_clip model that is already built (e.g. while training it)."""
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer, device, batch_size)
+        return self
+
+    def _setup(self, model, tokenizer, device: torch.device, batch_size: int) -> None:
+        self.model, self.tokenizer = model, tokenizer
         cfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
         size = cfg.get("size", getattr(self.model.visual, "image_size", 224))
         self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=device).view(1, 3, 1, 1)
         self.device, self.batch_size = device, batch_size
-        logger.info("loaded open_clip %s (pretrained=%s)", name, pretrained)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 -> ``(N, 3, S, S)`` normalised model input (squash-resized, bicubic)."""
+        x = frames.to(self.device).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 255)
+        return (x / 255.0 - self.mean) / self.std
 
     @torch.inference_mode()
     def embed_frames(self, frames) -> torch.Tensor:
@@ -62,9 +81,7 @@ class ClipEmbedder:
         frames = as_frames(frames)
         out = []
         for lo in range(0, frames.shape[0], self.batch_size):
-            x = frames[lo : lo + self.batch_size].to(self.device).permute(0, 3, 1, 2).float()
-            x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 255)
-            x = (x / 255.0 - self.mean) / self.std
+            x = self.preprocess(frames[lo : lo + self.batch_size])
             out.append(F.normalize(self.model.encode_image(x).float(), dim=-1))
         return torch.cat(out)
 

@@ -202,6 +202,17 @@ class ReKVLlavaOneVision:
             raise ValueError("the chat template's text before the video depends on the question")
         return self.tokenize(after)
 
+    def question_span(self, question: str) -> Tuple[int, int]:
+        """``(start, end)``: the tokens of ``prompt_suffix_ids(question)`` that overlap the
+        question's own text (the rest is chat template)."""
+        after = self.split_prompt(question)[1]
+        at = after.find(question)
+        if at < 0:
+            raise ValueError("the chat template does not render the question verbatim")
+        offsets = self.tokenizer(after, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        inside = [i for i, (a, b) in enumerate(offsets) if a < at + len(question) and b > at]
+        return inside[0], inside[-1] + 1
+
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
         """``(1, T)`` prompt ids as vanilla LLaVA-OV sees them (``<video>`` expanded to
         ``frames * frame_tokens + 1`` video tokens)."""

@@ -50,7 +50,7 @@ class QAStep:
 
     state: StreamState
     rope: Rope
-    select: Selector  # (layer, question query mean (Hq, D) fp32) -> sorted frame indices
+    select: Selector  # (layer, question queries (Hq, T, D) pre-RoPE fp32) -> sorted frame indices
     max_tokens: int  # positions a layer may use: context + prefill + answer
     extra_tokens: int  # answer tokens to leave room for
     question_offset: int = 1  # the first prefill token is image_newline, not question
@@ -87,14 +87,13 @@ class QAStep:
         if not self._caches:
             self._caches = [None] * st.store.layers
             self.selected = [None] * st.store.layers
-        query_mean = q_pre[:, self.question_offset : self.question_end].float().mean(dim=1)
         if self.fixed is not None:
             index = self.fixed
             if self._prefetched is None:
                 self._prefetched = st.store.gather_all(index, q_pre.device)
             k_ctx, v_ctx = self._prefetched[0][layer], self._prefetched[1][layer]
         else:
-            index = self.select(layer, query_mean)
+            index = self.select(layer, q_pre[:, self.question_offset : self.question_end].float())
             k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         self.selected[layer] = index
         past_k = torch.cat([st.sink_k[layer], self._rotate(k_ctx.transpose(0, 1), st.sinks)], dim=1)

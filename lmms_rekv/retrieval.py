@@ -1,34 +1,76 @@
 """Internal retrieval: score stored frames with the question's own queries, per layer.
 
-score(frame f, layer l) = < mean pre-RoPE query of the question tokens (heads concatenated),
-mean pre-RoPE key of frame f (kv heads repeated to the query heads, concatenated) >,
-the raw dot product (``"dot"``, ReKV's code) or its cosine (``"cosine"``, ReKV's paper).
+Every frame ``f`` is summarised by its mean pre-RoPE key ``k_f`` (kv heads repeated to the
+query heads). The question's pre-RoPE queries ``q_{h,t}`` (head ``h``, question token ``t``)
+score it in one of three ways (``pool``):
+
+* ``"mean"`` (ReKV): ``< mean_t q_t , k_f >`` with heads concatenated -- one query for the
+  whole question;
+* ``"max"``: per question token ``s_t(f) = < q_t , k_f >`` (heads concatenated), each token's
+  scores z-normalised over the frames, then the maximum over tokens -- the token that asks
+  for a frame is not averaged away by the template tokens around it;
+* ``"head"``: like ``"max"`` but per query head and token (z over frames, max over heads and
+  tokens).
+
+``score="dot"`` uses raw dot products (ReKV's code); ``"cosine"`` divides by the norms
+(ReKV's paper), per token (and per head for ``"head"``).
 """
 
 from __future__ import annotations
 
 import torch
 
+POOLS = ("mean", "max", "head")
 
-def frame_scores(query_mean: torch.Tensor, summaries: torch.Tensor, score: str = "dot") -> torch.Tensor:
+
+def frame_scores(queries: torch.Tensor, summaries: torch.Tensor, score: str = "dot", pool: str = "mean") -> torch.Tensor:
     """Scores of every stored frame for one layer.
 
     Args:
-        query_mean: ``(Hq, D)`` mean pre-RoPE query of the question tokens (fp32).
+        queries: ``(Hq, T, D)`` pre-RoPE queries of the question tokens (fp32); a
+            ``(Hq, D)`` tensor is taken as one token.
         summaries: ``(F, Hkv, D)`` mean pre-RoPE key of each frame (fp32).
     Returns ``(F,)`` fp32.
     """
-    hq, dim = query_mean.shape
+    if queries.dim() == 2:
+        queries = queries[:, None]
+    if score not in ("dot", "cosine"):
+        raise ValueError(f"unknown score {score!r}")
+    hq, tokens, dim = queries.shape
+    frames, hkv, _ = summaries.shape
+    group = hq // hkv
+    if pool == "mean":
+        return _grouped(queries.mean(dim=1, keepdim=True), summaries, score)[0]
+    if pool == "max":
+        return _zscore_rows(_grouped(queries, summaries, score)).amax(dim=0)
+    if pool == "head":
+        dots = torch.einsum("hgtd,fhd->hgtf", queries.view(hkv, group, tokens, dim), summaries)
+        if score == "cosine":
+            q_norm = queries.view(hkv, group, tokens, dim).norm(dim=-1)[..., None]
+            k_norm = summaries.norm(dim=-1).T[:, None, None, :]  # (Hkv, 1, 1, F)
+            dots = dots / (q_norm * k_norm).clamp_min(torch.finfo(dots.dtype).tiny)
+        return _zscore_rows(dots.reshape(-1, frames)).amax(dim=0)
+    raise ValueError(f"unknown pool {pool!r}; choose from {POOLS}")
+
+
+def _grouped(queries: torch.Tensor, summaries: torch.Tensor, score: str) -> torch.Tensor:
+    """``(T, F)`` dot products (or cosines) of each token's concatenated heads with each frame."""
+    hq, tokens, dim = queries.shape
     frames, hkv, _ = summaries.shape
     group = hq // hkv
     # Repeating each kv head over its G query heads and taking the dot product equals the
     # dot product with the query heads of each group summed first.
-    grouped = query_mean.view(hkv, group, dim).sum(dim=1)
-    dots = torch.einsum("hd,fhd->f", grouped, summaries)
+    grouped = queries.view(hkv, group, tokens, dim).sum(dim=1)
+    dots = torch.einsum("htd,fhd->tf", grouped, summaries)
     if score == "dot":
         return dots
-    if score == "cosine":
-        q_norm = query_mean.norm()
-        k_norm = summaries.reshape(frames, -1).norm(dim=1) * group**0.5
-        return dots / (q_norm * k_norm).clamp_min(torch.finfo(dots.dtype).tiny)
-    raise ValueError(f"unknown score {score!r}")
+    q_norm = queries.permute(1, 0, 2).reshape(tokens, -1).norm(dim=1)[:, None]
+    k_norm = summaries.reshape(frames, -1).norm(dim=1)[None, :] * group**0.5
+    return dots / (q_norm * k_norm).clamp_min(torch.finfo(dots.dtype).tiny)
+
+
+def _zscore_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Each row of ``(R, F)`` z-normalised over its F entries (a constant row becomes zeros)."""
+    centred = scores - scores.mean(dim=1, keepdim=True)
+    std = scores.std(dim=1, unbiased=False, keepdim=True)
+    return centred / std.clamp_min(torch.finfo(scores.dtype).tiny)

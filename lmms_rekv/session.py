@@ -205,33 +205,48 @@ class ReKVSession:
         prefill = 1 + len(suffix) + scored
         self._check_budget(context + prefill + new_tokens)
         selector = self._selector(question, frames)
+        start, end = engine.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
         step = QAStep(
             self.state, engine.rope, selector, context + prefill + new_tokens, new_tokens,
-            question_end=1 + len(suffix), fixed=getattr(selector, "fixed", None),
+            question_offset=1 + start, question_end=1 + end, fixed=getattr(selector, "fixed", None),
         )
         embeds = torch.cat([engine.newline_embedding(), engine.embed(suffix)], dim=1)
         return step, embeds, context
 
     def _selector(self, question: str, frames: int):
-        """(layer, question query mean) -> indices among the first ``frames`` frames."""
+        """(layer, question queries (Hq, T, D)) -> indices among the first ``frames`` frames."""
         store, cfg = self.state.store, self.config
         policy = cfg.policy()
 
-        def internal(layer: int, query: torch.Tensor) -> torch.Tensor:
-            return frame_scores(query, store.summaries(layer)[:frames], cfg.score)
+        def internal(layer: int, queries: torch.Tensor) -> torch.Tensor:
+            return frame_scores(queries, store.summaries(layer)[:frames], cfg.score, cfg.query_pool)
 
-        if cfg.retrieval == "internal":
-            return lambda layer, query: select(internal(layer, query), policy)
-        external = self.embeddings[:frames] @ self.engine.embedder.embed_text(question)
         if cfg.retrieval == "external":
-            chosen = select(external, policy)
+            chosen = select(self.embeddings[:frames] @ self.engine.embedder.embed_text(question), policy)
 
-            def same_for_all(layer: int, query: torch.Tensor) -> torch.Tensor:
+            def same_for_all(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return chosen
 
             same_for_all.fixed = chosen  # every layer's blocks fetched in one batched read
             return same_for_all
-        return lambda layer, query: select(fuse(internal(layer, query), external, cfg.hybrid_rule, cfg.hybrid_alpha), policy)
+        if cfg.retrieval == "internal":
+            def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
+                return select(internal(layer, queries), policy)
+        else:
+            external = self.embeddings[:frames] @ self.engine.embedder.embed_text(question)
+
+            def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
+                return select(fuse(internal(layer, queries), external, cfg.hybrid_rule, cfg.hybrid_alpha), policy)
+        if cfg.layer_frames == "own":
+            return per_layer
+        first: List[torch.Tensor] = []
+
+        def from_first_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
+            if not first:  # the first layer's prefill runs first
+                first.append(per_layer(layer, queries))
+            return first[0]
+
+        return from_first_layer
 
     def _check_budget(self, tokens: int) -> None:
         budget = self.config.qa_budget_tokens

@@ -1,5 +1,6 @@
 """Invariant 1: with an unbounded window and every frame retrieved, ReKV is vanilla LLaVA-OV."""
 
+import pytest
 import torch
 
 from reference import dense_generate
@@ -12,8 +13,13 @@ def _uneven_chunks(session, frames):
         session.add_frames(frames[lo:hi])
 
 
-def test_unbounded_matches_vanilla_generate(load, frames):
-    engine = load(window_tokens=None, topk_frames=None, chunk_frames=4)
+RETRIEVAL_VARIANTS = [{}, {"query_pool": "max", "layer_frames": "first"}, {"query_pool": "head", "score": "cosine"}]
+
+
+@pytest.mark.parametrize("variant", RETRIEVAL_VARIANTS, ids=lambda v: "-".join(map(str, v.values())) or "default")
+def test_unbounded_matches_vanilla_generate(load, frames, variant):
+    """Every retrieval variant that retrieves every frame (here topk = frames) is exact."""
+    engine = load(window_tokens=None, topk_frames=14 if variant else None, chunk_frames=4, **variant)
     video = frames(14)
     session = engine.new_session()
     _uneven_chunks(session, video)

@@ -2,6 +2,7 @@
 
     python -m lmms_rekv.miniature train --minutes 15 --seed 0 --out DIR   # ~15 min on 2 CPU cores
     python -m lmms_rekv.miniature eval [--model DIR] [--lengths 16 32 64] [--videos 100]
+    python -m lmms_rekv.miniature clip --minutes 3 --out DIR   # the external embedder (open_clip)
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def cmd_train(args) -> int:
     from . import build
     from .train import TrainConfig, evaluate, train
 
-    cfg = TrainConfig(minutes=args.minutes, seed=args.seed, max_frames=args.max_frames, threads=args.threads)
+    cfg = TrainConfig(minutes=args.minutes, seed=args.seed, threads=args.threads,
+                      **({} if args.max_frames is None else {"max_frames": args.max_frames}))
     model, tokenizer, log = train(cfg)
     log["held_out_full_attention"] = evaluate(model, tokenizer, args.lengths, args.videos, seed=args.seed)
     log["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
@@ -58,6 +60,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_clip(args) -> int:
+    from .clip import needle_hit_rate, save_clip, train_clip
+
+    embedder, log = train_clip(minutes=args.minutes, seed=args.seed)
+    log["held_out_needle_hit_top4"] = needle_hit_rate(embedder, lengths=args.lengths, videos=args.videos)
+    config, weights = save_clip(args.out, embedder, log)
+    print(f"trained {log['steps']} steps in {log['seconds']:.0f} s, wrote {config} and {weights}")
+    from .accuracy import random_hit_rate
+
+    print("held-out: the named objects' frames among the 4 closest to the question (a random choice of 4 in brackets)")
+    for kind, row in log["held_out_needle_hit_top4"].items():
+        needed = 2 if kind == "same" else 1
+        print(f"  {kind}: " + ", ".join(f"{n} frames {v:.0%} ({random_hit_rate(int(n), 4, needed):.0%})" for n, v in row.items()))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmms_rekv.miniature", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,12 +84,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_p.add_argument("--minutes", type=float, default=15.0)
     train_p.add_argument("--seed", type=int, default=0)
     train_p.add_argument("--out", required=True)
-    train_p.add_argument("--max-frames", type=int, default=64)
+    train_p.add_argument("--max-frames", type=int, default=None, help="longest video the curriculum may reach (default: TrainConfig's)")
     train_p.add_argument("--threads", type=int, default=None)
+    clip_p = sub.add_parser("clip", help="train the external embedder (a tiny open_clip model)")
+    clip_p.add_argument("--minutes", type=float, default=3.0)
+    clip_p.add_argument("--seed", type=int, default=0)
+    clip_p.add_argument("--out", required=True)
     eval_p = sub.add_parser("eval", help="held-out accuracy with full attention")
     eval_p.add_argument("--model", default=WEIGHTS)
     eval_p.add_argument("--json", default=None)
-    for p in (train_p, eval_p):
+    for p in (train_p, eval_p, clip_p):
         p.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
         p.add_argument("--videos", type=int, default=100, help="held-out videos per kind and length")
     eval_p.add_argument("--seed", type=int, default=0)
@@ -79,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.command == "eval" and not os.path.isfile(os.path.join(args.model, "config.json")):
         parser.error(f"{args.model} is not a model folder")
-    return cmd_train(args) if args.command == "train" else cmd_eval(args)
+    return {"train": cmd_train, "eval": cmd_eval, "clip": cmd_clip}[args.command](args)
 
 
 if __name__ == "__main__":

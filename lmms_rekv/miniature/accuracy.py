@@ -4,9 +4,12 @@ Streams held-out videos of the miniature's world through the project's API and a
 three question kinds after each, for every mode at every stream length:
 
 * ``full``: full attention (unbounded window while encoding, every frame at the question);
-* ``rekv/<score>/k<k>``: ReKV -- windowed encoding, internal retrieval of k frames per layer;
-* ``external/k4``, ``hybrid/k4``: open_clip retrieval with whatever embedder is configured
-  (default: a tiny random one, so it shows what a useless embedder costs);
+* ``rekv/<score>/k<k>``: ReKV -- windowed encoding, internal retrieval of k frames per layer
+  as published (``PUBLISHED``: mean question query); ``rekv/tuned/k<k>``: with the variant
+  the retrieval study found best (``TUNED``: per-token z-max over the question's own tokens,
+  the first layer's frames for every layer);
+* ``external/k4``, ``hybrid/k4``: open_clip retrieval with the configured embedder (default:
+  ``"miniature"``, the one trained on this world, ``lmms_rekv.miniature.clip``);
 * ``uniform/k4``, ``last/k4``: the vanilla model on k frames sampled uniformly / the last k;
 * ``windowed_all``: windowed encoding with every frame retrieved, and ``fullctx/k4``:
   full-context encoding with top-k retrieval -- the loss decomposed;
@@ -40,6 +43,11 @@ from . import world
 
 logger = logging.getLogger(__name__)
 
+# internal retrieval as ReKV publishes it (mean question query, every layer its own frames) and
+# the variant the retrieval study (retrieval_study.py) found best on this miniature
+PUBLISHED = {"query_pool": "mean", "query_span": "prompt", "layer_frames": "own"}
+TUNED = {"query_pool": "max", "query_span": "question", "layer_frames": "first"}
+
 
 @dataclass
 class Settings:
@@ -59,7 +67,7 @@ class Settings:
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
     depth_lengths: Sequence[int] = (64, 256, 1024)
     depth_videos: int = 10
-    clip_model: Optional[str] = None  # open_clip config/name for external/hybrid; None = tiny random
+    clip_model: Optional[str] = "miniature"  # open_clip config/name for external/hybrid; None = tiny random
 
 
 @dataclass
@@ -116,7 +124,7 @@ class Bench:
         if key not in self.engines:
             window = None if window_frames is None else window_frames * self.frame_tokens
             cfg = ReKVConfig(window_tokens=window, topk_frames=None, chunk_frames=self.settings.chunk_frames, kv_quant=kv_quant,
-                                  retrieval="hybrid" if embed else "internal", frame_tokens=self.frame_tokens, **self.clip)
+                                  retrieval="hybrid" if embed else "internal", frame_tokens=self.frame_tokens, **self.clip, **PUBLISHED)
             engine = self.base.with_config(cfg)
             if embed:
                 engine.embedder  # noqa: B018  (load now)
@@ -162,8 +170,11 @@ def run_video(bench: Bench, episode: world.Episode, frames: np.ndarray, tallies:
             for score in ("dot", "cosine"):
                 if score == "cosine" and k != s.k:
                     continue
-                correct, sel = ask(win, q, topk_frames=k, score=score, retrieval="internal")
+                correct, sel = ask(win, q, topk_frames=k, score=score, retrieval="internal", **PUBLISHED)
                 record(f"rekv/{score}/k{k}", q, correct, sel, k)
+            if k in (s.k, 2 * s.k):
+                correct, sel = ask(win, q, topk_frames=k, retrieval="internal", **TUNED)
+                record(f"rekv/tuned/k{k}", q, correct, sel, k)
         for mode in ("external", "hybrid"):
             correct, sel = ask(win, q, topk_frames=s.k, retrieval=mode)
             record(f"{mode}/k{s.k}", q, correct, sel, s.k)
@@ -251,7 +262,7 @@ def _trained_length(model_dir: str) -> Optional[int]:
 
 
 # -- report ---------------------------------------------------------------------------------
-MAIN_MODES = ("full", "windowed_all", "rekv/dot/k1", "rekv/dot/k2", "rekv/dot/k4", "rekv/dot/k8", "rekv/cosine/k4",
+MAIN_MODES = ("full", "windowed_all", "rekv/dot/k1", "rekv/dot/k2", "rekv/dot/k4", "rekv/dot/k8", "rekv/cosine/k4", "rekv/tuned/k4", "rekv/tuned/k8",
               "fullctx/k4", "external/k4", "hybrid/k4", "uniform/k4", "last/k4", "int8/k4", "int4/k4", "window1/k4", "window16/k4")
 
 
@@ -311,7 +322,7 @@ def plots(results: dict, folder: str) -> List[str]:
     lengths = list(results["settings"]["lengths"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for ax, kind in zip(axes, world.KINDS):
-        for mode in ("full", "windowed_all", "rekv/dot/k4", "rekv/dot/k8", "rekv/cosine/k4", "fullctx/k4", "hybrid/k4", "uniform/k4"):
+        for mode in ("full", "windowed_all", "rekv/dot/k4", "rekv/dot/k8", "rekv/tuned/k4", "fullctx/k4", "external/k4", "uniform/k4"):
             pts = [(n, c["accuracy"]) for n in lengths if (c := _cell(results, mode, n, kind))]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=mode)
@@ -347,32 +358,43 @@ def plots(results: dict, folder: str) -> List[str]:
     return paths
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def common_parser(prog: str, description: str, defaults: Settings) -> argparse.ArgumentParser:
+    """The options every miniature benchmark takes (``--out``, ``--model``, ``--seed``,
+    ``--lengths``, ``--questions``, ``--clip-model``)."""
     from . import WEIGHTS
 
-    parser = argparse.ArgumentParser(prog="rekv-bench --preset accuracy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default=WEIGHTS, help="miniature folder (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0, help="held-out seed")
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(Settings.lengths))
-    parser.add_argument("--questions", type=int, default=Settings.videos, help="videos per length (one question of each kind each)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(defaults.lengths))
+    parser.add_argument("--questions", type=int, default=defaults.videos, help="videos per length (one question of each kind each)")
+    parser.add_argument("--clip-model", default="miniature",
+                        help="open_clip config/name for external/hybrid (default: the embedder trained with the miniature; 'none': a tiny random one)")
+    return parser
+
+
+def write_outputs(folder: str, results: dict, text: str, draw) -> None:
+    """``results.json``, ``results.md`` (``text``) and the plots (``draw(results, folder)``) in ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+    with open(os.path.join(folder, "results.md"), "w") as fh:
+        fh.write(text)
+    draw(results, folder)
+    print(text)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = common_parser("rekv-bench --preset accuracy", __doc__, Settings())
     parser.add_argument("--depth-videos", type=int, default=Settings.depth_videos, help="videos per heatmap cell (0: no heatmap)")
     parser.add_argument("--full-max-frames", type=int, default=Settings.full_max_frames)
-    parser.add_argument("--clip-model", default=None, help="open_clip config/name for external/hybrid (default: tiny random)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(lengths=tuple(args.lengths), videos=args.questions, seed=args.seed, depth_videos=args.depth_videos,
-                        full_max_frames=args.full_max_frames, clip_model=args.clip_model)
+                        full_max_frames=args.full_max_frames, clip_model=None if args.clip_model.lower() == "none" else args.clip_model)
     if not args.depth_videos:
         settings.depth_lengths = ()
     results = run(settings, args.model)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    text = markdown(results)
-    with open(os.path.join(args.out, "results.md"), "w") as fh:
-        fh.write(text)
-    plots(results, args.out)
-    print(text)
+    write_outputs(args.out, results, markdown(results), plots)
     return 0

@@ -98,6 +98,7 @@ def save_checkpoint(path: str, model, tokenizer, arch: Architecture, log: dict) 
 
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
+    os.chmod(os.path.join(path, "model.safetensors"), 0o644)  # readable by every user of an installed wheel
     tokenizer.save_pretrained(path)
     with open(os.path.join(path, "chat_template.jinja"), "w") as fh:
         fh.write(CHAT_TEMPLATE)

@@ -3,14 +3,16 @@ the loop: what the benchmark measures about retrieval must transfer to real chec
 which ReKV uses training-free).
 
 What makes it learn in minutes: a curriculum that grows the video only when the current
-length is mastered (start at 2 frames, x1.5 whenever the running accuracy on the colour
-question passes 85 %), with colour questions only until 8 frames -- on 2-3 frames the other
-kinds can be answered without finding the asked object, so they would not teach it -- and
-then all kinds mixed (the others train along at whatever length is reached), and
-auxiliary losses -- every frame's visual tokens are classified against the language model's
-input embeddings (tied with the output) of its object and colour words, every frame's
-tokens after the first decoder layer against the previous frame's object (temporal order),
-and the answer is predicted from the final hidden state at the question's last object word.
+length is mastered (start at 2 frames with colour questions only -- on 2-3 frames the other
+kinds can be answered without finding the asked object, so they would not teach it --
+mix every kind in from 8 frames, and grow x1.5 only when the running accuracy of every kind
+passes 85 %), kinds sampled in proportion to how far each is from mastered, and auxiliary
+losses -- every frame's visual tokens are classified against the language model's input
+embeddings (tied with the output) of its object and colour words, every frame's tokens
+after the first decoder layer against the previous frame's object (temporal order), the
+answer is predicted from the final hidden state at the question's last object word, and for
+``same`` each named object's colour is read at its own word after the second layer (the
+last layer is left to compare them).
 """
 
 from __future__ import annotations
@@ -42,18 +44,22 @@ class TrainConfig:
     warmup_steps: int = 100
     decay_fraction: float = 0.3  # cosine decay over the last 30 % of the time budget
     start_frames: int = 2
-    max_frames: int = 64
+    max_frames: int = 16
     grow: float = 1.5
     grow_threshold: float = 0.85
     grow_on: Sequence[str] = ("color",)  # kinds whose running accuracy gates growth below mix_from_frames
-    grow_on_mixed: Sequence[str] = ("color",)  # ... and from mix_from_frames on
-    kind_weights: Sequence[float] = (1 / 3, 1 / 3, 1 / 3)  # color, after, same
+    grow_on_mixed: Sequence[str] = world.KINDS  # ... and from mix_from_frames on
+    kinds: Sequence[str] = world.KINDS
+    kind_weights: Optional[Sequence[float]] = None  # one per kind; None = adaptive (see kind_weights())
+    min_kind_weight: float = 0.1
     mix_from_frames: int = 8  # colour questions only below this length (they teach binding a question to a frame)
     aux_weight: float = 1.0
     noise: float = 6.0
     threads: Optional[int] = None
     clip_grad: Optional[float] = 1.0
     prev_aux: bool = True
+    prev_probe: bool = False  # read the previous frame's object with a learned linear probe (not the tied embeddings)
+    hop_aux: bool = True  # "same": each named object's colour readable at its word after the second layer
     max_steps: Optional[int] = None  # stop after this many steps even if time is left (tests)
 
 
@@ -82,14 +88,15 @@ class Layout:
         return split_prompt(self.tokenizer, self.template, question)
 
     def sequence(self, frames: int, question: world.Question):
-        """(ids, index of the answer token, index of the question's last object word)."""
+        """(ids, index of the answer token, index of the question's last object word, index
+        of its first object word)."""
         suffix = self._ids(self._split(question.text)[1])
         ids = self.prefix + [self.video_id] * (frames * self.frame_tokens + 1) + suffix
         objects = {self.words["object_q"][w] for w in question.objects}
-        anchor = len(ids) - len(suffix) + max(i for i, t in enumerate(suffix) if t in objects)
+        at = [len(ids) - len(suffix) + i for i, t in enumerate(suffix) if t in objects]
         answer_at = len(ids)
         ids = ids + [self.words["answer"][question.answer], self.eos_id]
-        return ids, answer_at, anchor
+        return ids, answer_at, at[-1], at[0]
 
 
 @dataclass
@@ -99,15 +106,17 @@ class Batch:
     mask: torch.Tensor  # (B, T)
     answer_at: torch.Tensor  # (B,) index of the answer token
     anchor: torch.Tensor  # (B,) index of the question's last object word
+    first: torch.Tensor  # (B,) index of the question's first object word
     objects: torch.Tensor  # (B, L)
     colors: torch.Tensor  # (B, L)
     kinds: List[str]
+    named_colors: torch.Tensor  # (B, 2) colours of the question's first and last named objects
 
 
 def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int, size: int,
                kinds: Sequence[str], weights: Optional[Sequence[float]], noise: float, depth: Optional[float] = None) -> Batch:
     """``size`` episodes of ``frames`` frames, one question each (kind drawn with ``weights``)."""
-    pixels, seqs, objects, colors, chosen = [], [], [], [], []
+    pixels, seqs, objects, colors, chosen, needle_colors = [], [], [], [], [], []
     p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
     while len(seqs) < size:
         kind = kinds[int(rng.choice(len(kinds), p=p))]
@@ -119,14 +128,17 @@ def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int,
         objects.append(episode.objects)
         colors.append(episode.colors)
         chosen.append(kind)
+        named = [episode.objects.index(world.OBJECTS.index(o)) for o in episode.questions[0].objects]
+        needle_colors.append([episode.colors[named[0]], episode.colors[named[-1]]])
     width = max(len(s[0]) for s in seqs)
     ids = torch.full((size, width), layout.pad_id, dtype=torch.long)
     mask = torch.zeros((size, width), dtype=torch.long)
-    for i, (seq, _, _) in enumerate(seqs):
+    for i, (seq, *_) in enumerate(seqs):
         ids[i, : len(seq)] = torch.tensor(seq)
         mask[i, : len(seq)] = 1
     return Batch(torch.stack(pixels), ids, mask, torch.tensor([s[1] for s in seqs]), torch.tensor([s[2] for s in seqs]),
-                 torch.tensor(objects), torch.tensor(colors), chosen)
+                 torch.tensor([s[3] for s in seqs]), torch.tensor(objects), torch.tensor(colors), chosen,
+                 torch.tensor(needle_colors))
 
 
 def forward(model, batch: Batch, video_id: int, first_layer: bool = False):
@@ -144,12 +156,15 @@ def forward(model, batch: Batch, video_id: int, first_layer: bool = False):
     if not first_layer:
         return out.last_hidden_state, visual
     after_first = out.hidden_states[1][video].reshape(b, -1, feats.shape[-1])[:, :-1].reshape(visual.shape)
-    return out.last_hidden_state, visual, after_first
+    return out.last_hidden_state, visual, after_first, out.hidden_states[2]
 
 
-def losses(model, batch: Batch, layout: Layout, prev: bool = True) -> Dict[str, torch.Tensor]:
-    """Answer loss (answer + EOS), perception loss and early-answer loss, plus accuracy."""
-    hidden, visual, after_first = forward(model, batch, layout.video_id, first_layer=True)
+def losses(model, batch: Batch, layout: Layout, prev: bool = True, probe: Optional[torch.nn.Module] = None,
+           hop: bool = False) -> Dict[str, torch.Tensor]:
+    """Answer loss (answer + EOS), perception loss and early-answer loss, plus accuracy.
+    ``probe``: a linear map ``H -> len(OBJECTS)`` reading the previous frame's object (else
+    the tied embeddings do); ``hop``: also predict the first named object's colour at its word."""
+    hidden, visual, after_first, middle = forward(model, batch, layout.video_id, first_layer=True)
     rows = torch.arange(batch.ids.shape[0])
     at = batch.answer_at
     logits = model.lm_head(torch.stack([hidden[rows, at - 1], hidden[rows, at]], dim=1))  # (B, 2, V)
@@ -161,13 +176,28 @@ def losses(model, batch: Batch, layout: Layout, prev: bool = True) -> Dict[str, 
     ft = visual.shape[2]
     perception = F.cross_entropy(obj_logits.flatten(0, 2), batch.objects[..., None].expand(-1, -1, ft).flatten()) \
         + F.cross_entropy(col_logits.flatten(0, 2), batch.colors[..., None].expand(-1, -1, ft).flatten())
+    order = torch.zeros((), dtype=hidden.dtype)
     if prev and visual.shape[1] > 1:  # temporal order: after the first layer a frame knows the previous frame's object
-        prev_logits = after_first[:, 1:] @ table[layout.object_ids].T
-        perception = perception + F.cross_entropy(prev_logits.flatten(0, 2), batch.objects[:, :-1, None].expand(-1, -1, ft).flatten())
+        prev_logits = probe(after_first[:, 1:]) if probe is not None else after_first[:, 1:] @ table[layout.object_ids].T
+        order = F.cross_entropy(prev_logits.flatten(0, 2), batch.objects[:, :-1, None].expand(-1, -1, ft).flatten())
     early_logits = model.lm_head(hidden[rows, batch.anchor])
     early = F.cross_entropy(early_logits, batch.ids[rows, at])
+    two = torch.tensor([k == "same" for k in batch.kinds])
+    if hop and two.any():  # "same": each named object's colour known at its word after the second layer
+        mid = middle[rows[two]]
+        at_words = torch.stack([mid[torch.arange(len(mid)), batch.first[two]], mid[torch.arange(len(mid)), batch.anchor[two]]], dim=1)
+        early = early + F.cross_entropy((at_words @ table[layout.color_ids].T).flatten(0, 1), batch.named_colors[two].flatten())
     correct = (logits[:, 0].argmax(-1) == targets[:, 0]).float()
-    return {"answer": answer, "perception": perception, "early": early, "correct": correct}
+    return {"answer": answer, "perception": perception, "order": order, "early": early, "correct": correct}
+
+
+def kind_weights(cfg: TrainConfig, running: Dict[str, float]) -> List[float]:
+    """Sampling weight of each kind: the fixed ``cfg.kind_weights``, or (adaptive) how far the
+    kind's running accuracy is from mastered, above chance -- ``1 - (acc - chance) / (1 - chance)``,
+    at least ``min_kind_weight`` -- so the batch goes to the kinds not learned yet."""
+    if cfg.kind_weights is not None:
+        return list(cfg.kind_weights)
+    return [max(cfg.min_kind_weight, 1.0 - max(0.0, running[k] - world.CHANCE[k]) / (1.0 - world.CHANCE[k])) for k in cfg.kinds]
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -193,36 +223,39 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
     model = build.build_model(arch, tokenizer, seed=cfg.seed).train()
     frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
     layout, processor = Layout(tokenizer, frame_tokens), FrameProcessor(size=arch.image_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    probe = torch.nn.Linear(arch.hidden, len(world.OBJECTS)) if cfg.prev_probe else None  # discarded after training
+    params = list(model.parameters()) + (list(probe.parameters()) if probe is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = world.rng_for(world.TRAIN, cfg.seed)
     frames, running, step, history = cfg.start_frames, 0.0, 0, []
-    per_kind = {k: 0.0 for k in world.KINDS}
+    per_kind = {k: 0.0 for k in cfg.kinds}
     budget, start = cfg.minutes * 60.0, time.perf_counter()
     bar = tqdm(total=int(budget), desc="training the miniature", unit="s", disable=not progress_bar)
     while (elapsed := time.perf_counter() - start) < budget and (cfg.max_steps is None or step < cfg.max_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, elapsed / budget)
-        kinds, weights = (world.KINDS, cfg.kind_weights) if frames >= cfg.mix_from_frames else (("color",), None)
+        kinds, weights = (tuple(cfg.kinds), kind_weights(cfg, per_kind)) if frames >= cfg.mix_from_frames else (("color",), None)
         batch = make_batch(rng, layout, processor, frames, cfg.batch, kinds, weights, cfg.noise)
-        out = losses(model, batch, layout, prev=cfg.prev_aux)
-        loss = out["answer"] + cfg.aux_weight * (out["perception"] + out["early"])
+        out = losses(model, batch, layout, prev=cfg.prev_aux, probe=probe, hop=cfg.hop_aux)
+        loss = out["answer"] + cfg.aux_weight * (out["perception"] + out["order"] + out["early"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
         optimizer.step()
         accuracy = float(out["correct"].mean())
-        for kind in world.KINDS:
+        for kind in cfg.kinds:
             picked = [c for c, k in zip(out["correct"].tolist(), batch.kinds) if k == kind]
             if picked:
                 per_kind[kind] = 0.9 * per_kind[kind] + 0.1 * float(np.mean(picked))
         running = min(per_kind[k] for k in (cfg.grow_on if frames < cfg.mix_from_frames else cfg.grow_on_mixed))
         if step % 20 == 0:
             history.append({"step": step, "seconds": round(elapsed, 1), "frames": frames, "loss": round(float(loss.detach()), 4),
-                            "answer_loss": round(float(out["answer"].detach()), 4), "accuracy": round(accuracy, 3),
+                            **{f"{k}_loss": round(float(out[k].detach()), 4) for k in ("answer", "perception", "order", "early")},
+                            "accuracy": round(accuracy, 3),
                             "running": {k: round(v, 3) for k, v in per_kind.items()}})
         if running > cfg.grow_threshold and frames < cfg.max_frames:
-            frames, per_kind = min(cfg.max_frames, math.ceil(frames * cfg.grow)), {k: 0.0 for k in world.KINDS}
+            frames, per_kind = min(cfg.max_frames, math.ceil(frames * cfg.grow)), {k: 0.0 for k in cfg.kinds}
             logger.info("step %d: %d frames", step, frames)
         step += 1
         bar.n = min(int(elapsed), bar.total)

@@ -6,9 +6,15 @@ stream of such frames; a few *needle* objects appear exactly once, the other fra
 *distractors* (other objects, repeating, in random colours -- they share colours with the
 needles). Questions come after the video:
 
-* ``color``: "What color was the <obj>?"                      -> a colour word (chance 1/8)
-* ``after``: "What came right after the <obj>?"               -> an object word (chance 1/15)
-* ``same``:  "Were the <obj> and the <obj2> the same color?"  -> yes / no (chance 1/2)
+* ``color``:  "What color was the <obj>?"                      -> a colour word (chance 1/8)
+* ``before``: "What came right before the <obj>?"              -> an object word (chance 1/15)
+* ``same``:   "Were the <obj> and the <obj2> the same color?"  -> yes / no (chance 1/2)
+
+``KINDS`` are the kinds the miniature is trained and measured on. ``after`` ("What came
+right after the <obj>?") is also defined: with causal attention it needs two hops (find the
+frame whose *previous* object was <obj>, then read its object), and the 3-layer miniature
+did not learn it in the time budget, while ``before`` (find <obj>'s frame, read what its
+tokens took from the frame before) it learns.
 
 Seeds: training draws episodes from ``numpy.random.default_rng([TRAIN, seed])``; every
 evaluation uses ``default_rng([HELD_OUT, seed])`` -- a disjoint stream, so reported
@@ -29,11 +35,12 @@ PALETTE = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 215, 30),
     "white": (240, 240, 240), "black": (15, 15, 15), "orange": (240, 130, 20), "purple": (140, 40, 180),
 }
-KINDS = ("color", "after", "same")
-CHANCE = {"color": 1 / len(COLORS), "after": 1 / (len(OBJECTS) - 1), "same": 0.5}
+KINDS = ("color", "before", "same")
+CHANCE = {"color": 1 / len(COLORS), "after": 1 / (len(OBJECTS) - 1), "before": 1 / (len(OBJECTS) - 1), "same": 0.5}
 TEMPLATES = {
     "color": "What color was the {a}?",
     "after": "What came right after the {a}?",
+    "before": "What came right before the {a}?",
     "same": "Were the {a} and the {b} the same color?",
 }
 FRAME_SIZE = 16  # the miniature's image size; videos for files are upscaled by an integer factor
@@ -49,7 +56,7 @@ class Question:
     kind: str
     text: str
     answer: str
-    frames: Tuple[int, ...]  # frames whose content the answer needs (needle(s); for "after" also the next)
+    frames: Tuple[int, ...]  # frames retrieval must find: the needle(s); for "after" also the next frame
     objects: Tuple[str, ...]
 
 
@@ -141,6 +148,15 @@ def _ask(rng, episode: Episode, kind: str, slots: List[Tuple[int, int]], same_ra
         obj, pos = usable[0]
         nxt = episode.objects[pos + 1]
         return Question(kind, TEMPLATES[kind].format(a=name[obj]), name[nxt], (pos, pos + 1), (name[obj],))
+    if kind == "before":
+        usable = [(o, p) for o, p in slots if p > 0]
+        if not usable:
+            return None
+        obj, pos = usable[0]
+        prev = episode.objects[pos - 1]
+        # the previous frame's object reaches the answer through the needle frame's own tokens
+        # (encoded after it, causally): the needle frame is the one to retrieve
+        return Question(kind, TEMPLATES[kind].format(a=name[obj]), name[prev], (pos,), (name[obj],))
     if kind == "same":
         if len(slots) < 2:
             return None
@@ -151,12 +167,12 @@ def _ask(rng, episode: Episode, kind: str, slots: List[Tuple[int, int]], same_ra
             episode.colors[pb] = (episode.colors[pa] + int(rng.integers(1, len(COLORS)))) % len(COLORS)
         answer = "yes" if episode.colors[pa] == episode.colors[pb] else "no"
         return Question(kind, TEMPLATES[kind].format(a=name[a], b=name[b]), answer, tuple(sorted((pa, pb))), (name[a], name[b]))
-    raise ValueError(f"unknown question kind {kind!r}; choose from {KINDS}")
+    raise ValueError(f"unknown question kind {kind!r}; choose from {tuple(TEMPLATES)}")
 
 
 def answer_words() -> Dict[str, Tuple[str, ...]]:
     """The answer vocabulary of each kind."""
-    return {"color": COLORS, "after": OBJECTS, "same": ("yes", "no")}
+    return {"color": COLORS, "after": OBJECTS, "before": OBJECTS, "same": ("yes", "no")}
 
 
 def corpus(rng: np.random.Generator, lines: int = 4000) -> List[str]:
@@ -166,8 +182,8 @@ def corpus(rng: np.random.Generator, lines: int = 4000) -> List[str]:
     out = []
     for _ in range(lines):
         a, b = rng.choice(len(OBJECTS), size=2, replace=False)
-        kind = KINDS[int(rng.integers(0, len(KINDS)))]
-        answer = {"color": COLORS[int(rng.integers(0, len(COLORS)))], "after": OBJECTS[int(rng.integers(0, len(OBJECTS)))],
-                  "same": ("yes", "no")[int(rng.integers(0, 2))]}[kind]
+        kind = list(TEMPLATES)[int(rng.integers(0, len(TEMPLATES)))]
+        words = answer_words()[kind]
+        answer = words[int(rng.integers(0, len(words)))]
         out.append("user \n" + TEMPLATES[kind].format(a=OBJECTS[a], b=OBJECTS[b]) + "assistant\n " + answer)
     return out

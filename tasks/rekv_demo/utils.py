@@ -5,7 +5,7 @@ needle objects shown exactly once), regenerated from its seed at first use and w
 with PyAV under ``$LMMS_REKV_HOME/rekv_demo`` (default ``~/.cache/lmms-rekv/rekv_demo``):
 every world frame lasts ``SECONDS_PER_FRAME`` seconds, so lmms-eval's default 0.5 fps
 samples each once. Questions: the colour of a needle (also asked mid-stream, as of half the
-video), what came right after a needle, and whether two needles had the same colour;
+video), what came right before a needle, and whether two needles had the same colour;
 scored by the first word of the answer. Ask ``pretrained=miniature`` for a model trained
 on this world.
 """
