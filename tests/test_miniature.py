@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmms_rekv.miniature import WEIGHTS, build, shipped_path, world
-from lmms_rekv.miniature.accuracy import Bench, Settings, ask, random_hit_rate
+from lmms_rekv.miniature.accuracy import Bench, ask, random_hit_rate
 from lmms_rekv.miniature.train import Layout, TrainConfig, evaluate, forward, make_batch, train
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -117,8 +117,8 @@ def test_project_full_attention_equals_plain_transformers(shipped):
 
 
 def _readme_figure(mode: str, kind: str, length: int) -> float:
-    """The accuracy the README's table gives (from benchmarks/miniature-accuracy/results.json)."""
-    path = os.path.join(os.path.dirname(README), "benchmarks", "miniature-accuracy", "results.json")
+    """The accuracy the README's table gives (from benchmarks/miniature-retrieval/results.json)."""
+    path = os.path.join(os.path.dirname(README), "benchmarks", "miniature-retrieval", "results.json")
     cells = json.load(open(path))["cells"]
     return next(c["accuracy"] for c in cells if c["mode"] == mode and c["kind"] == kind and c["length"] == length)
 
@@ -136,19 +136,25 @@ def test_full_attention_held_out_gate():
 
 
 def test_rekv_regression_guard(tmp_path):
-    """ReKV at the benchmark's default settings (internal dot top-4, 4-frame window) on the
-    benchmark's own first held-out videos (64 frames) stays at or above the README's colour
-    figure minus 15 points."""
-    settings = Settings(lengths=(64,), videos=10)
+    """ReKV at the default settings (the tuned internal retrieval, top-4, 4-frame window) on
+    the retrieval study's own first held-out videos (64 frames) stays at or above the
+    README's figure for the colour question minus 15 points."""
+    from lmms_rekv import ReKVConfig
+    from lmms_rekv.miniature.accuracy import TUNED
+    from lmms_rekv.miniature.retrieval_study import StudySettings, video_rng
+
+    settings = StudySettings(lengths=(64,), videos=10)
     bench = Bench(shipped_path(), settings, str(tmp_path))
-    rng = world.rng_for(world.HELD_OUT, settings.seed * 1_000_003 + 64)
+    defaults = {k: getattr(ReKVConfig(), k) for k in TUNED}
+    rng = video_rng(settings, 64)
     right = 0
     for _ in range(settings.videos):
         episode = world.make_episode(rng, 64)
-        session = bench.encode(world.render(episode.objects, episode.colors, rng), settings.window_frames)
+        session = bench.encode(world.render(episode.objects, episode.colors, rng), settings.window_frames, embed=True)
         (q,) = [q for q in episode.questions if q.kind == "color"]
-        right += ask(session, q, topk_frames=settings.k, score="dot", retrieval="internal")[0]
-    assert right / settings.videos >= _readme_figure("rekv/dot/k4", "color", 64) - 0.15 - 1e-9, right
+        right += ask(session, q, topk_frames=settings.k, retrieval="internal", **defaults)[0]
+    assert defaults == TUNED
+    assert right / settings.videos >= _readme_figure("max/question/first", "color", 64) - 0.15 - 1e-9, right
 
 
 def test_layout_matches_the_engine_prompt(shipped):

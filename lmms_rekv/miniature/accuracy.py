@@ -65,7 +65,7 @@ class Settings:
     sweep_lengths: Sequence[int] = (64, 1024)
     quant_lengths: Sequence[int] = (64, 1024)
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    depth_lengths: Sequence[int] = (64, 256, 1024)
+    depth_lengths: Sequence[int] = (16, 64, 256)
     depth_videos: int = 10
     clip_model: Optional[str] = "miniature"  # open_clip config/name for external/hybrid; None = tiny random
 
@@ -301,7 +301,7 @@ def markdown(results: dict) -> str:
             out.append(f"| {mode} | " + " | ".join(row) + " |")
     if results["depth"]:
         depths = sorted({d["depth"] for d in results["depth"]})
-        out += ["", f"**needle depth** (colour question, chance {world.CHANCE['color']:.1%}): accuracy, ReKV dot top-{s['k']} / full attention", "",
+        out += ["", f"**needle depth** (colour question, chance {world.CHANCE['color']:.1%}): accuracy, ReKV as published (internal dot, mean query) top-{s['k']} / full attention", "",
                 "| frames | " + " | ".join(f"{d:.0%}" for d in depths) + " |", "|---" * (len(depths) + 1) + "|"]
         for n in sorted({d["length"] for d in results["depth"]}):
             row = []
@@ -347,7 +347,7 @@ def plots(results: dict, folder: str) -> List[str]:
                     grid[lens.index(c["length"]), depths.index(c["depth"])] = c["accuracy"]
             im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
             ax.set(xticks=range(len(depths)), xticklabels=[f"{d:.0%}" for d in depths], yticks=range(len(lens)), yticklabels=lens,
-                   xlabel="needle depth", ylabel="frames", title="ReKV internal dot top-4" if mode == "rekv" else "full attention")
+                   xlabel="needle depth", ylabel="frames", title="ReKV as published (mean query), top-4" if mode == "rekv" else "full attention")
             for (i, j), v in np.ndenumerate(grid):
                 if not np.isnan(v):
                     ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8)

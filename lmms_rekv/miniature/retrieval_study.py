@@ -62,6 +62,11 @@ class StudySettings(Settings):
     full_max_frames: int = 1024
 
 
+def video_rng(settings: StudySettings, length: int) -> np.random.Generator:
+    """The held-out random stream of the study's videos of ``length`` frames."""
+    return world.rng_for(world.HELD_OUT, 5_000_000 + settings.seed * 1_000_003 + length)
+
+
 def run_video(bench: Bench, episode: world.Episode, frames: np.ndarray, tallies: Dict, length: int) -> None:
     """Every variant on one video (encoded once); results added to ``tallies``."""
     s = bench.settings
@@ -95,7 +100,7 @@ def run(settings: StudySettings, model_dir: str) -> dict:
         bench = Bench(model_dir, settings, workdir)
         with tqdm(total=len(settings.lengths) * settings.videos, desc="retrieval study", unit="video") as progress:
             for length in settings.lengths:
-                rng = world.rng_for(world.HELD_OUT, 5_000_000 + settings.seed * 1_000_003 + length)
+                rng = video_rng(settings, length)
                 for _ in range(settings.videos):
                     episode = world.make_episode(rng, length)
                     run_video(bench, episode, world.render(episode.objects, episode.colors, rng), tallies, length)
