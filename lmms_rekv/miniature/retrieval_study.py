@@ -189,6 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.replot:
+        if not os.path.isfile(os.path.join(args.out, "results.json")):
+            parser.error(f"--replot needs {os.path.join(args.out, 'results.json')} from an earlier run")
         with open(os.path.join(args.out, "results.json")) as fh:
             results = json.load(fh)
     else:
