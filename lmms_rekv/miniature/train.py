@@ -58,7 +58,6 @@ class TrainConfig:
     threads: Optional[int] = None
     clip_grad: Optional[float] = 1.0
     prev_aux: bool = True
-    prev_probe: bool = False  # read the previous frame's object with a learned linear probe (not the tied embeddings)
     hop_aux: bool = True  # "same": each named object's colour readable at its word after the second layer
     max_steps: Optional[int] = None  # stop after this many steps even if time is left (tests)
 
@@ -144,7 +143,8 @@ def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int,
 def forward(model, batch: Batch, video_id: int, first_layer: bool = False):
     """Vanilla LLaVA-OV computation, unrolled to expose the visual tokens:
     ``(hidden (B, T, H), visual tokens (B, L, frame_tokens, H))``, plus with ``first_layer``
-    the frame tokens' hidden states after the first decoder layer ``(B, L, frame_tokens, H)``."""
+    the frame tokens' hidden states after the first decoder layer ``(B, L, frame_tokens, H)``
+    and every token's hidden state after the second ``(B, T, H)``."""
     inner = model.model
     feats = inner.get_video_features(pixel_values_videos=batch.pixels).pooler_output  # (B, L*ft+1, H)
     embeds = inner.language_model.embed_tokens(batch.ids)
@@ -159,11 +159,10 @@ def forward(model, batch: Batch, video_id: int, first_layer: bool = False):
     return out.last_hidden_state, visual, after_first, out.hidden_states[2]
 
 
-def losses(model, batch: Batch, layout: Layout, prev: bool = True, probe: Optional[torch.nn.Module] = None,
-           hop: bool = False) -> Dict[str, torch.Tensor]:
-    """Answer loss (answer + EOS), perception loss and early-answer loss, plus accuracy.
-    ``probe``: a linear map ``H -> len(OBJECTS)`` reading the previous frame's object (else
-    the tied embeddings do); ``hop``: also predict the first named object's colour at its word."""
+def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = False) -> Dict[str, torch.Tensor]:
+    """Answer loss (answer + EOS), perception loss, temporal-order loss (``prev``) and
+    early-answer loss, plus accuracy. ``hop``: for ``same`` questions also read each named
+    object's colour at its own word after the second layer."""
     hidden, visual, after_first, middle = forward(model, batch, layout.video_id, first_layer=True)
     rows = torch.arange(batch.ids.shape[0])
     at = batch.answer_at
@@ -178,7 +177,7 @@ def losses(model, batch: Batch, layout: Layout, prev: bool = True, probe: Option
         + F.cross_entropy(col_logits.flatten(0, 2), batch.colors[..., None].expand(-1, -1, ft).flatten())
     order = torch.zeros((), dtype=hidden.dtype)
     if prev and visual.shape[1] > 1:  # temporal order: after the first layer a frame knows the previous frame's object
-        prev_logits = probe(after_first[:, 1:]) if probe is not None else after_first[:, 1:] @ table[layout.object_ids].T
+        prev_logits = after_first[:, 1:] @ table[layout.object_ids].T
         order = F.cross_entropy(prev_logits.flatten(0, 2), batch.objects[:, :-1, None].expand(-1, -1, ft).flatten())
     early_logits = model.lm_head(hidden[rows, batch.anchor])
     early = F.cross_entropy(early_logits, batch.ids[rows, at])
@@ -223,8 +222,7 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
     model = build.build_model(arch, tokenizer, seed=cfg.seed).train()
     frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
     layout, processor = Layout(tokenizer, frame_tokens), FrameProcessor(size=arch.image_size)
-    probe = torch.nn.Linear(arch.hidden, len(world.OBJECTS)) if cfg.prev_probe else None  # discarded after training
-    params = list(model.parameters()) + (list(probe.parameters()) if probe is not None else [])
+    params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = world.rng_for(world.TRAIN, cfg.seed)
     frames, running, step, history = cfg.start_frames, 0.0, 0, []
@@ -236,7 +234,7 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
             group["lr"] = lr_at(cfg, step, elapsed / budget)
         kinds, weights = (tuple(cfg.kinds), kind_weights(cfg, per_kind)) if frames >= cfg.mix_from_frames else (("color",), None)
         batch = make_batch(rng, layout, processor, frames, cfg.batch, kinds, weights, cfg.noise)
-        out = losses(model, batch, layout, prev=cfg.prev_aux, probe=probe, hop=cfg.hop_aux)
+        out = losses(model, batch, layout, prev=cfg.prev_aux, hop=cfg.hop_aux)
         loss = out["answer"] + cfg.aux_weight * (out["perception"] + out["order"] + out["early"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
