@@ -44,9 +44,10 @@ def frame_scores(queries: torch.Tensor, summaries: torch.Tensor, score: str = "d
     if pool == "max":
         return _zscore_rows(_grouped(queries, summaries, score)).amax(dim=0)
     if pool == "head":
-        dots = torch.einsum("hgtd,fhd->hgtf", queries.view(hkv, group, tokens, dim), summaries)
+        per_head = queries.view(hkv, group, tokens, dim)
+        dots = torch.einsum("hgtd,fhd->hgtf", per_head, summaries)
         if score == "cosine":
-            q_norm = queries.view(hkv, group, tokens, dim).norm(dim=-1)[..., None]
+            q_norm = per_head.norm(dim=-1)[..., None]
             k_norm = summaries.norm(dim=-1).T[:, None, None, :]  # (Hkv, 1, 1, F)
             dots = dots / (q_norm * k_norm).clamp_min(torch.finfo(dots.dtype).tiny)
         return _zscore_rows(dots.reshape(-1, frames)).amax(dim=0)
