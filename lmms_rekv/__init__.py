@@ -12,12 +12,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "ReKV": "lmms_rekv.model",
     "ReKVConfig": "lmms_rekv.config",
     "ReKVLlavaOneVision": "lmms_rekv.model",
-    "ReKVSession": "lmms_rekv.session",
-    "Answer": "lmms_rekv.session",
-    "GenerationSettings": "lmms_rekv.generation",
-    "BlockStore": "lmms_rekv.store",
+    "ReKVSession": "lmms_rekv.engine.session",
+    "Answer": "lmms_rekv.engine.session",
+    "GenerationSettings": "lmms_rekv.engine.generation",
+    "BlockStore": "lmms_rekv.storage.store",
 }
 
 __all__ = sorted(_EXPORTS)

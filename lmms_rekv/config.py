@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 #: Visual tokens per frame of LLaVA-OneVision (27x27 SigLIP patches pooled to 14x14).
 LLAVA_OV_FRAME_TOKENS = 196
@@ -14,7 +14,7 @@ RETRIEVAL_MODES = ("internal", "external", "hybrid")
 FUSION_RULES = ("zscore", "rrf")
 ADAPTIVE_POLICIES = (None, "mass")
 SCORES = ("dot", "cosine")
-QUERY_POOLS = ("mean", "max", "head")  # = lmms_rekv.retrieval.POOLS (not imported: no torch here)
+QUERY_POOLS = ("mean", "max", "head")  # = lmms_rekv.retrieval.scoring.POOLS (not imported: no torch here)
 QUERY_SPANS = ("prompt", "question")
 LAYER_FRAMES = ("own", "first")
 OFFLOAD_TIERS = ("cpu", "device", "disk")
@@ -37,7 +37,7 @@ class ReKVConfig:
         query_pool: how the question's tokens score a frame (internal and hybrid):
             ``"mean"`` (ReKV: the mean query), ``"max"`` (each token's scores z-normalised
             over frames, max over tokens; default) or ``"head"`` (the same per query head);
-            see ``lmms_rekv.retrieval``. ReKV as published: ``query_pool="mean",
+            see ``lmms_rekv.retrieval.scoring``. ReKV as published: ``query_pool="mean",
             query_span="prompt", layer_frames="own"``; the defaults are the variant the
             retrieval study measured best on the trained miniature (README).
         query_span: which prefill tokens' queries score frames: ``"prompt"`` (ReKV: the
@@ -64,6 +64,11 @@ class ReKVConfig:
             ``None`` (default) = not known yet: the loader sets the checkpoint's value and
             only then checks ``topk_frames`` against the QA budget (so a 4-token model may
             retrieve more frames than a 196-token one).
+        frame_size: ``(height, width)`` every frame is resized to, for families whose tokens
+            per frame depend on the resolution (Qwen2-VL: multiples of 28; the resolution
+            is fixed once per engine, so every block of a stream has the same size).
+            ``None`` = the family's default (Qwen2-VL: the largest square of side <= 448
+            within the processor's pixel budget); must stay ``None`` for LLaVA-OneVision.
         qa_budget_tokens: most context tokens (sinks + retrieved frames + question +
             answer) a question may use; ``None`` = the model's ``max_position_embeddings``.
         qa_reserve_tokens: tokens kept free in the QA budget for the question and answer.
@@ -95,6 +100,7 @@ class ReKVConfig:
     kv_quant: Optional[str] = None
     query_block_tokens: Optional[int] = None
     frame_tokens: Optional[int] = None
+    frame_size: Optional[Tuple[int, int]] = None
     qa_budget_tokens: Optional[int] = 32_768
     qa_reserve_tokens: int = 512
     clip_model: str = "ViT-SO400M-14-SigLIP-384"
@@ -115,6 +121,11 @@ class ReKVConfig:
         _positive("chunk_frames", self.chunk_frames)
         _positive("query_block_tokens", self.query_block_tokens, optional=True)
         _positive("frame_tokens", self.frame_tokens, optional=True)
+        if self.frame_size is not None:
+            size = tuple(self.frame_size)
+            if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+                raise ValueError(f"frame_size must be (height, width) positive ints, got {self.frame_size!r}")
+            object.__setattr__(self, "frame_size", size)
         _positive("qa_budget_tokens", self.qa_budget_tokens, optional=True)
         if not isinstance(self.qa_reserve_tokens, int) or self.qa_reserve_tokens < 0:
             raise ValueError(f"qa_reserve_tokens must be an int >= 0, got {self.qa_reserve_tokens!r}")
@@ -159,7 +170,7 @@ class ReKVConfig:
 
     def policy(self):
         """The frame-selection policy these settings describe."""
-        from .selection import SelectionPolicy
+        from .retrieval.selection import SelectionPolicy
 
         return SelectionPolicy(
             topk=self.topk_frames, adaptive=self.adaptive, mass=self.adaptive_mass,
@@ -198,13 +209,19 @@ def _positive(name: str, value, optional: bool = False) -> None:
 
 
 def _parse(name: str, value, hint):
-    """``value`` converted to the field type ``hint`` (int, float, str, possibly Optional)."""
+    """``value`` converted to the field type ``hint`` (int, float, str, an int pair,
+    possibly Optional)."""
     if not isinstance(value, str):
         return value
     args = typing.get_args(hint)
     if value.strip().lower() in ("none", "null") and type(None) in args:
         return None
     target = next((a for a in args if a is not type(None)), hint) if args else hint
+    if typing.get_origin(target) is tuple:  # "448x448" or "448,448"
+        try:
+            return tuple(int(p) for p in value.lower().replace(",", "x").split("x"))
+        except ValueError as exc:
+            raise ValueError(f"{name}: cannot read {value!r} as HEIGHTxWIDTH") from exc
     try:
         return target(value) if target in (int, float) else value
     except ValueError as exc:

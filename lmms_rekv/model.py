@@ -1,19 +1,19 @@
-"""`ReKVLlavaOneVision`: a loaded LLaVA-OneVision checkpoint plus the ReKV engine."""
+"""The facade: ``ReKV`` -- a loaded checkpoint, its family adapter (``lmms_rekv.patches``)
+and the ReKV settings; sessions (``lmms_rekv.engine``) are created from it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .attention import Rope
+from .engine.attention import Rope
 from .config import ReKVConfig
-from .generation import GenerationSettings
-from .preprocess import FrameProcessor
+from .engine.generation import GenerationSettings
+from .io.preprocess import FrameProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def resolve_source(path_or_id: str) -> str:
     if os.path.isdir(path_or_id):
         return path_or_id
     if path_or_id == "miniature":  # the trained miniature shipped with the package
-        from .miniature import shipped_path
+        from .tools.miniature import shipped_path
 
         return shipped_path()
     if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1 or os.path.exists(path_or_id):
@@ -55,57 +55,33 @@ def resolve_source(path_or_id: str) -> str:
         ) from exc
 
 
-def load_chat_template(path: str, tokenizer) -> str:
-    """The processor's chat template (``chat_template.jinja``/``.json``), else the tokenizer's."""
-    jinja = os.path.join(path, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja) as fh:
-            return fh.read()
-    for name in ("chat_template.json", "processor_config.json"):
-        file = os.path.join(path, name)
-        if os.path.isfile(file):
-            with open(file) as fh:
-                template = json.load(fh).get("chat_template")
-            if template:
-                return template
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.chat_template
-    raise ValueError(f"no chat template found in {path} (chat_template.jinja, chat_template.json or tokenizer)")
+def model_type_of(path: str) -> str:
+    """``model_type`` from a checkpoint folder's ``config.json``."""
+    import json
+
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path} has no config.json: not a model directory")
+    with open(file) as fh:
+        return json.load(fh).get("model_type", "")
 
 
-def render_prompt(tokenizer, chat_template: str, question: str) -> str:
-    """A chat template rendered for one user turn ``[video, question]`` + generation prompt."""
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    return tokenizer.apply_chat_template(conversation, chat_template=chat_template, add_generation_prompt=True, tokenize=False)
+class ReKV:
+    """A loaded checkpoint with ReKV streaming video QA; the family (LLaVA-OneVision, ...)
+    comes from the checkpoint. Create streams with ``new_session()``."""
 
+    #: model types this class accepts (``None``: every family in ``lmms_rekv.patches``)
+    families: Optional[Tuple[str, ...]] = None
 
-def split_prompt(tokenizer, chat_template: str, question: str, video_token: str = "<video>") -> Tuple[str, str]:
-    """(text before the video token, text after it) of the rendered prompt."""
-    text = render_prompt(tokenizer, chat_template, question)
-    if text.count(video_token) != 1:
-        raise ValueError(f"chat template must place exactly one {video_token} in the prompt: {text!r}")
-    before, after = text.split(video_token)
-    return before, after
+    def __init__(self, model, tokenizer, chat_template: str, processor: Any, config: ReKVConfig, source: str = ""):
+        from .patches import backbone_for
 
-
-class ReKVLlavaOneVision:
-    """LLaVA-OneVision with ReKV streaming video QA. Create sessions with ``new_session()``."""
-
-    def __init__(self, model, tokenizer, chat_template: str, processor: FrameProcessor, config: ReKVConfig, source: str = ""):
-        from lmms_rekv.patches import patch_for
-
+        self.backbone = backbone_for(model, tokenizer, chat_template, processor, frame_size=config.frame_size)
         self.model, self.tokenizer, self.chat_template, self.processor = model, tokenizer, chat_template, processor
         self.source = source
-        self.language_model = model.model.language_model
-        vision = model.config.vision_config
-        grid = vision.image_size // vision.patch_size
-        self.frame_tokens = math.ceil(grid / 2) ** 2
+        self.frame_tokens = self.backbone.block_tokens
         text = model.config.text_config
         self.config = config.for_model(self.frame_tokens, getattr(text, "max_position_embeddings", None))
-        self.video_token = tokenizer.convert_ids_to_tokens(model.config.video_token_id)
-        self.patch = patch_for(model)
-        self.rope = Rope(self.language_model)
-        self._prefix_ids: Optional[List[int]] = None
         self._embedder = None
 
     @classmethod
@@ -116,29 +92,29 @@ class ReKVLlavaOneVision:
         dtype: DTypeLike = None,
         device: Union[str, torch.device, None] = None,
         **model_kwargs,
-    ) -> "ReKVLlavaOneVision":
-        """Load a llava-hf LLaVA-OneVision directory or hub id (config.json, safetensors,
-        tokenizer files, chat template, preprocessor_config.json)."""
-        from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+    ) -> "ReKV":
+        """Load a checkpoint directory or hub id (config.json, safetensors, tokenizer files,
+        chat template, preprocessor config); the family adapter is picked by the
+        checkpoint's ``model_type``."""
+        from .patches import backbone_class
 
         config = config or ReKVConfig()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = resolve_dtype(dtype, device)
         path = resolve_source(path_or_id)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"{path} has no config.json: not a model directory")
-        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype, **model_kwargs)
+        model_type = model_type_of(path)
+        if cls.families is not None and model_type not in cls.families:
+            raise ValueError(f"{cls.__name__} loads {', '.join(cls.families)} checkpoints, not model_type={model_type!r}; "
+                             "use lmms_rekv.ReKV.from_pretrained for any supported family")
+        model, tokenizer, template, processor = backbone_class(model_type).load(path, dtype, **model_kwargs)
         model.to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        template = load_chat_template(path, tokenizer)
-        processor = FrameProcessor.from_dir(path, model.config.vision_config.image_size)
-        logger.info("loaded %s (%s, %s)", path_or_id, dtype, device)
+        logger.info("loaded %s (%s, %s, %s)", path_or_id, model_type, dtype, device)
         engine = cls(model, tokenizer, template, processor, config, source=path_or_id)
         if engine.config.uses_embeddings:
             engine.embedder  # load the open_clip model now: a missing extra fails here, not mid-stream
         return engine
 
-    def with_config(self, config: ReKVConfig) -> "ReKVLlavaOneVision":
+    def with_config(self, config: ReKVConfig) -> "ReKV":
         """Another engine over the same loaded weights with different ReKV settings."""
         return type(self)(self.model, self.tokenizer, self.chat_template, self.processor, config, source=self.source)
 
@@ -146,7 +122,7 @@ class ReKVLlavaOneVision:
     def embedder(self):
         """The external-retrieval embedder, loaded once per engine on first use."""
         if self._embedder is None:
-            from .embedder import ClipEmbedder
+            from .retrieval.embedder import ClipEmbedder
 
             cfg = self.config
             self._embedder = ClipEmbedder(cfg.clip_model, cfg.clip_pretrained, self.device, cfg.clip_batch_size)
@@ -158,13 +134,13 @@ class ReKVLlavaOneVision:
 
     def new_session(self):
         """A new stream with its own KV store."""
-        from .session import ReKVSession
+        from .engine.session import ReKVSession
 
         return ReKVSession(self)
 
     def open_session(self, folder: str):
         """A session reopened from a folder written by ``session.save`` (checksums verified)."""
-        from .persist import load_session
+        from .storage.persist import load_session
 
         return load_session(self, folder)
 
@@ -176,64 +152,27 @@ class ReKVLlavaOneVision:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    @property
+    def patch(self):
+        """The attention routing of the text tower (``with engine.patch.routed(handler):``)."""
+        return self.backbone.routing
+
+    @property
+    def language_model(self):
+        return self.backbone.text_model
+
     # -- prompts --------------------------------------------------------------------------
-    def render(self, question: str) -> str:
-        """The model's chat template for one user turn ``[video, question]`` + generation prompt."""
-        return render_prompt(self.tokenizer, self.chat_template, question)
-
-    def split_prompt(self, question: str) -> Tuple[str, str]:
-        """(text before the video token, text after it) of the rendered prompt."""
-        return split_prompt(self.tokenizer, self.chat_template, question, self.video_token)
-
     def tokenize(self, text: str) -> List[int]:
         """Token ids of ``text`` without special tokens added."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def prompt_prefix_ids(self) -> List[int]:
-        """Tokens before the video (the sinks); independent of the question."""
-        if self._prefix_ids is None:
-            self._prefix_ids = self.tokenize(self.split_prompt("?")[0])
-        return self._prefix_ids
+        return self.backbone.tokenize(text)
 
     def prompt_suffix_ids(self, question: str) -> List[int]:
         """Tokens after the video: the question and the rest of the template."""
-        before, after = self.split_prompt(question)
-        if self.tokenize(before) != self.prompt_prefix_ids():
-            raise ValueError("the chat template's text before the video depends on the question")
-        return self.tokenize(after)
-
-    def question_span(self, question: str) -> Tuple[int, int]:
-        """``(start, end)``: the tokens of ``prompt_suffix_ids(question)`` that overlap the
-        question's own text (the rest is chat template)."""
-        after = self.split_prompt(question)[1]
-        at = after.find(question)
-        if at < 0:
-            raise ValueError("the chat template does not render the question verbatim")
-        offsets = self.tokenizer(after, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        inside = [i for i, (a, b) in enumerate(offsets) if a < at + len(question) and b > at]
-        return inside[0], inside[-1] + 1
+        return self.backbone.suffix_ids(question)
 
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
-        """``(1, T)`` prompt ids as vanilla LLaVA-OV sees them (``<video>`` expanded to
-        ``frames * frame_tokens + 1`` video tokens)."""
-        video = [self.model.config.video_token_id] * (frames * self.frame_tokens + 1)
-        ids = self.prompt_prefix_ids() + video + self.prompt_suffix_ids(question)
-        return torch.tensor([ids], device=self.device)
-
-    # -- model pieces ---------------------------------------------------------------------
-    def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, S, S)`` pixels -> ``(1, N * frame_tokens, hidden)`` visual tokens (no newline)."""
-        out = self.model.model.get_video_features(pixel_values_videos=pixels[None])
-        return out.pooler_output[:, :-1]
-
-    def newline_embedding(self) -> torch.Tensor:
-        """``(1, 1, hidden)`` the video's ``image_newline``."""
-        return self.model.model.image_newline.to(self.dtype)[None, None]
-
-    def embed(self, ids: Sequence[int]) -> torch.Tensor:
-        """``(1, T, hidden)`` token embeddings."""
-        ids_t = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        return self.language_model.embed_tokens(ids_t)
+        """``(1, T)`` prompt ids as the vanilla model sees them for ``frames`` frames."""
+        return self.backbone.vanilla_input_ids(question, frames)
 
     def generation_settings(self, **kwargs) -> GenerationSettings:
         """Settings with the model's EOS tokens unless ``eos_token_ids`` is given."""
@@ -258,3 +197,9 @@ class ReKVLlavaOneVision:
             elif isinstance(value, (list, tuple)):
                 ids.update(int(v) for v in value)
         return sorted(ids)
+
+
+class ReKVLlavaOneVision(ReKV):
+    """``ReKV`` restricted to LLaVA-OneVision checkpoints (the original entry point)."""
+
+    families = ("llava_onevision",)

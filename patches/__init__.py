@@ -1,24 +1,33 @@
-"""Per-model attention patches, installed as ``lmms_rekv.patches``.
+"""Model families, installed as ``lmms_rekv.patches``: one adapter file per family.
 
-Each patch is a reversible context manager that routes a model's text-tower attention to a
-ReKV handler through transformers' documented extension points (``AttentionInterface`` and
-forward hooks); no upstream ``forward`` is copied. ``patch_for(model)`` picks the patch by
-model type.
+Each adapter subclasses :class:`~lmms_rekv.patches.base.Backbone` -- block structure, KV
+layers, pre-RoPE capture points, block features, prompt layout, positions and RoPE -- and
+routes the text tower's attention to ReKV handlers through transformers' documented
+extension points (``AttentionInterface`` and forward hooks); no upstream ``forward`` is
+copied. These files are the only places that name a family.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, Dict
 
-PATCHES = {"llava_onevision": "lmms_rekv.patches.llava_onevision:LlavaOnevisionPatch"}
+FAMILIES: Dict[str, str] = {
+    "llava_onevision": "lmms_rekv.patches.llava_onevision:LlavaOnevisionBackbone",
+    "qwen2_vl": "lmms_rekv.patches.qwen2_vl:Qwen2VLBackbone",
+}
 
 
-def patch_for(model: Any):
-    """The patch class for ``model`` (by ``model.config.model_type``)."""
-    import importlib
+def backbone_class(model_type: str):
+    """The adapter class for a checkpoint's ``model_type``."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"no ReKV adapter for model_type={model_type!r}; supported: {sorted(FAMILIES)}")
+    module_name, cls_name = FAMILIES[model_type].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
 
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in PATCHES:
-        raise ValueError(f"no ReKV patch for model_type={model_type!r}; supported: {sorted(PATCHES)}")
-    module_name, cls_name = PATCHES[model_type].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)(model)
+
+def backbone_for(model: Any, tokenizer: Any, chat_template: str, processor: Any, **options):
+    """The adapter instance for a loaded ``model`` (by ``model.config.model_type``);
+    ``options``: adapter settings from ``ReKVConfig`` (``frame_size``)."""
+    cls = backbone_class(getattr(model.config, "model_type", None))
+    return cls(model, tokenizer, chat_template, processor, **{k: v for k, v in options.items() if v is not None})

@@ -1,127 +1,67 @@
-"""ReKV patch for LLaVA-OneVision (Qwen2 text tower).
+"""LLaVA-OneVision (SigLIP + Qwen2, 1-D RoPE): the family adapter.
 
-Inside ``with patch.routed(handler):`` every text-tower attention call goes to
-``handler.attend(layer, q, k, v, q_pre, k_pre, scaling)``:
-
-* ``q``/``k`` are the post-RoPE tensors the model computed, shapes ``(B, Hq, T, D)`` and
-  ``(B, Hkv, T, D)``; ``v`` is ``(B, Hkv, T, D)``;
-* ``q_pre``/``k_pre`` are the same projections before RoPE, captured exactly (any dtype) by
-  forward hooks on ``q_proj``/``k_proj``, shapes ``(B, T, Hq, D)`` / ``(B, T, Hkv, D)``;
-* the handler returns the attention output ``(B, Hq, T, D)``.
-
-The attention function is registered under a name unique to the patch and selected for the
-text tower only (``language_model.set_attn_implementation``); on exit the hooks are
-removed, the previous implementation restored and the name unregistered. Entering is
-re-entrant (a stack of handlers); the model is touched only by the outermost enter/exit.
+A block is one frame: ``frame_tokens`` visual tokens (the pooled SigLIP grid), and the
+whole video is followed by one ``image_newline`` embedding, which the engine places at the
+start of the text after the video. Positions are 1-D and consecutive (the base class).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from typing import Any, Iterator, List, Optional, Protocol
+import math
+from typing import Tuple
 
 import torch
 
-logger = logging.getLogger(__name__)
+from .base import Backbone
 
 
-class AttentionHandler(Protocol):
-    def attend(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        q_pre: torch.Tensor,
-        k_pre: torch.Tensor,
-        scaling: float,
-    ) -> torch.Tensor: ...
+class LlavaOnevisionBackbone(Backbone):
+    """ReKV adapter for ``LlavaOnevisionForConditionalGeneration``."""
 
+    model_type = "llava_onevision"
 
-class LlavaOnevisionPatch:
-    """Reversible routing of a LLaVA-OneVision text tower's attention to a ReKV handler."""
+    @classmethod
+    def load(cls, path: str, dtype: torch.dtype, **model_kwargs):
+        from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.language_model = model.model.language_model
-        self.layers = list(self.language_model.layers)
-        self.name = f"rekv_{id(self):x}"
-        self._handlers: List[AttentionHandler] = []
-        self._hooks: list = []
-        self._previous_impl: Optional[str] = None
-        n = len(self.layers)
-        self._q_pre: List[Optional[torch.Tensor]] = [None] * n
-        self._k_pre: List[Optional[torch.Tensor]] = [None] * n
+        from lmms_rekv.io.preprocess import FrameProcessor
+        from lmms_rekv.io.prompt import load_chat_template
+
+        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype, **model_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        processor = FrameProcessor.from_dir(path, model.config.vision_config.image_size)
+        return model, tokenizer, load_chat_template(path, tokenizer), processor
 
     @property
-    def active(self) -> bool:
-        return bool(self._handlers)
+    def block_tokens(self) -> int:
+        vision = self.model.config.vision_config
+        return math.ceil(vision.image_size // vision.patch_size / 2) ** 2
 
     @property
-    def hook_count(self) -> int:
-        return len(self._hooks)
+    def video_token(self) -> str:
+        return self.tokenizer.convert_ids_to_tokens(self.model.config.video_token_id)
 
-    @contextlib.contextmanager
-    def routed(self, handler: AttentionHandler) -> Iterator["LlavaOnevisionPatch"]:
-        """Route attention to ``handler`` for the duration of the block."""
-        if not self._handlers:
-            self._install()
-        self._handlers.append(handler)
-        try:
-            yield self
-        finally:
-            self._handlers.pop()
-            if not self._handlers:
-                self._uninstall()
+    def block_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, S, S)`` -> ``(1, N * frame_tokens, hidden)`` (without the newline)."""
+        out = self.model.model.get_video_features(pixel_values_videos=pixels[None])
+        return out.pooler_output[:, :-1]
 
-    # -- installation -------------------------------------------------------------------
-    def _install(self) -> None:
-        from transformers import AttentionInterface
+    def newline_embedding(self) -> torch.Tensor:
+        """``(1, 1, hidden)`` the video's ``image_newline``."""
+        return self.model.model.image_newline.to(self.model.dtype)[None, None]
 
-        AttentionInterface.register(self.name, self._attention)
-        try:
-            for idx, layer in enumerate(self.layers):
-                attn = layer.self_attn
-                self._hooks.append(attn.q_proj.register_forward_hook(self._capture(self._q_pre, idx)))
-                self._hooks.append(attn.k_proj.register_forward_hook(self._capture(self._k_pre, idx)))
-            self._previous_impl = self.language_model.config._attn_implementation
-            self.language_model.set_attn_implementation(self.name)
-        except BaseException:
-            self._uninstall()
-            raise
-        logger.debug("installed %s on %d layers", self.name, len(self.layers))
+    def suffix_embeds(self, suffix) -> torch.Tensor:
+        return torch.cat([self.newline_embedding(), self.embed(suffix)], dim=1)
 
-    def _uninstall(self) -> None:
-        from transformers import AttentionInterface
+    def suffix_offset(self) -> int:
+        return 1
 
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        if self._previous_impl is not None:
-            self.language_model.set_attn_implementation(self._previous_impl)
-            self._previous_impl = None
-        AttentionInterface._global_mapping.pop(self.name, None)
-        self._q_pre[:] = [None] * len(self._q_pre)
-        self._k_pre[:] = [None] * len(self._k_pre)
+    def split_prompt(self, question: str) -> Tuple[str, str]:
+        from lmms_rekv.io.prompt import split_prompt
 
-    @staticmethod
-    def _capture(slots: list, idx: int):
-        def hook(module, inputs, output):
-            slots[idx] = output
+        return split_prompt(self.tokenizer, self.chat_template, question, self.video_token)
 
-        return hook
-
-    # -- the registered attention function -----------------------------------------------
-    def _attention(self, module, query, key, value, attention_mask, scaling=None, **kwargs):
-        layer = module.layer_idx
-        q_pre, k_pre = self._q_pre[layer], self._k_pre[layer]
-        self._q_pre[layer] = self._k_pre[layer] = None
-        if q_pre is None or k_pre is None or not self._handlers:
-            raise RuntimeError("ReKV attention called outside a routed forward")
-        batch, _, tokens, head_dim = query.shape
-        q_pre = q_pre.view(batch, tokens, -1, head_dim)
-        k_pre = k_pre.view(batch, tokens, -1, head_dim)
-        scale = module.scaling if scaling is None else scaling
-        out = self._handlers[-1].attend(layer, query, key, value, q_pre, k_pre, scale)
-        return out.transpose(1, 2).contiguous(), None
+    def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
+        """``<video>`` expanded to ``frames * frame_tokens + 1`` video tokens."""
+        video = [self.model.config.video_token_id] * (frames * self.block_tokens + 1)
+        return torch.tensor([self.prefix_ids() + video + self.suffix_ids(question)], device=self.model.device)

@@ -29,4 +29,4 @@ else
   cp "$LOCK" "$constraints"
 fi
 "$VENV/bin/pip" install -q -c "$constraints" -e ".[test,clip,bench]"
-"$VENV/bin/python" -m lmms_rekv.doctor  # versions against the lock + functional checks; non-zero on a problem
+"$VENV/bin/python" -m lmms_rekv.tools.doctor  # versions against the lock + functional checks; non-zero on a problem

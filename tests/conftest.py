@@ -17,7 +17,7 @@ torch.manual_seed(0)
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> str:
-    from lmms_rekv.tiny import build_tiny_model
+    from lmms_rekv.tools.tiny import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"))
 

@@ -54,17 +54,17 @@ class DenseHandler:
 def dense_forward(engine, frames, window, suffix_ids: Optional[List[int]] = None):
     """Last hidden states ``(N, hidden)`` and the final-position logits of the dense reference
     over ``[prefix, frames, (newline, suffix_ids)]``."""
-    prefix = engine.prompt_prefix_ids()
+    prefix = engine.backbone.prefix_ids()
     pixels = engine.processor(torch.as_tensor(frames))
-    parts = [engine.embed(prefix), engine.frame_features(pixels)]
+    parts = [engine.backbone.embed(prefix), engine.backbone.block_features(pixels)]
     stream = parts[1].shape[1]
     qa = 0
     if suffix_ids is not None:
-        parts += [engine.newline_embedding(), engine.embed(suffix_ids)]
+        parts += [engine.backbone.newline_embedding(), engine.backbone.embed(suffix_ids)]
         qa = 1 + len(suffix_ids)
     embeds = torch.cat(parts, dim=1)
     allowed, dist = distances(len(prefix), stream, qa, window)
-    handler = DenseHandler(engine.rope, allowed, dist)
+    handler = DenseHandler(engine.backbone.rope, allowed, dist)
     with torch.inference_mode(), engine.patch.routed(handler):
         hidden = engine.language_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
         logits = engine.model.lm_head(hidden[:, -1]).float()[0]

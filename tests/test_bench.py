@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from lmms_rekv.accounting import preset_accounting
+from lmms_rekv.tools.accounting import preset_accounting
 
 
 def test_bench_tiny_smoke(tmp_path):
-    from lmms_rekv.bench import main
+    from lmms_rekv.tools.bench import main
 
     out = tmp_path / "bench"
     assert main(["--preset", "tiny", "--out", str(out), "--frames", "20", "60", "200", "--repeats", "1", "--uniform-frames", "8"]) == 0

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmms_rekv.retrieval import frame_scores
-from lmms_rekv.selection import SelectionPolicy, fuse, mass_count, select
-from lmms_rekv.tiny import write_tiny_clip_config
+from lmms_rekv.retrieval.scoring import frame_scores
+from lmms_rekv.retrieval.selection import SelectionPolicy, fuse, mass_count, select
+from lmms_rekv.tools.tiny import write_tiny_clip_config
 from reference import answer_capturing_queries
 
 QUESTION = "where is the red cup?"
@@ -220,8 +220,8 @@ def test_model_args_reach_the_config(tiny_dir, clip_json, tmp_path):
     from lmms_eval.api.instance import Instance
 
     from lmms_rekv import ReKVConfig
-    from lmms_rekv.lmms_eval_model import ReKVLlavaOV
-    from lmms_rekv.video import write_video
+    from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
+    from lmms_rekv.io.video import write_video
 
     lm = ReKVLlavaOV(
         pretrained=tiny_dir, dtype="float32", device="cpu", fps="2", window_tokens="none", topk_frames="3",

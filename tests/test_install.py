@@ -66,12 +66,13 @@ def test_wheel_holds_every_module_and_data_file(dists):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = set(_source_tree())
     assert expected - names == set(), "missing from the wheel"
-    for required in ("lmms_rekv/requirements-lock.txt", "lmms_rekv/backends/disk.py", "lmms_rekv/patches/llava_onevision.py",
+    for required in ("lmms_rekv/requirements-lock.txt", "lmms_rekv/storage/backends/disk.py", "lmms_rekv/patches/llava_onevision.py",
+                     "lmms_rekv/patches/base.py", "lmms_rekv/tools/miniature/weights/model.safetensors",
                      "lmms_rekv/tasks/rekv_demo/rekv_demo.yaml", "lmms_rekv/tasks/rekv_demo/rekv_demo.json"):
         assert required in names
     assert not [n for n in names if n.startswith(("patches/", "tasks/", "tests/"))], "top-level packages leaked into the wheel"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "rekv_llava_ov = lmms_rekv.plugin:manifest" in entry_points and "rekv-eval" in entry_points
+    assert "rekv_llava_ov = lmms_rekv.integrations.plugin:manifest" in entry_points and "rekv-eval" in entry_points
 
 
 def test_sdist_rebuilds_the_same_package(dists):
@@ -88,13 +89,13 @@ def test_installed_package_is_the_one_under_test():
     location = os.path.dirname(os.path.abspath(lmms_rekv.__file__))
     if os.environ.get("REKV_EXPECT_INSTALLED"):
         assert not location.startswith(ROOT + os.sep) and "site-packages" in location, location
-        for package in ("lmms_rekv.patches", "lmms_rekv.tasks", "lmms_rekv.backends"):
+        for package in ("lmms_rekv.patches", "lmms_rekv.tasks", "lmms_rekv.storage.backends"):
             assert importlib.import_module(package).__file__.startswith(location)
     assert os.path.isfile(os.path.join(location, "requirements-lock.txt"))
 
 
 def test_lock_pins_every_dependency_exactly():
-    from lmms_rekv.doctor import LOCK_FILE, canonical, read_lock
+    from lmms_rekv.tools.doctor import LOCK_FILE, canonical, read_lock
 
     pins = read_lock()
     assert pins, LOCK_FILE
@@ -108,7 +109,7 @@ def test_lock_pins_every_dependency_exactly():
 
 # -- doctor -------------------------------------------------------------------------------
 def _doctor(*args):
-    return subprocess.run([sys.executable, "-m", "lmms_rekv.doctor", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "lmms_rekv.tools.doctor", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_doctor_all_green_here():
@@ -117,7 +118,7 @@ def test_doctor_all_green_here():
     assert "all green" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
     for name in ("torch", "torchvision", "transformers", "lmms-eval", "open-clip-torch", "av", "filelock"):
         assert f"  {name} " in proc.stdout
-    assert "rekv_llava_ov -> lmms_rekv.lmms_eval_model.ReKVLlavaOV" in proc.stdout
+    assert "rekv_llava_ov -> lmms_rekv.integrations.lmms_eval_model.ReKVLlavaOV" in proc.stdout
 
 
 def test_doctor_fails_without_its_lock(tmp_path):
@@ -127,7 +128,7 @@ def test_doctor_fails_without_its_lock(tmp_path):
 
 
 def test_doctor_flags_the_filelock_break():
-    from lmms_rekv import doctor
+    from lmms_rekv.tools import doctor
 
     real = doctor.installed_version
     report = doctor.Report()
@@ -140,7 +141,7 @@ def test_doctor_flags_the_filelock_break():
 
 
 def test_doctor_failed_check_is_one_line_and_exit_1(monkeypatch, capsys):
-    from lmms_rekv import doctor
+    from lmms_rekv.tools import doctor
 
     def broken():
         raise RuntimeError("operator torchvision::nms does not exist\nmore detail")

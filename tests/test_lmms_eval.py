@@ -12,7 +12,7 @@ import pytest
 import torch
 from lmms_eval.api.instance import Instance
 
-from lmms_rekv.video import iter_video, read_video, write_video
+from lmms_rekv.io.video import iter_video, read_video, write_video
 
 import lmms_rekv.tasks
 
@@ -22,7 +22,7 @@ MODEL_ARGS = "window_tokens=64,topk_frames=4,chunk_frames=4,fps=1"
 
 @pytest.fixture(scope="module")
 def lm(tiny_dir):
-    from lmms_rekv.lmms_eval_model import ReKVLlavaOV
+    from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
 
     return ReKVLlavaOV(pretrained=tiny_dir, dtype="float32", device="cpu", window_tokens=64, topk_frames=4, chunk_frames=4, fps=2)
 
@@ -50,7 +50,7 @@ def _requests(lm, docs, kind="generate_until", gen_kwargs=None):
 
 
 def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
-    import lmms_rekv.lmms_eval_model as module
+    import lmms_rekv.integrations.lmms_eval_model as module
 
     path = _video(tmp_path, "a", _clip(0))
     other = _video(tmp_path, "b", _clip(1))
@@ -168,7 +168,7 @@ def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(),
     if torchrun:
         head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval"]
     else:
-        head = [sys.executable, "-m", "lmms_rekv.run_eval", *flags]
+        head = [sys.executable, "-m", "lmms_rekv.integrations.run_eval", *flags]
     cmd = head + [
         "--model", "rekv_llava_ov", "--model_args", f"pretrained={tiny_dir},{MODEL_ARGS}{extra}", "--tasks", "rekv_demo",
         "--include_path", tasks_dir, "--output_path", str(out), "--log_samples",
@@ -227,7 +227,7 @@ def test_broken_install_ends_the_run(lm, tmp_path, monkeypatch):
     path = _video(tmp_path, "i", _clip(6))
 
     def missing_module():
-        raise ModuleNotFoundError("No module named 'lmms_rekv.backends'")
+        raise ModuleNotFoundError("No module named 'lmms_rekv.storage.backends'")
 
     monkeypatch.setattr(lm.engine, "new_session", missing_module)
     lm.failures.clear()
@@ -237,7 +237,7 @@ def test_broken_install_ends_the_run(lm, tmp_path, monkeypatch):
 
 
 def test_cache_dir_skips_encoding_and_resumes(tiny_dir, tmp_path, caplog):
-    from lmms_rekv.lmms_eval_model import ReKVLlavaOV
+    from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
 
     videos = [_video(tmp_path, f"c{i}", _clip(10 + i)) for i in range(3)]
     docs = [{"q": q, "visual": v} for v in videos for q in ("what is first?", "what color?")]
@@ -283,7 +283,7 @@ def test_cli_rekv_demo_on_the_miniature(tmp_path):
     layer) scores well above chance on rekv_demo, with no failed document."""
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), LMMS_REKV_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     env.pop("LMMS_REKV_FAILURES", None)
-    cmd = [sys.executable, "-m", "lmms_rekv.run_eval", "--model", "rekv_llava_ov", "--model_args",
+    cmd = [sys.executable, "-m", "lmms_rekv.integrations.run_eval", "--model", "rekv_llava_ov", "--model_args",
            "pretrained=miniature,window_tokens=16,topk_frames=4", "--tasks", "rekv_demo", "--output_path", str(tmp_path / "out")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

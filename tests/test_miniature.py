@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmms_rekv.miniature import WEIGHTS, build, shipped_path, world
-from lmms_rekv.miniature.accuracy import Bench, ask, random_hit_rate
-from lmms_rekv.miniature.train import Layout, TrainConfig, evaluate, forward, make_batch, train
+from lmms_rekv.tools.miniature import WEIGHTS, build, shipped_path, world
+from lmms_rekv.tools.miniature.accuracy import Bench, ask, random_hit_rate
+from lmms_rekv.tools.miniature.train import Layout, TrainConfig, evaluate, forward, make_batch, train
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -140,8 +140,8 @@ def test_rekv_regression_guard(tmp_path):
     the retrieval study's own first held-out videos (64 frames) stays at or above the
     README's figure for the colour question minus 15 points."""
     from lmms_rekv import ReKVConfig
-    from lmms_rekv.miniature.accuracy import TUNED
-    from lmms_rekv.miniature.retrieval_study import StudySettings, video_rng
+    from lmms_rekv.tools.miniature.accuracy import TUNED
+    from lmms_rekv.tools.miniature.retrieval_study import StudySettings, video_rng
 
     settings = StudySettings(lengths=(64,), videos=10)
     bench = Bench(shipped_path(), settings, str(tmp_path))

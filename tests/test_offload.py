@@ -4,7 +4,7 @@ stay bounded while the offload tier grows at the documented bytes per frame."""
 import pytest
 import torch
 
-from lmms_rekv.store import BlockStore
+from lmms_rekv.storage.store import BlockStore
 
 
 @pytest.mark.parametrize("offload", ["cpu", "device"])

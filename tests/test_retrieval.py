@@ -4,9 +4,9 @@ stored blocks and independently captured question queries; time order preserved.
 import pytest
 import torch
 
-from lmms_rekv.retrieval import frame_scores
+from lmms_rekv.retrieval.scoring import frame_scores
 from reference import answer_capturing_queries
-from lmms_rekv.selection import SelectionPolicy, select
+from lmms_rekv.retrieval.selection import SelectionPolicy, select
 
 QUESTION = "where is the red cup after the door opens?"
 PUBLISHED = {"query_pool": "mean", "query_span": "prompt", "layer_frames": "own"}  # ReKV's own retrieval
@@ -94,7 +94,7 @@ def test_pooled_selection_equals_brute_force(load, frames, score, pool):
 
 def test_question_span_scores_with_the_question_tokens_only(load, frames):
     engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, query_pool="max", query_span="question", layer_frames="own")
-    start, end = engine.question_span(QUESTION)
+    start, end = engine.backbone.question_span(QUESTION)
     suffix = engine.prompt_suffix_ids(QUESTION)
     assert engine.tokenizer.decode(suffix[start:end]).strip() == QUESTION
     assert 0 < end - start < len(suffix)
@@ -125,7 +125,7 @@ def test_defaults_are_the_measured_best_variant():
     """The defaults are the variant the retrieval study measured best (README); ReKV's own
     scoring stays one setting away."""
     from lmms_rekv import ReKVConfig
-    from lmms_rekv.miniature.accuracy import PUBLISHED as BENCH_PUBLISHED, TUNED
+    from lmms_rekv.tools.miniature.accuracy import PUBLISHED as BENCH_PUBLISHED, TUNED
 
     cfg = ReKVConfig()
     assert {k: getattr(cfg, k) for k in TUNED} == TUNED and BENCH_PUBLISHED == PUBLISHED

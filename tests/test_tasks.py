@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lmms_rekv.tasks import common, judge
-from lmms_rekv.video import write_video
+from lmms_rekv.io.video import write_video
 
 import lmms_rekv.tasks
 
@@ -137,7 +137,7 @@ def test_rekv_demo_docs_are_the_world_episodes(tmp_path, monkeypatch):
     docs = json.load(open(os.path.join(TASKS_DIR, "rekv_demo", "rekv_demo.json")))
     assert docs == utils.build_docs() and len(docs) == 16
     monkeypatch.setenv("LMMS_REKV_HOME", str(tmp_path))
-    from lmms_rekv.video import read_video
+    from lmms_rekv.io.video import read_video
 
     episode, frames = utils.episode(docs[0])
     decoded = read_video(utils.video_path(docs[0]), fps=0.5)

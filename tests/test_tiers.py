@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmms_rekv.backends import CorruptSegmentError
-from lmms_rekv.quant import make_codec
+from lmms_rekv.storage.backends import CorruptSegmentError
+from lmms_rekv.storage.quant import make_codec
 
 QUESTION = "what is on the table?"
 
@@ -151,7 +151,7 @@ def test_disk_tier_rejects_a_truncated_segment_while_streaming(load, frames, tmp
 @pytest.fixture(scope="module")
 def wide_dir(tmp_path_factory):
     """A tiny model with 64 tokens per frame and 4 kv heads: 128 KiB of KV per frame."""
-    from lmms_rekv.tiny import build_tiny_model
+    from lmms_rekv.tools.tiny import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("wide") / "model"), hidden=128, heads=4, kv_heads=4, image_size=128)
 

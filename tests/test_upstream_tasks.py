@@ -9,7 +9,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.utils import load_yaml_config
 
 import lmms_eval.tasks as tasks_pkg
-from lmms_rekv.video import write_video
+from lmms_rekv.io.video import write_video
 
 TASKS = os.path.dirname(tasks_pkg.__file__)
 MC = {"question": "what does the man do?", "answer": "B"}
@@ -25,7 +25,7 @@ DOCS = {
 
 @pytest.fixture(scope="module")
 def lm(tiny_dir):
-    from lmms_rekv.lmms_eval_model import ReKVLlavaOV
+    from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
 
     return ReKVLlavaOV(pretrained=tiny_dir, dtype="float32", device="cpu", window_tokens=64, topk_frames=4, chunk_frames=4, fps=2)
 
@@ -44,8 +44,8 @@ def test_upstream_prompt_and_generation_kwargs(lm, video, yaml_path, monkeypatch
     context = config["doc_to_text"](doc, kwargs)
     assert doc["question"].split()[-1].rstrip("?") in context.lower()
     seen = []
-    original = lm.engine.prompt_suffix_ids
-    monkeypatch.setattr(lm.engine, "prompt_suffix_ids", lambda q: seen.append(q) or original(q))
+    original = lm.engine.backbone.suffix_ids
+    monkeypatch.setattr(lm.engine.backbone, "suffix_ids", lambda q: seen.append(q) or original(q))
     lm.task_dict = {config["task"]: {"test": [doc]}}
     request = Instance(
         request_type="generate_until", idx=0, metadata={"task": config["task"], "doc_id": 0, "repeats": 1},

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmms_rekv.video import VideoError, iter_video_timed, read_video, synthetic_frames, video_duration, write_video
+from lmms_rekv.io.video import VideoError, iter_video_timed, read_video, synthetic_frames, video_duration, write_video
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,10 @@ def test_windowed_encoding_matches_dense_mask(load, frames, window, chunk, block
 def test_window_without_sinks_is_a_sliding_window_mask(load, frames):
     """With an empty prefix the scheme is exactly one forward with a sliding-window mask."""
     engine = load(window_tokens=20, topk_frames=None, chunk_frames=2)
-    engine._prefix_ids = []  # a template with nothing before <video>
+    engine.backbone._prefix = []  # a template with nothing before <video>
     video = frames(6, seed=2)
     session, hidden = _encode_with_hidden(engine, video, [(0, 6)])
-    feats = engine.frame_features(engine.processor(torch.from_numpy(video)))
+    feats = engine.backbone.block_features(engine.processor(torch.from_numpy(video)))
     n = feats.shape[1]
     idx = torch.arange(n)
     mask = (idx[None] <= idx[:, None]) & (idx[None] > idx[:, None] - 20)

@@ -1,6 +1,6 @@
 """rekv_demo: streaming video QA in the miniature's world, offline.
 
-Each video is a held-out episode of ``lmms_rekv.miniature.world`` (objects in colours, a few
+Each video is a held-out episode of ``lmms_rekv.tools.miniature.world`` (objects in colours, a few
 needle objects shown exactly once), regenerated from its seed at first use and written
 with PyAV under ``$LMMS_REKV_HOME/rekv_demo`` (default ``~/.cache/lmms-rekv/rekv_demo``):
 every world frame lasts ``SECONDS_PER_FRAME`` seconds, so lmms-eval's default 0.5 fps
@@ -28,7 +28,7 @@ def video_dir() -> str:
 
 def episode(doc):
     """``(episode, frames)`` of a doc's video, regenerated from its held-out seed."""
-    from lmms_rekv.miniature import world
+    from lmms_rekv.tools.miniature import world
 
     rng = world.rng_for(world.HELD_OUT, doc["seed"])
     ep = world.make_episode(rng, doc["frames"], depth=NEEDLE_DEPTH)
@@ -54,7 +54,7 @@ def video_path(doc) -> str:
     """The doc's video, generated on first use (atomic write: safe with several ranks)."""
     import numpy as np
 
-    from lmms_rekv.video import write_video
+    from lmms_rekv.io.video import write_video
 
     path = os.path.join(video_dir(), f"{doc['video']}.mp4")
     if not os.path.isfile(path):

@@ -1,19 +1,19 @@
 """Question answering over retrieved KV: the QA attention handler.
 
-Context layout of layer ``l`` (consecutive positions; with every frame retrieved this is
-exactly what vanilla LLaVA-OV sees): ``[sinks (0..S-1), the K_l frames layer l retrieved,
-in time order (S..C_l-1), image_newline, question + rest of the chat template, answer]``
-with ``C_l = S + K_l * frame_tokens``. Retrieval happens inside each layer's attention
-during the prefill, from that layer's pre-RoPE question queries (the question tokens only).
-Because ``K_l`` may differ between layers (adaptive policies), the handler rotates the
-pre-RoPE queries and keys itself at each layer's own positions; the positions the model
-was called with are not used.
+Context layout of layer ``l``: ``[sinks, the K_l blocks layer l retrieved, in time order,
+text after the video (question + rest of the chat template), answer]``, positioned by the
+family adapter (``Backbone.context_positions``; for LLaVA-OV consecutive 1-D positions, and
+with every frame retrieved exactly what the vanilla model sees). Retrieval happens inside
+each layer's attention during the prefill, from that layer's pre-RoPE question queries (the
+question tokens only). Because ``K_l`` may differ between layers (adaptive policies), the
+handler rotates the pre-RoPE queries and keys itself at each layer's own positions; the
+positions the model was called with are not used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -21,13 +21,16 @@ from .attention import Rope, causal_attention
 from .encoder import StreamState
 
 Selector = Callable[[int, torch.Tensor], torch.Tensor]
+#: (sinks, blocks, text tokens, device) -> (P, sinks + blocks * block_tokens + text) positions
+ContextPositions = Callable[[int, int, int, torch.device], torch.Tensor]
 
 
 class _LayerCache:
     """Preallocated post-RoPE K/V of one layer for one question: ``(Hkv, capacity, D)``."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int, tables: Tuple[torch.Tensor, torch.Tensor]) -> None:
         hkv, n, dim = keys.shape
+        self.cos, self.sin = tables  # (positions, R): this layer's context positions
         self.keys = keys.new_empty((hkv, n + extra, dim))
         self.values = values.new_empty((hkv, n + extra, dim))
         self.keys[:, :n], self.values[:, :n] = keys, values
@@ -50,8 +53,8 @@ class QAStep:
 
     state: StreamState
     rope: Rope
+    positions: ContextPositions
     select: Selector  # (layer, question queries (Hq, T, D) pre-RoPE fp32) -> sorted frame indices
-    max_tokens: int  # positions a layer may use: context + prefill + answer
     extra_tokens: int  # answer tokens to leave room for
     question_offset: int = 1  # the first prefill token is image_newline, not question
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
@@ -59,27 +62,33 @@ class QAStep:
     decoding: bool = False
     selected: List[Optional[torch.Tensor]] = field(default_factory=list)
     _caches: List[Optional[_LayerCache]] = field(default_factory=list)
-    _tables: Optional[tuple] = None
+    _tables: Dict[Tuple[int, int], tuple] = field(default_factory=dict)
     _prefetched: Optional[tuple] = None
 
-    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """RoPE of ``(H, T, D)`` pre-RoPE ``x`` at positions ``start..start+T-1``."""
-        if self._tables is None:
-            self._tables = self.rope.tables(torch.arange(self.max_tokens, device=x.device), x)
-        cos, sin = self._tables
+    def _layer_tables(self, blocks: int, text: int, like: torch.Tensor) -> tuple:
+        """cos, sin of a context with ``blocks`` retrieved blocks and ``text`` tokens after
+        them (shared by layers that retrieved as many)."""
+        key = (blocks, text)
+        if key not in self._tables:
+            self._tables[key] = self.rope.tables(self.positions(self.state.sinks, blocks, text, like.device), like)
+        return self._tables[key]
+
+    def _rotate(self, x: torch.Tensor, cache: _LayerCache, start: int) -> torch.Tensor:
+        """RoPE of ``(H, T, D)`` pre-RoPE ``x`` at rows ``start..start+T-1`` of the layer's
+        context positions."""
         end = start + x.shape[1]
-        if end > cos.shape[0]:
-            raise RuntimeError(f"position {end} beyond the {cos.shape[0]} positions reserved for this question")
-        return self.rope.rotate(x, cos[start:end], sin[start:end])
+        if end > cache.cos.shape[0]:
+            raise RuntimeError(f"position {end} beyond the {cache.cos.shape[0]} positions reserved for this question")
+        return self.rope.rotate(x, cache.cos[start:end], cache.sin[start:end])
 
     def attend(self, layer, q, k, v, q_pre, k_pre, scaling):
         q_pre, k_pre, v = q_pre[0].transpose(0, 1), k_pre[0].transpose(0, 1), v[0]
         if self.decoding:
             cache = self._caches[layer]
             past = cache.length
-            cache.append(self._rotate(k_pre, past), v)
+            cache.append(self._rotate(k_pre, cache, past), v)
             keys, values = cache.view()
-            return causal_attention(self._rotate(q_pre, past), keys, values, scaling, past=past).unsqueeze(0)
+            return causal_attention(self._rotate(q_pre, cache, past), keys, values, scaling, past=past).unsqueeze(0)
         return self._prefill(layer, q_pre, k_pre, v, scaling).unsqueeze(0)
 
     def _prefill(self, layer, q_pre, k_pre, v, scaling):
@@ -96,11 +105,13 @@ class QAStep:
             index = self.select(layer, q_pre[:, self.question_offset : self.question_end].float())
             k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         self.selected[layer] = index
-        past_k = torch.cat([st.sink_k[layer], self._rotate(k_ctx.transpose(0, 1), st.sinks)], dim=1)
-        past_v = torch.cat([st.sink_v[layer], v_ctx.transpose(0, 1)], dim=1)
-        past = past_k.shape[1]
-        cache = _LayerCache(past_k, past_v, extra=k_pre.shape[1] + self.extra_tokens)
-        cache.append(self._rotate(k_pre, past), v)
+        text = k_pre.shape[1] + self.extra_tokens
+        tables = self._layer_tables(int(index.numel()), text, k_pre)
+        k_ctx = k_ctx.transpose(0, 1)
+        cache = _LayerCache(st.sink_k[layer], st.sink_v[layer], extra=k_ctx.shape[1] + text, tables=tables)
+        cache.append(self._rotate(k_ctx, cache, st.sinks), v_ctx.transpose(0, 1))
+        past = cache.length
+        cache.append(self._rotate(k_pre, cache, past), v)
         self._caches[layer] = cache
         keys, values = cache.view()
-        return causal_attention(self._rotate(q_pre, past), keys, values, scaling, past=past)
+        return causal_attention(self._rotate(q_pre, cache, past), keys, values, scaling, past=past)

@@ -2,8 +2,8 @@
 
     rekv-bench --preset tiny --out bench_out
     rekv-bench --preset 0.5b --out bench_05b --frames 10 100 --dtype bfloat16 --window-tokens 980 --topk 8
-    rekv-bench --preset accuracy --out acc_out      # answer quality: lmms_rekv.miniature.accuracy
-    rekv-bench --preset retrieval --out study_out   # retrieval variants: lmms_rekv.miniature.retrieval_study
+    rekv-bench --preset accuracy --out acc_out      # answer quality: lmms_rekv.tools.miniature.accuracy
+    rekv-bench --preset retrieval --out study_out   # retrieval variants: lmms_rekv.tools.miniature.retrieval_study
 
 One run measures, at several stream lengths, for
   * ``rekv``: windowed encoding, KV offloaded, top-k retrieval;
@@ -77,8 +77,8 @@ def _memory(device: torch.device) -> Dict[str, float]:
 
 def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.dtype, cfg: Preset):
     """One model, wrapped three times (rekv, full attention); tiny goes through from_pretrained."""
-    from . import ReKVConfig, ReKVLlavaOneVision
-    from .preprocess import FrameProcessor
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+    from lmms_rekv.io.preprocess import FrameProcessor
     from .tiny import CHAT_TEMPLATE, build_tiny_model, build_tokenizer
 
     rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, frame_tokens=16 if preset == "tiny" else 196)
@@ -285,7 +285,7 @@ def machine_name(device: torch.device) -> str:
 
 def run(args) -> Dict:
     from .accounting import gib_per_hour, kv_bytes_from_model
-    from .model import resolve_dtype
+    from lmms_rekv.model import resolve_dtype
 
     cfg = PRESETS[args.preset]
     cfg = Preset(

@@ -1,4 +1,4 @@
-"""``python -m lmms_rekv.doctor``: check an installation against the tested lock.
+"""``python -m lmms_rekv.tools.doctor``: check an installation against the tested lock.
 
 Prints the versions of the packages lmms-rekv depends on next to the versions the test
 suite passed with (``lmms_rekv/requirements-lock.txt``), then runs a few functional checks:
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 DISTRIBUTION = "lmms-rekv"
-SHIPPED_LOCK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements-lock.txt")
+SHIPPED_LOCK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements-lock.txt")
 LOCK_FILE = os.environ.get("LMMS_REKV_LOCK") or SHIPPED_LOCK  # scripts/lock.sh tests a candidate lock
 REPORTED = ("torch", "torchvision", "transformers", "lmms-eval", "open-clip-torch", "av", "filelock")
 REINSTALL_HINT = "reinstall from the tested lock: pip install -c <lmms_rekv>/requirements-lock.txt 'lmms-rekv[clip]'"
@@ -132,7 +132,7 @@ def _devices() -> str:
 def _entry_point() -> str:
     from lmms_eval.models import get_model
 
-    from .plugin import MODEL_ID
+    from lmms_rekv.integrations.plugin import MODEL_ID
 
     cls = get_model(MODEL_ID)
     return f"{MODEL_ID} -> {cls.__module__}.{cls.__name__}"
@@ -151,7 +151,7 @@ def _evaluator() -> str:
 def _pyav() -> str:
     import numpy as np
 
-    from .video import read_video, write_video
+    from lmms_rekv.io.video import read_video, write_video
 
     frames = np.zeros((4, 16, 16, 3), dtype=np.uint8)
     frames[:, :, :8] = 200
@@ -194,7 +194,7 @@ def run_checks(lock_path: str = LOCK_FILE, version_of=installed_version) -> Repo
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmms_rekv.doctor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lmms_rekv.tools.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--lock", default=LOCK_FILE, help="lock file to compare against (default: the shipped one)")
     args = parser.parse_args(argv)
     report = run_checks(args.lock)

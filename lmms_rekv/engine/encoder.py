@@ -4,11 +4,12 @@
 (the chat template's tokens before ``<video>``) and the sliding window, both per layer and
 pre-RoPE, plus the block store every frame is offloaded to.
 
-Position scheme while encoding (``S`` sinks, window ``W``, stream token ``t``):
-window keys and queries sit at their true relative distance; a sink ``i`` is seen by token
-``t`` at distance ``S + min(t, W - 1) - i`` -- its true distance until the window is full,
-then as if it sat just before the oldest window slot. Absolute positions stay below
-``S + W + chunk`` however long the stream is.
+Positions while encoding come from the family adapter (``Backbone.encode_positions``); for
+1-D RoPE (``S`` sinks, window ``W``, stream token ``t``): window keys and queries sit at
+their true relative distance; a sink ``i`` is seen by token ``t`` at distance
+``S + min(t, W - 1) - i`` -- its true distance until the window is full, then as if it sat
+just before the oldest window slot. Absolute positions stay below ``S + W + chunk`` however
+long the stream is.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import List, Optional
 
 import torch
 
+from ..storage.store import BlockStore
 from .attention import Rope, causal_attention, sink_window_attention
-from .store import BlockStore
 
 
 @dataclass
@@ -65,20 +66,19 @@ class PrefixStep:
 
 
 class ChunkStep:
-    """Handler that encodes one chunk of frames with sink + sliding-window attention and
+    """Handler that encodes one chunk of tokens with sink + sliding-window attention and
     offloads its pre-RoPE keys and values to the block store.
 
-    The model runs with ``position_ids = S + Wn + arange(L)`` (``Wn`` = tokens in the window
-    before the chunk), so its post-RoPE queries/keys are already in the window frame."""
+    The model runs with the chunk at its window-frame positions (``Backbone.encode_positions``),
+    so its post-RoPE queries/keys are already in the window frame; the window's pre-RoPE
+    keys are rotated at ``window_positions`` ``(P, Wn)`` and the queries, for the sinks, at
+    ``sink_positions`` ``(P, L)``."""
 
-    def __init__(self, state: StreamState, rope: Rope, first_frame: int, length: int, block: int, like: torch.Tensor):
+    def __init__(self, state: StreamState, rope: Rope, first_frame: int, block: int,
+                 window_positions: torch.Tensor, sink_positions: torch.Tensor, like: torch.Tensor):
         self.state, self.rope, self.first_frame, self.block = state, rope, first_frame, block
-        sinks, wn, t0 = state.sinks, state.window_len, state.stream_tokens
-        device = like.device
-        self.cos_w, self.sin_w = rope.tables(torch.arange(sinks, sinks + wn, device=device), like)
-        t = torch.arange(t0, t0 + length, device=device)
-        sink_pos = sinks + (t if state.window is None else t.clamp(max=state.window - 1))
-        self.cos_s, self.sin_s = rope.tables(sink_pos, like)
+        self.cos_w, self.sin_w = rope.tables(window_positions, like)
+        self.cos_s, self.sin_s = rope.tables(sink_positions, like)
 
     def attend(self, layer, q, k, v, q_pre, k_pre, scaling):
         st = self.state

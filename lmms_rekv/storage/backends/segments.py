@@ -15,7 +15,7 @@ from typing import Dict, List
 
 import torch
 
-from ..quant import Fields
+from lmms_rekv.storage.quant import Fields
 
 MANIFEST = "manifest.json"
 

@@ -1,8 +1,8 @@
-"""``python -m lmms_rekv.miniature train|eval``: reproduce or check the shipped miniature.
+"""``python -m lmms_rekv.tools.miniature train|eval``: reproduce or check the shipped miniature.
 
-    python -m lmms_rekv.miniature train --minutes 15 --seed 0 --out DIR   # ~15 min on 2 CPU cores
-    python -m lmms_rekv.miniature eval [--model DIR] [--lengths 16 32 64] [--videos 100]
-    python -m lmms_rekv.miniature clip --minutes 3 --out DIR   # the external embedder (open_clip)
+    python -m lmms_rekv.tools.miniature train --minutes 15 --seed 0 --out DIR   # ~15 min on 2 CPU cores
+    python -m lmms_rekv.tools.miniature eval [--model DIR] [--lengths 16 32 64] [--videos 100]
+    python -m lmms_rekv.tools.miniature clip --minutes 3 --out DIR   # the external embedder (open_clip)
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def cmd_clip(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmms_rekv.miniature", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lmms_rekv.tools.miniature", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train_p = sub.add_parser("train", help="train a miniature from scratch")

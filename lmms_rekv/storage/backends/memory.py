@@ -9,7 +9,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..quant import Fields
+from lmms_rekv.storage.quant import Fields
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import torch
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
-from .config import ReKVConfig
-from .model import ReKVLlavaOneVision
-from .video import VideoError, iter_video_timed
+from lmms_rekv.config import ReKVConfig
+from lmms_rekv.model import ReKVLlavaOneVision
+from lmms_rekv.io.video import VideoError, iter_video_timed
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class ReKVLlavaOV(lmms):
             raise VideoError(f"video not found: {path}")
         folder = None
         if self.cache_dir:
-            from .persist import cache_key
+            from lmms_rekv.storage.persist import cache_key
 
             folder = os.path.join(self.cache_dir, cache_key(self.engine, path, self.fps, self.max_frames, start))
             if os.path.isdir(folder):

@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Tuple
 
 import torch
 
+from ..io.preprocess import as_frames
+from ..retrieval.scoring import frame_scores
+from ..retrieval.selection import fuse, select
+from ..storage.store import BlockStore, GrowingRows
 from .encoder import ChunkStep, PrefixStep, StreamState
 from .generation import GenerationSettings, cut_at_stop, next_token
-from .preprocess import as_frames
 from .qa import QAStep
-from .retrieval import frame_scores
-from .selection import fuse, select
-from .store import BlockStore, GrowingRows
 
 if TYPE_CHECKING:
-    from .model import ReKVLlavaOneVision
+    from ..config import ReKVConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,25 +37,37 @@ class Answer:
     seconds: float = 0.0  # question start -> last token
 
 
+class Engine(Protocol):
+    """What a session needs from the loaded model (``lmms_rekv.ReKV`` is one): the family
+    adapter, the settings and the frame processor."""
+
+    backbone: Any  # lmms_rekv.patches.base.Backbone
+    config: "ReKVConfig"
+    processor: Any  # uint8 frames -> (N, 3, S, S) pixels
+    device: torch.device
+    dtype: torch.dtype
+    embedder: Any  # external retrieval (open_clip), loaded on first use
+
+    def generation_settings(self, **kwargs) -> GenerationSettings: ...
+
+
 class ReKVSession:
     """Streaming state of one video: sinks + window on the device, every frame's KV in the
     block store. Questions never modify it, so many can be asked on one encoded stream."""
 
-    def __init__(self, engine: "ReKVLlavaOneVision") -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.backbone = engine, engine.backbone
         self.config = engine.config
-        text = engine.model.config.text_config
-        layers = text.num_hidden_layers
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        layers, kv_heads, head_dim = self.backbone.kv_shape()
         cfg = self.config
         storage = engine.device if cfg.offload == "device" else torch.device("cpu")
         factory = None
         if cfg.offload == "disk":
-            from .backends import DiskBackend
+            from lmms_rekv.storage.backends import DiskBackend
 
             factory = lambda fields: DiskBackend(layers, fields, cfg.offload_dir, cfg.ram_budget_bytes)  # noqa: E731
         store = BlockStore(
-            layers, engine.frame_tokens, text.num_key_value_heads, head_dim, engine.dtype, storage, engine.device,
+            layers, self.backbone.block_tokens, kv_heads, head_dim, engine.dtype, storage, engine.device,
             kv_quant=cfg.kv_quant, backend_factory=factory,
         )
         self.state = StreamState(store=store, window=self.config.window_tokens)
@@ -69,7 +81,7 @@ class ReKVSession:
     @property
     def frames(self) -> int:
         """Frames added so far (encoded or waiting for a full chunk)."""
-        return self.state.store.frames + self._pending_frames
+        return self.state.store.frames * self.backbone.frames_per_block + self._pending_frames
 
     def add_frames(self, frames) -> None:
         """Append frames (uint8 ``(N, H, W, 3)``, numpy or torch, time order) to the stream.
@@ -79,10 +91,11 @@ class ReKVSession:
         frames = as_frames(frames)
         if self.config.uses_embeddings:
             self._embed(frames)
-        pixels = self.engine.processor(frames, dtype=self.engine.dtype, device=self.engine.device)
+        pixels = self.backbone.preprocess(frames)
         self._pending.append(pixels)
         self._pending_frames += pixels.shape[0]
-        chunk = self.config.chunk_frames
+        per_block = self.backbone.frames_per_block
+        chunk = -(-self.config.chunk_frames // per_block) * per_block  # whole blocks
         while self._pending_frames >= chunk:
             self._encode(self._take(chunk))
 
@@ -102,8 +115,9 @@ class ReKVSession:
 
     def flush(self) -> None:
         """Encode frames still waiting for a full chunk."""
-        if self._pending_frames:
-            self._encode(self._take(self._pending_frames))
+        whole = self._pending_frames - self._pending_frames % self.backbone.frames_per_block
+        if whole:
+            self._encode(self._take(whole))
 
     def _take(self, n: int) -> torch.Tensor:
         pending = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
@@ -114,30 +128,30 @@ class ReKVSession:
 
     @torch.inference_mode()
     def _encode(self, pixels: torch.Tensor) -> None:
-        engine, st = self.engine, self.state
+        bb, st, device = self.backbone, self.state, self.engine.device
         if not self._prefix_done:
             self._encode_prefix()
-        n = pixels.shape[0]
-        features = engine.frame_features(pixels)  # (1, n * frame_tokens, hidden)
+        n = pixels.shape[0] // bb.frames_per_block  # blocks
+        features = bb.block_features(pixels)  # (1, n * block_tokens, hidden)
         first = st.store.reserve(n)
         length = features.shape[1]
-        block = self.config.query_block_tokens or (2048 if engine.device.type == "cuda" else 128)
-        step = ChunkStep(st, engine.rope, first, length, block, features)
-        positions = torch.arange(length, device=engine.device) + st.sinks + st.window_len
-        with engine.patch.routed(step):
-            engine.language_model(inputs_embeds=features, position_ids=positions[None], use_cache=False)
+        block = self.config.query_block_tokens or (2048 if device.type == "cuda" else 128)
+        window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device)
+        step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features)
+        with bb.routed(step):
+            bb.text_model(inputs_embeds=features, position_ids=bb.position_ids(chunk), use_cache=False)
         st.store.commit(n)
         st.stream_tokens += length
-        logger.debug("encoded %d frames (stream: %d frames)", n, st.store.frames)
+        logger.debug("encoded %d blocks (stream: %d blocks)", n, st.store.frames)
 
     def _encode_prefix(self) -> None:
-        engine = self.engine
-        ids = engine.prompt_prefix_ids()
+        engine, bb = self.engine, self.backbone
+        ids = bb.prefix_ids()
         if ids:
             ids_t = torch.tensor([ids], device=engine.device)
-            positions = torch.arange(len(ids), device=engine.device)[None]
-            with engine.patch.routed(PrefixStep(self.state)):
-                engine.language_model(input_ids=ids_t, position_ids=positions, use_cache=False)
+            positions = bb.text_positions(0, len(ids), engine.device)
+            with bb.routed(PrefixStep(self.state)):
+                bb.text_model(input_ids=ids_t, position_ids=bb.position_ids(positions), use_cache=False)
         else:
             layers = self.state.store.layers
             empty = torch.empty((self.state.store.kv_heads, 0, self.state.store.head_dim), dtype=engine.dtype, device=engine.device)
@@ -172,17 +186,16 @@ class ReKVSession:
     def loglikelihood(self, question: str, continuation: str, frame_limit: Optional[int] = None) -> Tuple[float, bool]:
         """Log-probability of ``continuation`` as the answer to ``question`` (frames retrieved
         with the question alone), and whether greedy decoding would produce it."""
-        engine = self.engine
-        cont = engine.tokenize(continuation)
+        bb = self.backbone
+        cont = bb.tokenize(continuation)
         if not cont:
             raise ValueError("continuation must not be empty")
         step, embeds, position = self._prepare(question, len(cont), scored=len(cont), frame_limit=frame_limit)
-        embeds = torch.cat([embeds, engine.embed(cont)], dim=1)
+        embeds = torch.cat([embeds, bb.embed(cont)], dim=1)
         first = embeds.shape[1] - len(cont) - 1  # position predicting the first continuation token
-        positions = torch.arange(position, position + embeds.shape[1], device=engine.device)[None]
-        with engine.patch.routed(step):
-            hidden = engine.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
-        logits = engine.model.lm_head(hidden.last_hidden_state[0, first:-1]).float()
+        with bb.routed(step):
+            hidden = self._forward(step, embeds, position)
+        logits = bb.model.lm_head(hidden[0, first:-1]).float()
         logprobs = torch.log_softmax(logits, dim=-1)
         target = torch.tensor(cont, device=logits.device)
         total = float(logprobs.gather(1, target[:, None]).sum())
@@ -197,20 +210,24 @@ class ReKVSession:
             raise RuntimeError("no frames in this session yet: call add_frames() before ask()")
         if frame_limit is not None and frame_limit < 1:
             raise ValueError(f"frame_limit must be >= 1, got {frame_limit}")
-        engine = self.engine
+        bb = self.backbone
         self.flush()
-        frames = self.state.store.frames if frame_limit is None else min(frame_limit, self.state.store.frames)
-        suffix = engine.prompt_suffix_ids(question)
-        context = self.state.sinks + self.config.policy().budget(frames) * engine.frame_tokens
-        prefill = 1 + len(suffix) + scored
+        blocks = self.state.store.frames
+        frames = blocks if frame_limit is None else min(frame_limit // self.backbone.frames_per_block, blocks)
+        if frames < 1:
+            raise RuntimeError(f"no complete block of {self.backbone.frames_per_block} frames yet: add more frames before ask()")
+        suffix = bb.suffix_ids(question)
+        embeds = bb.suffix_embeds(suffix)  # (1, offset + len(suffix), hidden)
+        offset = bb.suffix_offset()
+        context = self.state.sinks + self.config.policy().budget(frames) * bb.block_tokens
+        prefill = embeds.shape[1] + scored
         self._check_budget(context + prefill + new_tokens)
         selector = self._selector(question, frames)
-        start, end = engine.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
+        start, end = bb.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
         step = QAStep(
-            self.state, engine.rope, selector, context + prefill + new_tokens, new_tokens,
-            question_offset=1 + start, question_end=1 + end, fixed=getattr(selector, "fixed", None),
+            self.state, bb.rope, bb.context_positions, selector, new_tokens,
+            question_offset=offset + start, question_end=offset + end, fixed=getattr(selector, "fixed", None),
         )
-        embeds = torch.cat([engine.newline_embedding(), engine.embed(suffix)], dim=1)
         return step, embeds, context
 
     def _selector(self, question: str, frames: int):
@@ -253,19 +270,26 @@ class ReKVSession:
         if budget is not None and tokens > budget:
             raise ValueError(f"question needs {tokens} context tokens, over the QA budget of {budget}")
 
+    def _forward(self, step: QAStep, embeds: torch.Tensor, position: int) -> torch.Tensor:
+        """``(1, T, hidden)`` last hidden states of ``embeds`` (call inside ``routed(step)``).
+        The positions passed to the model are nominal: the QA handler rotates pre-RoPE
+        queries and keys at each layer's own context positions."""
+        bb = self.backbone
+        positions = bb.text_positions(position, embeds.shape[1], embeds.device)
+        return bb.text_model(inputs_embeds=embeds, position_ids=bb.position_ids(positions), use_cache=False).last_hidden_state
+
     def _decode(self, step: QAStep, embeds, position: int, settings: GenerationSettings, return_logits: bool, start: float) -> Answer:
-        engine = self.engine
+        bb = self.backbone
         generator = None
         if settings.do_sample and settings.seed is not None:
             generator = torch.Generator().manual_seed(settings.seed)
         tokens: List[int] = []
         all_logits: List[torch.Tensor] = []
         text = ""
-        with engine.patch.routed(step):
+        with bb.routed(step):
             for i in range(settings.max_new_tokens):
-                positions = torch.arange(position, position + embeds.shape[1], device=engine.device)[None]
-                hidden = engine.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
-                logits = engine.model.lm_head(hidden.last_hidden_state[:, -1]).float()[0]
+                hidden = self._forward(step, embeds, position)
+                logits = bb.model.lm_head(hidden[:, -1]).float()[0]
                 if return_logits:
                     all_logits.append(logits.cpu())
                 token = next_token(logits, settings, generator)
@@ -275,14 +299,14 @@ class ReKVSession:
                     break
                 tokens.append(token)
                 if settings.stop:
-                    text, stopped = cut_at_stop(engine.tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
+                    text, stopped = cut_at_stop(bb.tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
                     if stopped:
                         break
                 position += embeds.shape[1]
                 step.decoding = True
-                embeds = engine.embed([token])
+                embeds = bb.embed([token])
         if not settings.stop:
-            text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
+            text = bb.tokenizer.decode(tokens, skip_special_tokens=True)
         return Answer(
             text=text, token_ids=tokens, selected=step.selected, logits=all_logits, context_tokens=position,
             first_token_seconds=first,
@@ -300,8 +324,8 @@ class ReKVSession:
         self.close()
 
     def save(self, folder: str, **meta) -> None:
-        """Persist the encoded stream to ``folder`` (atomic; see ``lmms_rekv.persist``)."""
-        from .persist import save_session
+        """Persist the encoded stream to ``folder`` (atomic; see ``lmms_rekv.storage.persist``)."""
+        from lmms_rekv.storage.persist import save_session
 
         save_session(self, folder, **meta)
 
@@ -314,7 +338,8 @@ class ReKVSession:
         ram = getattr(backend, "ram_bytes", 0 if on_device else store.used_bytes)
         return {
             "frames": self.frames,
-            "encoded_frames": store.frames,
+            "encoded_frames": store.frames * self.backbone.frames_per_block,
+            "blocks": store.frames,
             "pending_frames": self._pending_frames,
             "tokens": st.stream_tokens,
             "sink_tokens": st.sinks,

@@ -6,7 +6,7 @@ lmms-eval imports this module on every start, so it imports nothing heavy and ne
 from __future__ import annotations
 
 MODEL_ID = "rekv_llava_ov"
-CLASS_PATH = "lmms_rekv.lmms_eval_model.ReKVLlavaOV"
+CLASS_PATH = "lmms_rekv.integrations.lmms_eval_model.ReKVLlavaOV"
 
 
 def manifest():

@@ -36,9 +36,12 @@ _WORDS = (
 ).split()
 
 
-def build_tokenizer(vocab_size: int = 384, seed: int = 0, corpus: Optional[List[str]] = None):
+def build_tokenizer(vocab_size: int = 384, seed: int = 0, corpus: Optional[List[str]] = None,
+                    special_tokens: Optional[List[str]] = None):
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus`` (default: random
-    sentences of a small video-QA vocabulary)."""
+    sentences of a small video-QA vocabulary) with ``special_tokens`` (default: LLaVA-OV's;
+    the first is the pad token)."""
+    special = list(special_tokens or SPECIAL_TOKENS)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -50,7 +53,7 @@ def build_tokenizer(vocab_size: int = 384, seed: int = 0, corpus: Optional[List[
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -58,8 +61,8 @@ def build_tokenizer(vocab_size: int = 384, seed: int = 0, corpus: Optional[List[
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        pad_token=special[0],
+        additional_special_tokens=special[1:],
     )
 
 
@@ -141,16 +144,25 @@ def write_tiny_clip_config(folder: str, name: str = "rekv-tiny-clip") -> str:
     return path
 
 
+DEFAULT_HOME = os.path.join(os.path.expanduser("~"), ".cache", "lmms-rekv")
+
+
+def tiny_model_dir(home: Optional[str] = None) -> str:
+    """The embedded tiny model's directory, built on first use (offline, a few seconds)."""
+    path = os.path.join(home or os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), "tiny-llava-onevision")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        build_tiny_model(path)
+    return path
+
+
 def main() -> None:
-    """``python -m lmms_rekv.tiny [DIR]``: build the tiny model (default: the embedded one,
+    """``python -m lmms_rekv.tools.tiny [DIR]``: build the tiny model (default: the embedded one,
     reused when present) and print its directory."""
     import sys
 
     if len(sys.argv) > 1:
         print(build_tiny_model(sys.argv[1]))
     else:
-        from .demo import tiny_model_dir
-
         print(tiny_model_dir())
 
 

@@ -1,7 +1,7 @@
 """Demo: stream a video through LLaVA-OneVision with ReKV and ask questions about it.
 
-    python -m lmms_rekv.demo                 # the trained miniature on a held-out world video
-    python -m lmms_rekv.demo --model llava-hf/llava-onevision-qwen2-0.5b-ov-hf --dtype bfloat16
+    python -m lmms_rekv.tools.demo                 # the trained miniature on a held-out world video
+    python -m lmms_rekv.tools.demo --model llava-hf/llava-onevision-qwen2-0.5b-ov-hf --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -12,25 +12,14 @@ import logging
 import os
 from typing import List, Optional
 
-DEFAULT_HOME = os.path.join(os.path.expanduser("~"), ".cache", "lmms-rekv")
-
-
-def tiny_model_dir(home: Optional[str] = None) -> str:
-    """The embedded tiny model's directory, built on first use (offline, a few seconds)."""
-    from .tiny import build_tiny_model
-
-    path = os.path.join(home or os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), "tiny-llava-onevision")
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        build_tiny_model(path)
-    return path
-
+from .tiny import DEFAULT_HOME
 
 def run_demo(model: Optional[str], seconds: float, fps: float, burst: int, dtype: Optional[str], device: Optional[str], questions: List[str]) -> dict:
     """A real checkpoint: a generated clip streamed at ``fps`` in bursts, free questions."""
     from tqdm.auto import tqdm
 
-    from . import ReKVConfig, ReKVLlavaOneVision
-    from .video import iter_video, synthetic_frames, write_video
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+    from lmms_rekv.io.video import iter_video, synthetic_frames, write_video
 
     config = ReKVConfig(window_tokens=15_000, topk_frames=64, chunk_frames=burst)
     rekv = ReKVLlavaOneVision.from_pretrained(model, config=config, dtype=dtype, device=device)
@@ -60,9 +49,9 @@ def run_miniature_demo(frames: int, burst: int, seed: int, topk: int, window_fra
     embedder trained with the miniature) and by full attention, with the frames retrieved."""
     from tqdm.auto import tqdm
 
-    from . import ReKVConfig, ReKVLlavaOneVision
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
     from .miniature import shipped_path, world
-    from .video import iter_video, write_video
+    from lmms_rekv.io.video import iter_video, write_video
 
     base = ReKVLlavaOneVision.from_pretrained(shipped_path(), dtype="float32", device="cpu")
     rekv = ReKVConfig(window_tokens=window_frames * base.frame_tokens, topk_frames=topk, chunk_frames=burst)

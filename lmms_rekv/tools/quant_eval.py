@@ -1,6 +1,6 @@
 """Error that quantized offloaded KV introduces, measured on a model (default: the tiny one).
 
-    python -m lmms_rekv.quant_eval [--model DIR] [--frames 48] [--questions 8]
+    python -m lmms_rekv.tools.quant_eval [--model DIR] [--frames 48] [--questions 8]
 
 For each codec (int8, int4) against exact storage, with every frame retrieved so that all
 of the question's context comes from the store: the relative error of every layer's
@@ -44,7 +44,7 @@ def _attention_outputs(engine, session, question: str) -> List[torch.Tensor]:
 
 
 def evaluate(model_dir: str, frames: int = 48, questions: int = 8, seed: int = 0) -> Dict[str, Dict[str, float]]:
-    from . import ReKVConfig, ReKVLlavaOneVision
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
 
     base = ReKVLlavaOneVision.from_pretrained(model_dir, config=ReKVConfig(window_tokens=64, topk_frames=None, chunk_frames=8), dtype=torch.float32, device="cpu")
     video = np.random.default_rng(seed).integers(0, 256, (frames, 48, 48, 3), dtype=np.uint8)
@@ -81,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--questions", type=int, default=8)
     args = parser.parse_args(argv)
-    from .demo import tiny_model_dir
+    from .tiny import tiny_model_dir
 
     print(json.dumps(evaluate(args.model or tiny_model_dir(), args.frames, args.questions), indent=1))
     return 0

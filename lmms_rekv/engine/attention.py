@@ -1,6 +1,5 @@
 """Attention kernels of ReKV: sink + sliding-window attention for encoding, context
-attention for question answering, and RoPE helpers that reuse the model's own rotary
-embedding.
+attention for question answering, and the RoPE interface the family adapters provide.
 
 Shapes: ``Hq`` query heads, ``Hkv`` key/value heads (GQA group ``G = Hq // Hkv``; query head
 ``h`` reads kv head ``h // G``), ``D`` head dim. Batch size is 1 (one stream).
@@ -8,29 +7,22 @@ Shapes: ``Hq`` query heads, ``Hkv`` key/value heads (GQA group ``G = Hq // Hkv``
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Protocol, Tuple
 
 import torch
 import torch.nn.functional as F
 
 
-class Rope:
-    """Cos/sin tables from the model's ``rotary_emb`` and rotation of pre-RoPE tensors."""
-
-    def __init__(self, language_model) -> None:
-        from transformers.models.qwen2.modeling_qwen2 import rotate_half
-
-        self.rotary = language_model.rotary_emb
-        self._rotate_half = rotate_half
+class Rope(Protocol):
+    """RoPE at arbitrary positions, supplied by the family adapter (``Backbone.rope``)."""
 
     def tables(self, positions: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape ``(T, D)`` in ``like``'s dtype for 1-D ``positions`` (T,)."""
-        cos, sin = self.rotary(like, positions.to(like.device)[None])
-        return cos[0], sin[0]
+        """cos, sin ``(T, R)`` in ``like``'s dtype for ``(P, T)`` positions."""
+        ...
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """RoPE of ``x`` ``(..., T, D)`` with tables ``(T, D)`` (the model's own formula)."""
-        return (x * cos) + (self._rotate_half(x) * sin)
+        """RoPE of ``x`` ``(H, T, D)`` with tables ``(T, R)``."""
+        ...
 
 
 def sink_window_attention(

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..quant import Fields
+from lmms_rekv.storage.quant import Fields
 from .memory import MemoryBackend
 from .segments import Segment, SegmentReader, write_manifest, write_segment
 

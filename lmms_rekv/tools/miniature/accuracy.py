@@ -9,7 +9,7 @@ three question kinds after each, for every mode at every stream length:
   the retrieval study found best (``TUNED``: per-token z-max over the question's own tokens,
   the first layer's frames for every layer);
 * ``external/k4``, ``hybrid/k4``: open_clip retrieval with the configured embedder (default:
-  ``"miniature"``, the one trained on this world, ``lmms_rekv.miniature.clip``);
+  ``"miniature"``, the one trained on this world, ``lmms_rekv.tools.miniature.clip``);
 * ``uniform/k4``, ``last/k4``: the vanilla model on k frames sampled uniformly / the last k;
 * ``windowed_all``: windowed encoding with every frame retrieved, and ``fullctx/k4``:
   full-context encoding with top-k retrieval -- the loss decomposed;
@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..config import ReKVConfig
+from lmms_rekv.config import ReKVConfig
 from . import world
 
 logger = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ class Bench:
     """The miniature loaded once; engines with different settings share its weights."""
 
     def __init__(self, model_dir: str, settings: Settings, workdir: str) -> None:
-        from ..model import ReKVLlavaOneVision
-        from ..tiny import write_tiny_clip_config
+        from lmms_rekv.model import ReKVLlavaOneVision
+        from lmms_rekv.tools.tiny import write_tiny_clip_config
 
         self.settings = settings
         clip = settings.clip_model or write_tiny_clip_config(workdir)

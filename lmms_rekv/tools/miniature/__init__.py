@@ -1,8 +1,8 @@
 """A miniature video-LLM trained here: the real LLaVA-OneVision class at a tiny size, trained
 on CPU on a synthetic streaming world (``world``), shipped with the package (``weights/``).
 
-    python -m lmms_rekv.miniature train --minutes 15 --seed 0 --out DIR
-    python -m lmms_rekv.miniature eval [--model DIR]
+    python -m lmms_rekv.tools.miniature train --minutes 15 --seed 0 --out DIR
+    python -m lmms_rekv.tools.miniature eval [--model DIR]
 
 It measures what only trained weights show: whether retrieval finds the moment a question
 is about as the stream grows. ``shipped_path()`` is the folder of the shipped checkpoint.

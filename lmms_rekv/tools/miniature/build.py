@@ -36,7 +36,7 @@ class Architecture:
 def build_tokenizer(vocab_size: int, seed: int = 0):
     """A byte-level BPE tokenizer trained on the world's questions and answers; raises if an
     object, colour or answer word is not one token in the places it is used."""
-    from ..tiny import build_tokenizer as byte_level_bpe
+    from lmms_rekv.tools.tiny import build_tokenizer as byte_level_bpe
 
     tokenizer = byte_level_bpe(vocab_size, corpus=world.corpus(world.rng_for(world.TRAIN, seed)))
     word_ids(tokenizer)  # validates
@@ -94,7 +94,7 @@ def build_model(arch: Architecture, tokenizer, seed: int = 0):
 def save_checkpoint(path: str, model, tokenizer, arch: Architecture, log: dict) -> str:
     """Write a llava-hf folder: weights, tokenizer, chat template, preprocessor config, the
     world's description (``world.json``) and the training log (``training_log.json``)."""
-    from ..tiny import CHAT_TEMPLATE
+    from lmms_rekv.tools.tiny import CHAT_TEMPLATE
 
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)

@@ -9,7 +9,7 @@ open_clip ``CLIP`` built from ``CLIP_CONFIG`` and loads with
 ``open_clip.create_model(<config name>, pretrained=<safetensors file>)`` -- exactly how
 ``ReKVConfig(clip_model=<json>, clip_pretrained=<file>)`` loads it.
 
-    python -m lmms_rekv.miniature clip --minutes 3 --out DIR
+    python -m lmms_rekv.tools.miniature clip --minutes 3 --out DIR
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def train_clip(minutes: float = 3.0, seed: int = 0, batch: int = 64, lr: float =
     """Train the embedder from scratch; returns ``(ClipEmbedder, log)``."""
     from tqdm.auto import tqdm
 
-    from ..embedder import ClipEmbedder, import_open_clip
+    from lmms_rekv.retrieval.embedder import ClipEmbedder, import_open_clip
 
     open_clip = import_open_clip()
     with tempfile.TemporaryDirectory() as folder:

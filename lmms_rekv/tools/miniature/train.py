@@ -66,7 +66,7 @@ class Layout:
     """Token layout of the miniature's prompts: the chat template split at ``<video>``."""
 
     def __init__(self, tokenizer, frame_tokens: int) -> None:
-        from ..tiny import CHAT_TEMPLATE
+        from lmms_rekv.tools.tiny import CHAT_TEMPLATE
 
         self.tokenizer, self.frame_tokens, self.template = tokenizer, frame_tokens, CHAT_TEMPLATE
         self.words = build.word_ids(tokenizer)
@@ -82,7 +82,7 @@ class Layout:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _split(self, question: str):
-        from ..model import split_prompt
+        from lmms_rekv.io.prompt import split_prompt
 
         return split_prompt(self.tokenizer, self.template, question)
 
@@ -214,7 +214,7 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
     arch = arch or build.Architecture()
     from tqdm.auto import tqdm
 
-    from ..preprocess import FrameProcessor
+    from lmms_rekv.io.preprocess import FrameProcessor
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -271,7 +271,7 @@ def evaluate(model, tokenizer, lengths: Sequence[int], videos: int, seed: int = 
              kinds: Sequence[str] = world.KINDS, noise: float = 6.0) -> Dict[str, Dict[str, float]]:
     """Held-out accuracy with full attention (plain forward, first answer token):
     ``{kind: {str(length): accuracy}}`` over ``videos`` episodes per kind and length."""
-    from ..preprocess import FrameProcessor
+    from lmms_rekv.io.preprocess import FrameProcessor
 
     arch = model.config.vision_config
     frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2

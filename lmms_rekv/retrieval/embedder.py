@@ -16,7 +16,7 @@ from typing import Optional, Protocol
 import torch
 import torch.nn.functional as F
 
-from .preprocess import as_frames
+from lmms_rekv.io.preprocess import as_frames
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class ClipEmbedder:
     def __init__(self, model: str, pretrained: Optional[str], device: torch.device, batch_size: int = 32) -> None:
         open_clip = import_open_clip()
         if model == "miniature":  # the embedder trained on the miniature's world, shipped with it
-            from .miniature.clip import shipped_clip
+            from lmms_rekv.tools.miniature.clip import shipped_clip
 
             model, pretrained = shipped_clip()
         name = model

@@ -1,0 +1,1 @@
+"""ReKV inside other tools: the lmms-eval model class, its entry point and ``rekv-eval``."""

@@ -1,0 +1,198 @@
+"""M-RoPE families (Qwen2-VL) through the backbone seam, on a tiny random checkpoint built
+offline: exact against the pinned transformers' vanilla ``generate`` with an unbounded window
+and every block retrieved, chunk invariance, closed-form positions against the installed
+``get_rope_index``, and windowed encoding against a dense reference with 3-D offsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+QUESTION = "what is the color?"
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory) -> str:
+    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(str(tmp_path_factory.mktemp("tiny-qwen2-vl") / "model"))
+
+
+@pytest.fixture(scope="session")
+def load_qwen2(qwen2_dir):
+    """``load_qwen2(**config)``: the tiny Qwen2-VL in fp32 on CPU (loaded once)."""
+    from lmms_rekv import ReKV, ReKVConfig
+
+    cache = {}
+
+    def _load(**config):
+        if "engine" not in cache:
+            cache["engine"] = ReKV.from_pretrained(qwen2_dir, dtype=torch.float32, device="cpu")
+        return cache["engine"].with_config(ReKVConfig(**config))
+
+    return _load
+
+
+def _video(n: int, size=(56, 56), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *size, 3), dtype=np.uint8)
+
+
+def _vanilla(engine, video: np.ndarray, question: str, new_tokens: int):
+    """Greedy tokens and per-step logits of the vanilla model run by its own processor."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(engine.source)
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False)
+    with torch.inference_mode():
+        out = engine.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                                    return_dict_in_generate=True)
+    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [l[0].float() for l in out.logits], inputs
+
+
+def test_family_picked_from_the_checkpoint(load_qwen2, qwen2_dir):
+    from lmms_rekv import ReKVLlavaOneVision
+
+    engine = load_qwen2()
+    assert type(engine.backbone).__name__ == "Qwen2VLBackbone"
+    assert engine.backbone.frame_size == (56, 56) and engine.frame_tokens == 4
+    with pytest.raises(ValueError, match="llava_onevision"):
+        ReKVLlavaOneVision.from_pretrained(qwen2_dir, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="multiples of 28"):
+        load_qwen2(frame_size=(50, 56))
+
+
+@pytest.mark.parametrize("chunk,splits", [(2, [(0, 12)]), (6, [(0, 5), (5, 6), (6, 12)]), (64, [(0, 3), (3, 12)])])
+def test_unbounded_window_every_block_equals_vanilla_generate(load_qwen2, chunk, splits):
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=chunk)
+    video = _video(12, seed=1)
+    session = engine.new_session()
+    for lo, hi in splits:
+        session.add_frames(video[lo:hi])
+    answer = session.answer(QUESTION, max_new_tokens=6, return_logits=True)
+    tokens, logits, _ = _vanilla(engine, video, QUESTION, 6)
+    assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
+    assert len(answer.logits) == len(logits)
+    for mine, ref in zip(answer.logits, logits):
+        assert (mine - ref).abs().max().item() <= 1e-4
+    assert all(torch.equal(sel, torch.arange(6)) for sel in answer.selected)
+
+
+def test_frames_resized_to_the_engine_size(load_qwen2):
+    """Frames of another size are resized to the fixed frame size (the answer equals vanilla
+    run on the resized frames)."""
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
+    video = _video(4, size=(70, 90), seed=2)
+    session = engine.new_session()
+    session.add_frames(video)
+    answer = session.answer(QUESTION, max_new_tokens=4, return_logits=True)
+    resized = engine.backbone.preprocess(torch.from_numpy(video)).numpy()
+    assert resized.shape == (4, 56, 56, 3)
+    _, logits, _ = _vanilla(engine, resized, QUESTION, 4)
+    assert (answer.logits[0] - logits[0]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("frame_size", [(56, 56), (56, 84), (84, 56)])
+def test_closed_form_positions_equal_get_rope_index(load_qwen2, frame_size):
+    engine = load_qwen2(frame_size=frame_size)
+    bb = engine.backbone
+    rng = np.random.default_rng(0)
+    video_type = 2  # mm_token_type_ids: 0 text, 1 image, 2 video
+    for _ in range(12):
+        sinks, blocks, text = (int(v) for v in (rng.integers(1, 9), rng.integers(1, 7), rng.integers(1, 9)))
+        types = torch.tensor([[0] * sinks + [video_type] * (blocks * bb.block_tokens) + [0] * text])
+        grid = torch.tensor([[blocks, bb.grid[0] * 2, bb.grid[1] * 2]])  # in patches, before the 2x2 merge
+        expected, _ = engine.model.model.get_rope_index(torch.zeros_like(types), mm_token_type_ids=types, video_grid_thw=grid)
+        assert torch.equal(bb.context_positions(sinks, blocks, text, torch.device("cpu")), expected[:, 0])
+
+
+def test_unbounded_window_encoding_positions_are_the_layout(load_qwen2):
+    """With an unbounded window, encode-time positions of any chunk equal the full layout's."""
+    bb = load_qwen2().backbone
+    sinks, blocks = 5, 6
+    layout = bb.context_positions(sinks, blocks, 0, torch.device("cpu"))[:, sinks:]
+    for start, chunk in [(0, 8), (8, 12), (4, 20)]:
+        window_keys, chunk_pos, seen = bb.encode_positions(sinks, start, chunk, start, None, torch.device("cpu"))
+        assert torch.equal(window_keys, layout[:, :start])
+        assert torch.equal(chunk_pos, layout[:, start : start + chunk]) and torch.equal(seen, chunk_pos)
+
+
+class _Dense3D:
+    """Attention by brute force over ``[sinks, stream]``: softmax over allowed keys, score =
+    rot(q, offset) . k with pre-RoPE q/k and a (t, h, w) offset per (query, key) pair."""
+
+    def __init__(self, rotary, allowed: torch.Tensor, offsets: torch.Tensor):
+        self.rotary, self.allowed, self.offsets = rotary, allowed, offsets  # (N, N), (3, N, N)
+
+    def attend(self, layer, q, k, v, q_pre, k_pre, scaling):
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import rotate_half
+
+        qp, kp = q_pre[0].transpose(0, 1).float(), k_pre[0].transpose(0, 1).float()
+        hq, n = qp.shape[0], qp.shape[1]
+        kp = kp.repeat_interleave(hq // kp.shape[0], dim=0)
+        vv = v[0].float().repeat_interleave(hq // v.shape[1], dim=0)
+        cos, sin = self.rotary(qp, self.offsets[:, :n, :n].reshape(3, 1, -1))  # h/w offsets may be negative
+        cos, sin = cos[0].view(n, n, -1), sin[0].view(n, n, -1)
+        q_rot = qp[:, :, None, :] * cos + rotate_half(qp)[:, :, None, :] * sin
+        logits = (q_rot * kp[:, None, :, :]).sum(-1) * scaling
+        logits = logits.masked_fill(~self.allowed[:n, :n], float("-inf"))
+        return (torch.softmax(logits, dim=-1) @ vv).to(v.dtype)[None]
+
+
+def _dense_reference(engine, video: np.ndarray, window: int):
+    """Documented semantics: stream token u (block g, row i, column j) sees the sinks and the
+    stream tokens v with u - W < v <= u; a stream key at the true (t, h, w) offset; sink b at
+    (S + g - g0 - b, S + i - b, S + j - b), g0 = the block of u's oldest window token."""
+    bb = engine.backbone
+    prefix = bb.prefix_ids()
+    feats = bb.block_features(bb.preprocess(torch.from_numpy(video)))
+    s, m = len(prefix), feats.shape[1]
+    u = torch.arange(m)
+    g, inside = u // bb.block_tokens, u % bb.block_tokens
+    pos = torch.stack([g, inside // bb.grid[1], inside % bb.grid[1]])  # (3, M) stream-relative
+    n = s + m
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    allowed[s:, s:] &= u[None, :] > u[:, None] - window
+    offsets = torch.zeros(3, n, n, dtype=torch.long)
+    idx = torch.arange(s)
+    offsets[:, :s, :s] = (idx[:, None] - idx[None, :]).expand(3, -1, -1)
+    g0 = (u - window + 1).clamp(min=0) // bb.block_tokens
+    seen = torch.stack([s + g - g0, s + pos[1], s + pos[2]])
+    offsets[:, s:, :s] = seen[:, :, None] - idx[None, None, :]
+    offsets[:, s:, s:] = pos[:, :, None] - pos[:, None, :]
+    embeds = torch.cat([bb.embed(prefix), feats], dim=1)
+    with torch.inference_mode(), bb.routed(_Dense3D(bb.text_model.rotary_emb, allowed, offsets)):
+        return bb.text_model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
+
+
+@pytest.mark.parametrize("window,chunk", [(6, 2), (10, 4), (3, 6)])
+def test_windowed_encoding_matches_dense_3d_reference(load_qwen2, window, chunk):
+    engine = load_qwen2(window_tokens=window, topk_frames=None, chunk_frames=chunk)
+    video = _video(12, seed=3)
+    outputs = []
+    hook = engine.language_model.register_forward_hook(lambda mod, i, o: outputs.append(o.last_hidden_state[0]))
+    try:
+        session = engine.new_session()
+        session.add_frames(video)
+        session.flush()
+    finally:
+        hook.remove()
+    hidden = torch.cat(outputs)
+    ref = _dense_reference(engine, video, window)
+    assert hidden.shape == ref.shape
+    assert (hidden - ref).abs().max().item() <= 1e-5
+
+
+def test_top_k_keeps_device_bytes_flat(load_qwen2):
+    engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4)
+    session = engine.new_session()
+    device_bytes = []
+    for i in range(5):
+        session.add_frames(_video(4, seed=10 + i))
+        device_bytes.append(session.stats()["device_bytes"])
+        answer = session.answer(QUESTION, max_new_tokens=2)
+        assert all(len(sel) == 2 for sel in answer.selected)
+    stats = session.stats()
+    assert len(set(device_bytes[1:])) == 1 and stats["encoded_frames"] == 20 and stats["blocks"] == 10
