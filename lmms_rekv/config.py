@@ -19,6 +19,7 @@ QUERY_SPANS = ("prompt", "question")
 LAYER_FRAMES = ("own", "first")
 OFFLOAD_TIERS = ("cpu", "device", "disk")
 KV_QUANT = (None, "int8", "int4")
+POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")  # = lmms_rekv.patches.base.POSITION_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class ReKVConfig:
             is fixed once per engine, so every block of a stream has the same size).
             ``None`` = the family's default (Qwen2-VL: the largest square of side <= 448
             within the processor's pixel budget); must stay ``None`` for LLaVA-OneVision.
+        position_strategy: how retrieved blocks are positioned at a question (see
+            ``lmms_rekv.patches.base.POSITION_STRATEGIES``): ``"layout"`` (default: the
+            family's own position rule re-run over [sinks, retrieved blocks, text]),
+            ``"original"``, ``"consecutive_t"`` (M-RoPE families) or ``"1d"`` (ReKV's 1-D
+            numbering; on LLaVA-OV the same as ``"layout"``).
         qa_budget_tokens: most context tokens (sinks + retrieved frames + question +
             answer) a question may use; ``None`` = the model's ``max_position_embeddings``.
         qa_reserve_tokens: tokens kept free in the QA budget for the question and answer.
@@ -101,6 +107,7 @@ class ReKVConfig:
     query_block_tokens: Optional[int] = None
     frame_tokens: Optional[int] = None
     frame_size: Optional[Tuple[int, int]] = None
+    position_strategy: str = "layout"
     qa_budget_tokens: Optional[int] = 32_768
     qa_reserve_tokens: int = 512
     clip_model: str = "ViT-SO400M-14-SigLIP-384"
@@ -121,6 +128,7 @@ class ReKVConfig:
         _positive("chunk_frames", self.chunk_frames)
         _positive("query_block_tokens", self.query_block_tokens, optional=True)
         _positive("frame_tokens", self.frame_tokens, optional=True)
+        _choice("position_strategy", self.position_strategy, POSITION_STRATEGIES)
         if self.frame_size is not None:
             size = tuple(self.frame_size)
             if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):

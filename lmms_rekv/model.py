@@ -132,11 +132,13 @@ class ReKV:
     def embedder(self, value) -> None:
         self._embedder = value
 
-    def new_session(self):
-        """A new stream with its own KV store."""
+    def new_session(self, fps: Optional[float] = None):
+        """A new stream with its own KV store. ``fps``: the rate the stream's frames were
+        sampled at (frames per second); families whose positions encode time (Qwen2.5-VL)
+        need it."""
         from .engine.session import ReKVSession
 
-        return ReKVSession(self)
+        return ReKVSession(self, fps=fps)
 
     def open_session(self, folder: str):
         """A session reopened from a folder written by ``session.save`` (checksums verified)."""

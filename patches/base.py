@@ -182,6 +182,14 @@ class Rope:
         return self._apply(x, x[:0], cos, sin, unsqueeze_dim=0)[0]
 
 
+#: How a question's retrieved blocks are positioned (``ReKVConfig.position_strategy``):
+#: ``layout`` re-runs the family's position rule over [sinks, retrieved blocks in time order,
+#: text]; ``original`` keeps each block's stream positions (gaps included); ``consecutive_t``
+#: numbers the blocks' time consecutively (height/width kept); ``1d`` numbers every token
+#: consecutively on all axes (ReKV on LLaVA-OV; for the M-RoPE study only).
+POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")
+
+
 class Backbone:
     """What the engine needs from one model family (one subclass per file in ``patches/``).
 
@@ -194,6 +202,7 @@ class Backbone:
     model_type: str = ""
     frames_per_block: int = 1
     position_rows: int = 1  # P: 1 for 1-D RoPE, 3 for M-RoPE
+    strategies: Tuple[str, ...] = ("layout", "1d")  # position strategies this family supports
 
     def __init__(self, model: Any, tokenizer: Any, chat_template: str, processor: Any,
                  frame_size: Optional[Tuple[int, int]] = None) -> None:
@@ -315,8 +324,18 @@ class Backbone:
         """``(P, count)`` positions of text tokens from counter ``start``."""
         return torch.arange(start, start + count, device=device).expand(self.position_rows, -1)
 
+    def check_stream(self, fps: Optional[float], strategy: str) -> None:
+        """Raise ``ValueError`` if a stream sampled at ``fps`` (frames per second; ``None`` =
+        unknown) cannot be positioned with ``strategy`` by this family."""
+        if strategy not in POSITION_STRATEGIES:
+            raise ValueError(f"position_strategy must be one of {POSITION_STRATEGIES}, got {strategy!r}")
+        if strategy not in self.strategies:
+            raise ValueError(f"position_strategy={strategy!r} needs an M-RoPE family; {self.model_type} supports {self.strategies}")
+        if fps is not None and not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
-                         device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         device: torch.device, fps: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Positions while encoding a chunk of ``chunk`` tokens after ``window_len`` window
         tokens (``stream_tokens`` encoded so far): ``(window keys (P, window_len), chunk
         (P, chunk), chunk queries as seen from the sinks (P, chunk))``.
@@ -330,8 +349,10 @@ class Backbone:
         seen = sinks + (t if window is None else t.clamp(max=window - 1))
         return window_keys, chunk_pos, seen.expand(self.position_rows, -1)
 
-    def context_positions(self, sinks: int, blocks: int, text: int, device: torch.device) -> torch.Tensor:
-        """``(P, sinks + blocks * block_tokens + text)`` positions of a question's context
-        ``[sinks, blocks retrieved (time order), text after the video]``; decoding continues
-        the text (the last ``text`` rows may run past the prompt)."""
-        return self.text_positions(0, sinks + blocks * self.block_tokens + text, device)
+    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
+                          fps: Optional[float] = None, strategy: str = "layout") -> torch.Tensor:
+        """``(P, sinks + K * block_tokens + text)`` positions of a question's context
+        ``[sinks, the K retrieved blocks (indices ``blocks``, time order), text after the
+        video]`` under ``strategy``; decoding continues the text (the last ``text`` rows may
+        run past the prompt). 1-D: consecutive (ReKV)."""
+        return self.text_positions(0, sinks + len(blocks) * self.block_tokens + text, device)

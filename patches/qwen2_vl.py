@@ -33,6 +33,7 @@ class Qwen2VLBackbone(Backbone):
     model_type = "qwen2_vl"
     frames_per_block = 2
     position_rows = 3
+    strategies = ("layout", "original", "consecutive_t", "1d")
     model_class = "Qwen2VLForConditionalGeneration"
     default_side = 448
 
@@ -124,33 +125,85 @@ class Qwen2VLBackbone(Backbone):
         return torch.tensor([self.prefix_ids() + video + self.suffix_ids(question)], device=self.model.device)
 
     # -- positions -------------------------------------------------------------------------
-    def _block_rows(self, first_block: torch.Tensor, origin: int, count: int, start_token: int) -> torch.Tensor:
-        """``(3, count)`` positions of video tokens ``start_token..`` whose block time is
-        ``origin + block - first_block`` (``first_block`` broadcast per token)."""
-        device = first_block.device
+    def block_time(self, blocks: torch.Tensor, fps: Optional[float]) -> torch.Tensor:
+        """Temporal position offset of block ``blocks`` from the video start (Qwen2-VL: the
+        block index)."""
+        return blocks
+
+    def _block_rows(self, time_base: torch.Tensor, origin: int, count: int, start_token: int, fps: Optional[float],
+                    rank: Optional[torch.Tensor] = None, index_as_time: bool = False) -> torch.Tensor:
+        """``(3, count)`` positions of the video tokens ``start_token..`` (the ``b``-th block
+        stands for stream block ``rank[b]`` if given): ``t = origin + time(block) -
+        time_base`` (``index_as_time``: the block index itself), ``h = origin + row``,
+        ``w = origin + column``."""
+        device = time_base.device
         token = torch.arange(start_token, start_token + count, device=device)
         block, inside = token // self.block_tokens, token % self.block_tokens
-        t = origin + block - first_block
+        if rank is not None:
+            block = rank[block]
+        t = origin + (block if index_as_time else self.block_time(block, fps)) - time_base
         h = origin + inside // self.grid[1]
         w = origin + inside % self.grid[1]
         return torch.stack([t, h, w])
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
-                         device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         device: torch.device, fps: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Window and chunk re-based to the block of the oldest window token; each query as
-        seen from the sinks re-based to the block of the oldest token of its own window."""
+        seen from the sinks re-based to the block of the oldest token of its own window
+        (time differences kept; height/width never move)."""
         oldest = stream_tokens - window_len
-        base = torch.tensor(oldest // self.block_tokens, device=device)
-        window_keys = self._block_rows(base, sinks, window_len, oldest)
-        chunk_pos = self._block_rows(base, sinks, chunk, stream_tokens)
+        base = self.block_time(torch.tensor(oldest // self.block_tokens, device=device), fps)
+        window_keys = self._block_rows(base, sinks, window_len, oldest, fps)
+        chunk_pos = self._block_rows(base, sinks, chunk, stream_tokens, fps)
         token = torch.arange(stream_tokens, stream_tokens + chunk, device=device)
         own = torch.zeros_like(token) if window is None else (token - window + 1).clamp(min=0) // self.block_tokens
-        seen = self._block_rows(own, sinks, chunk, stream_tokens)
+        seen = self._block_rows(self.block_time(own, fps), sinks, chunk, stream_tokens, fps)
         return window_keys, chunk_pos, seen
 
-    def context_positions(self, sinks: int, blocks: int, text: int, device: torch.device) -> torch.Tensor:
-        """``[sinks, blocks, text]`` laid out by the family's rule (see module doc)."""
+    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
+                          fps: Optional[float] = None, strategy: str = "layout") -> torch.Tensor:
+        """``[sinks, retrieved blocks, text]``: ``layout`` (block ranks through the family's
+        time rule), ``original`` (each block's stream time), ``consecutive_t`` (ranks as
+        time) or ``1d`` (every token consecutive); text after the video as the family
+        places it (``layout``/``original``/``consecutive_t``: the video origin +
+        ``max(H', W')``, the installed transformers' rule)."""
+        k = len(blocks)
         prefix = self.text_positions(0, sinks, device)
-        video = self._block_rows(torch.tensor(0, device=device), sinks, blocks * self.block_tokens, 0)
+        if strategy == "1d":
+            return self.text_positions(0, sinks + k * self.block_tokens + text, device)
+        zero = torch.tensor(0, device=device)
+        ranks = torch.arange(k, device=device)
+        if strategy == "layout":
+            video = self._block_rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks)
+        elif strategy == "original":
+            video = self._block_rows(zero, sinks, k * self.block_tokens, 0, fps, rank=blocks.to(device))
+        else:  # consecutive_t: ranks as time, whatever the family's time rule
+            video = self._block_rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks, index_as_time=True)
         after = self.text_positions(sinks + max(self.grid), text, device)
         return torch.cat([prefix, video, after], dim=1)
+
+
+
+class Qwen2_5_VLBackbone(Qwen2VLBackbone):
+    """ReKV adapter for ``Qwen2_5_VLForConditionalGeneration``: Qwen2-VL's layout with time
+    as absolute seconds -- block ``g`` at ``t = floor(g * tokens_per_second * 2 / fps)`` (the
+    installed transformers' float32 arithmetic) -- so a session needs its sampling rate
+    (``new_session(fps=...)``)."""
+
+    model_type = "qwen2_5_vl"
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+
+    def rotary_function(self):
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+        return apply_rotary_pos_emb
+
+    def check_stream(self, fps: Optional[float], strategy: str) -> None:
+        super().check_stream(fps, strategy)
+        if fps is None:
+            raise ValueError("Qwen2.5-VL positions encode time: give the stream's sampling rate, new_session(fps=...)")
+
+    def block_time(self, blocks: torch.Tensor, fps: Optional[float]) -> torch.Tensor:
+        vision = self.model.config.vision_config
+        seconds_per_block = torch.tensor(vision.temporal_patch_size / fps, dtype=torch.float32)
+        return (blocks * (vision.tokens_per_second * seconds_per_block)).long()

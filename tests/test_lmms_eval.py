@@ -59,8 +59,8 @@ def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
     encodes = []
     real_session = lm.engine.new_session
 
-    def counting_session():
-        session = real_session()
+    def counting_session(fps=None):
+        session = real_session(fps=fps)
         original = session._encode
         session._encode = lambda pixels: (encodes.append(pixels.shape[0]), original(pixels))[1]
         return session
@@ -226,7 +226,7 @@ def test_broken_install_ends_the_run(lm, tmp_path, monkeypatch):
     """An ImportError (e.g. a module missing from a wheel) is not a bad document: it ends the run."""
     path = _video(tmp_path, "i", _clip(6))
 
-    def missing_module():
+    def missing_module(fps=None):
         raise ModuleNotFoundError("No module named 'lmms_rekv.storage.backends'")
 
     monkeypatch.setattr(lm.engine, "new_session", missing_module)

@@ -1,7 +1,8 @@
-"""M-RoPE families (Qwen2-VL) through the backbone seam, on a tiny random checkpoint built
-offline: exact against the pinned transformers' vanilla ``generate`` with an unbounded window
-and every block retrieved, chunk invariance, closed-form positions against the installed
-``get_rope_index``, and windowed encoding against a dense reference with 3-D offsets."""
+"""M-RoPE families (Qwen2-VL, Qwen2.5-VL) through the backbone seam, on tiny random
+checkpoints built offline: exact against the pinned transformers' vanilla ``generate`` with
+an unbounded window and every block retrieved, chunk invariance, closed-form positions
+against the installed ``get_rope_index``, windowed encoding against a dense reference with
+3-D offsets, and which position strategies are exact with every block retrieved."""
 
 from __future__ import annotations
 
@@ -12,63 +13,83 @@ import torch
 QUESTION = "what is the color?"
 
 
+FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FPS = 3.0  # Qwen2.5-VL: 2 * 2 / 3 s per block -> time steps of 1.33 (floored): 0, 1, 2, 4, 5, 6, 8, ...
+
+
 @pytest.fixture(scope="session")
-def qwen2_dir(tmp_path_factory) -> str:
+def qwen_dirs(tmp_path_factory):
     from lmms_rekv.tools.tiny_qwen import build_tiny_qwen2_vl
 
-    return build_tiny_qwen2_vl(str(tmp_path_factory.mktemp("tiny-qwen2-vl") / "model"))
+    return {f: build_tiny_qwen2_vl(str(tmp_path_factory.mktemp(f"tiny-{f}") / "model"), family=f) for f in FAMILIES}
 
 
 @pytest.fixture(scope="session")
-def load_qwen2(qwen2_dir):
-    """``load_qwen2(**config)``: the tiny Qwen2-VL in fp32 on CPU (loaded once)."""
+def loader(qwen_dirs):
+    """``loader(family)(**config)``: that tiny checkpoint in fp32 on CPU (loaded once)."""
     from lmms_rekv import ReKV, ReKVConfig
 
     cache = {}
 
-    def _load(**config):
-        if "engine" not in cache:
-            cache["engine"] = ReKV.from_pretrained(qwen2_dir, dtype=torch.float32, device="cpu")
-        return cache["engine"].with_config(ReKVConfig(**config))
+    def for_family(family):
+        def _load(**config):
+            if family not in cache:
+                cache[family] = ReKV.from_pretrained(qwen_dirs[family], dtype=torch.float32, device="cpu")
+            return cache[family].with_config(ReKVConfig(**config))
 
-    return _load
+        return _load
+
+    return for_family
+
+
+@pytest.fixture(params=FAMILIES)
+def load_qwen2(request, loader):
+    return loader(request.param)
 
 
 def _video(n: int, size=(56, 56), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, *size, 3), dtype=np.uint8)
 
 
-def _vanilla(engine, video: np.ndarray, question: str, new_tokens: int):
-    """Greedy tokens and per-step logits of the vanilla model run by its own processor."""
+def _vanilla(engine, video: np.ndarray, question: str, new_tokens: int, fps: float = FPS):
+    """Greedy tokens and per-step logits of the vanilla model run by its own processor on a
+    video sampled at ``fps``."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(engine.source)
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False)
+    n = len(video)
+    metadata = [{"fps": fps, "frames_indices": list(range(n)), "total_num_frames": n}]
+    inputs = processor(text=[text], videos=[video], video_metadata=metadata, return_tensors="pt", do_sample_frames=False)
     with torch.inference_mode():
         out = engine.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
                                     return_dict_in_generate=True)
     return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [l[0].float() for l in out.logits], inputs
 
 
-def test_family_picked_from_the_checkpoint(load_qwen2, qwen2_dir):
+def test_family_picked_from_the_checkpoint(loader, qwen_dirs):
     from lmms_rekv import ReKVLlavaOneVision
 
-    engine = load_qwen2()
-    assert type(engine.backbone).__name__ == "Qwen2VLBackbone"
-    assert engine.backbone.frame_size == (56, 56) and engine.frame_tokens == 4
-    with pytest.raises(ValueError, match="llava_onevision"):
-        ReKVLlavaOneVision.from_pretrained(qwen2_dir, dtype=torch.float32, device="cpu")
-    with pytest.raises(ValueError, match="multiples of 28"):
-        load_qwen2(frame_size=(50, 56))
+    for family, name in zip(FAMILIES, ("Qwen2VLBackbone", "Qwen2_5_VLBackbone")):
+        engine = loader(family)()
+        assert type(engine.backbone).__name__ == name and engine.backbone.model_type == family
+        assert engine.backbone.frame_size == (56, 56) and engine.frame_tokens == 4
+        with pytest.raises(ValueError, match="llava_onevision"):
+            ReKVLlavaOneVision.from_pretrained(qwen_dirs[family], dtype=torch.float32, device="cpu")
+        with pytest.raises(ValueError, match="multiples of 28"):
+            loader(family)(frame_size=(50, 56))
+    with pytest.raises(ValueError, match="fps"):
+        loader("qwen2_5_vl")().new_session()  # Qwen2.5-VL positions are in seconds
+    with pytest.raises(ValueError, match="position_strategy"):
+        loader("qwen2_vl")(position_strategy="diagonal")
 
 
 @pytest.mark.parametrize("chunk,splits", [(2, [(0, 12)]), (6, [(0, 5), (5, 6), (6, 12)]), (64, [(0, 3), (3, 12)])])
 def test_unbounded_window_every_block_equals_vanilla_generate(load_qwen2, chunk, splits):
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=chunk)
     video = _video(12, seed=1)
-    session = engine.new_session()
+    session = engine.new_session(fps=FPS)
     for lo, hi in splits:
         session.add_frames(video[lo:hi])
     answer = session.answer(QUESTION, max_new_tokens=6, return_logits=True)
@@ -85,7 +106,7 @@ def test_frames_resized_to_the_engine_size(load_qwen2):
     run on the resized frames)."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
     video = _video(4, size=(70, 90), seed=2)
-    session = engine.new_session()
+    session = engine.new_session(fps=FPS)
     session.add_frames(video)
     answer = session.answer(QUESTION, max_new_tokens=4, return_logits=True)
     resized = engine.backbone.preprocess(torch.from_numpy(video)).numpy()
@@ -100,21 +121,25 @@ def test_closed_form_positions_equal_get_rope_index(load_qwen2, frame_size):
     bb = engine.backbone
     rng = np.random.default_rng(0)
     video_type = 2  # mm_token_type_ids: 0 text, 1 image, 2 video
-    for _ in range(12):
-        sinks, blocks, text = (int(v) for v in (rng.integers(1, 9), rng.integers(1, 7), rng.integers(1, 9)))
+    for fps in (0.5, 1.0, 3.0, 7.0):
+        sinks, blocks, text = (int(v) for v in (rng.integers(1, 9), rng.integers(1, 13), rng.integers(1, 9)))
         types = torch.tensor([[0] * sinks + [video_type] * (blocks * bb.block_tokens) + [0] * text])
         grid = torch.tensor([[blocks, bb.grid[0] * 2, bb.grid[1] * 2]])  # in patches, before the 2x2 merge
-        expected, _ = engine.model.model.get_rope_index(torch.zeros_like(types), mm_token_type_ids=types, video_grid_thw=grid)
-        assert torch.equal(bb.context_positions(sinks, blocks, text, torch.device("cpu")), expected[:, 0])
+        extra = {"second_per_grid_ts": torch.tensor([2 / fps])} if bb.model_type == "qwen2_5_vl" else {}
+        expected, _ = engine.model.model.get_rope_index(torch.zeros_like(types), mm_token_type_ids=types, video_grid_thw=grid, **extra)
+        every = torch.arange(blocks)
+        for strategy in ("layout", "original"):  # the same with every block retrieved
+            mine = bb.context_positions(sinks, every, text, torch.device("cpu"), fps=fps, strategy=strategy)
+            assert torch.equal(mine, expected[:, 0]), (fps, strategy)
 
 
 def test_unbounded_window_encoding_positions_are_the_layout(load_qwen2):
     """With an unbounded window, encode-time positions of any chunk equal the full layout's."""
     bb = load_qwen2().backbone
     sinks, blocks = 5, 6
-    layout = bb.context_positions(sinks, blocks, 0, torch.device("cpu"))[:, sinks:]
+    layout = bb.context_positions(sinks, torch.arange(blocks), 0, torch.device("cpu"), fps=FPS)[:, sinks:]
     for start, chunk in [(0, 8), (8, 12), (4, 20)]:
-        window_keys, chunk_pos, seen = bb.encode_positions(sinks, start, chunk, start, None, torch.device("cpu"))
+        window_keys, chunk_pos, seen = bb.encode_positions(sinks, start, chunk, start, None, torch.device("cpu"), fps=FPS)
         assert torch.equal(window_keys, layout[:, :start])
         assert torch.equal(chunk_pos, layout[:, start : start + chunk]) and torch.equal(seen, chunk_pos)
 
@@ -144,14 +169,16 @@ class _Dense3D:
 def _dense_reference(engine, video: np.ndarray, window: int):
     """Documented semantics: stream token u (block g, row i, column j) sees the sinks and the
     stream tokens v with u - W < v <= u; a stream key at the true (t, h, w) offset; sink b at
-    (S + g - g0 - b, S + i - b, S + j - b), g0 = the block of u's oldest window token."""
+    (S + T(g) - T(g0) - b, S + i - b, S + j - b), g0 = the block of u's oldest window token,
+    T the family's block time (Qwen2-VL: g; Qwen2.5-VL: floor(g * 2 * 2 / fps))."""
     bb = engine.backbone
     prefix = bb.prefix_ids()
     feats = bb.block_features(bb.preprocess(torch.from_numpy(video)))
     s, m = len(prefix), feats.shape[1]
     u = torch.arange(m)
     g, inside = u // bb.block_tokens, u % bb.block_tokens
-    pos = torch.stack([g, inside // bb.grid[1], inside % bb.grid[1]])  # (3, M) stream-relative
+    time = g if bb.model_type == "qwen2_vl" else (g * (2 * torch.tensor(2 / FPS))).long()  # tokens_per_second 2
+    pos = torch.stack([time, inside // bb.grid[1], inside % bb.grid[1]])  # (3, M) stream-relative
     n = s + m
     allowed = torch.ones(n, n, dtype=torch.bool).tril()
     allowed[s:, s:] &= u[None, :] > u[:, None] - window
@@ -159,7 +186,8 @@ def _dense_reference(engine, video: np.ndarray, window: int):
     idx = torch.arange(s)
     offsets[:, :s, :s] = (idx[:, None] - idx[None, :]).expand(3, -1, -1)
     g0 = (u - window + 1).clamp(min=0) // bb.block_tokens
-    seen = torch.stack([s + g - g0, s + pos[1], s + pos[2]])
+    time0 = g0 if bb.model_type == "qwen2_vl" else (g0 * (2 * torch.tensor(2 / FPS))).long()
+    seen = torch.stack([s + time - time0, s + pos[1], s + pos[2]])
     offsets[:, s:, :s] = seen[:, :, None] - idx[None, None, :]
     offsets[:, s:, s:] = pos[:, :, None] - pos[:, None, :]
     embeds = torch.cat([bb.embed(prefix), feats], dim=1)
@@ -174,7 +202,7 @@ def test_windowed_encoding_matches_dense_3d_reference(load_qwen2, window, chunk)
     outputs = []
     hook = engine.language_model.register_forward_hook(lambda mod, i, o: outputs.append(o.last_hidden_state[0]))
     try:
-        session = engine.new_session()
+        session = engine.new_session(fps=FPS)
         session.add_frames(video)
         session.flush()
     finally:
@@ -187,7 +215,7 @@ def test_windowed_encoding_matches_dense_3d_reference(load_qwen2, window, chunk)
 
 def test_top_k_keeps_device_bytes_flat(load_qwen2):
     engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4)
-    session = engine.new_session()
+    session = engine.new_session(fps=FPS)
     device_bytes = []
     for i in range(5):
         session.add_frames(_video(4, seed=10 + i))
@@ -196,3 +224,47 @@ def test_top_k_keeps_device_bytes_flat(load_qwen2):
         assert all(len(sel) == 2 for sel in answer.selected)
     stats = session.stats()
     assert len(set(device_bytes[1:])) == 1 and stats["encoded_frames"] == 20 and stats["blocks"] == 10
+
+
+#: which strategies reproduce vanilla with every block retrieved (README table), per family
+EXACT = {"qwen2_vl": {"layout", "original", "consecutive_t"}, "qwen2_5_vl": {"layout", "original"}}
+
+
+@pytest.mark.parametrize("strategy", ["layout", "original", "consecutive_t", "1d"])
+def test_which_strategies_are_exact_with_every_block(load_qwen2, strategy):
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4, position_strategy=strategy)
+    video = _video(12, seed=5)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(video)
+    answer = session.answer(QUESTION, max_new_tokens=1, return_logits=True)
+    _, logits, _ = _vanilla(engine, video, QUESTION, 1)
+    error = (answer.logits[0] - logits[0]).abs().max().item()
+    if strategy in EXACT[engine.backbone.model_type]:
+        assert error <= 1e-4
+    else:
+        assert error > 1e-3
+
+
+def test_qwen2_5_needs_the_true_sampling_rate(loader):
+    """The stream's fps is part of Qwen2.5-VL's positions: a wrong rate is not vanilla."""
+    engine = loader("qwen2_5_vl")(window_tokens=None, topk_frames=None, chunk_frames=4)
+    video = _video(12, seed=6)
+    _, logits, _ = _vanilla(engine, video, QUESTION, 1, fps=FPS)
+    errors = {}
+    for fps in (FPS, 0.5):
+        session = engine.new_session(fps=fps)
+        session.add_frames(video)
+        errors[fps] = (session.answer(QUESTION, max_new_tokens=1, return_logits=True).logits[0] - logits[0]).abs().max().item()
+    assert errors[FPS] <= 1e-4 < 1e-3 < errors[0.5]
+
+
+@pytest.mark.parametrize("model_type,reason", [("qwen3_5", "Gated DeltaNet"), ("qwen3_5_moe", "no per-frame KV"),
+                                               ("qwen3_vl", "timestamp"), ("mystery_vlm", "supported")])
+def test_unsupported_families_are_refused_at_load_with_the_reason(tmp_path, model_type, reason):
+    import json
+
+    from lmms_rekv import ReKV
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(ValueError, match=reason):
+        ReKV.from_pretrained(str(tmp_path), device="cpu")

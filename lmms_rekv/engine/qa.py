@@ -2,7 +2,7 @@
 
 Context layout of layer ``l``: ``[sinks, the K_l blocks layer l retrieved, in time order,
 text after the video (question + rest of the chat template), answer]``, positioned by the
-family adapter (``Backbone.context_positions``; for LLaVA-OV consecutive 1-D positions, and
+family adapter (``Backbone.context_positions``; for 1-D RoPE consecutive positions, and
 with every frame retrieved exactly what the vanilla model sees). Retrieval happens inside
 each layer's attention during the prefill, from that layer's pre-RoPE question queries (the
 question tokens only). Because ``K_l`` may differ between layers (adaptive policies), the
@@ -21,7 +21,7 @@ from .attention import Rope, causal_attention
 from .encoder import StreamState
 
 Selector = Callable[[int, torch.Tensor], torch.Tensor]
-#: (sinks, blocks, text tokens, device) -> (P, sinks + blocks * block_tokens + text) positions
+#: (sinks, retrieved block indices (K,), text tokens, device) -> (P, sinks + K * block_tokens + text)
 ContextPositions = Callable[[int, int, int, torch.device], torch.Tensor]
 
 
@@ -56,19 +56,19 @@ class QAStep:
     positions: ContextPositions
     select: Selector  # (layer, question queries (Hq, T, D) pre-RoPE fp32) -> sorted frame indices
     extra_tokens: int  # answer tokens to leave room for
-    question_offset: int = 1  # the first prefill token is image_newline, not question
+    question_offset: int = 1  # prefill tokens before the question (the family may place some, e.g. a newline)
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
     fixed: Optional[torch.Tensor] = None  # frames shared by every layer (external): prefetched at once
     decoding: bool = False
     selected: List[Optional[torch.Tensor]] = field(default_factory=list)
     _caches: List[Optional[_LayerCache]] = field(default_factory=list)
-    _tables: Dict[Tuple[int, int], tuple] = field(default_factory=dict)
+    _tables: Dict[tuple, tuple] = field(default_factory=dict)
     _prefetched: Optional[tuple] = None
 
-    def _layer_tables(self, blocks: int, text: int, like: torch.Tensor) -> tuple:
-        """cos, sin of a context with ``blocks`` retrieved blocks and ``text`` tokens after
-        them (shared by layers that retrieved as many)."""
-        key = (blocks, text)
+    def _layer_tables(self, blocks: torch.Tensor, text: int, like: torch.Tensor) -> tuple:
+        """cos, sin of a context with the retrieved ``blocks`` and ``text`` tokens after
+        them (shared by layers that retrieved the same blocks)."""
+        key = (tuple(blocks.tolist()), text)
         if key not in self._tables:
             self._tables[key] = self.rope.tables(self.positions(self.state.sinks, blocks, text, like.device), like)
         return self._tables[key]
@@ -106,7 +106,7 @@ class QAStep:
             k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         self.selected[layer] = index
         text = k_pre.shape[1] + self.extra_tokens
-        tables = self._layer_tables(int(index.numel()), text, k_pre)
+        tables = self._layer_tables(index, text, k_pre)
         k_ctx = k_ctx.transpose(0, 1)
         cache = _LayerCache(st.sink_k[layer], st.sink_v[layer], extra=k_ctx.shape[1] + text, tables=tables)
         cache.append(self._rotate(k_ctx, cache, st.sinks), v_ctx.transpose(0, 1))

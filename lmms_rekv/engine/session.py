@@ -55,9 +55,11 @@ class ReKVSession:
     """Streaming state of one video: sinks + window on the device, every frame's KV in the
     block store. Questions never modify it, so many can be asked on one encoded stream."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, fps: Optional[float] = None) -> None:
         self.engine, self.backbone = engine, engine.backbone
         self.config = engine.config
+        self.fps = None if fps is None else float(fps)
+        self.backbone.check_stream(self.fps, self.config.position_strategy)
         layers, kv_heads, head_dim = self.backbone.kv_shape()
         cfg = self.config
         storage = engine.device if cfg.offload == "device" else torch.device("cpu")
@@ -136,7 +138,8 @@ class ReKVSession:
         first = st.store.reserve(n)
         length = features.shape[1]
         block = self.config.query_block_tokens or (2048 if device.type == "cuda" else 128)
-        window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device)
+        window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device,
+                                                       fps=self.fps)
         step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features)
         with bb.routed(step):
             bb.text_model(inputs_embeds=features, position_ids=bb.position_ids(chunk), use_cache=False)
@@ -203,7 +206,7 @@ class ReKVSession:
 
     def _prepare(self, question: str, new_tokens: int, scored: int = 0, frame_limit: Optional[int] = None):
         """Validate, flush, and build the QA handler, the prefill embeddings
-        ``[image_newline, question...]`` and the first prefill position."""
+        (``Backbone.suffix_embeds``: the text after the video) and the first prefill position."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         if self.frames == 0:
@@ -225,10 +228,13 @@ class ReKVSession:
         selector = self._selector(question, frames)
         start, end = bb.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
         step = QAStep(
-            self.state, bb.rope, bb.context_positions, selector, new_tokens,
+            self.state, bb.rope, self._context_positions, selector, new_tokens,
             question_offset=offset + start, question_end=offset + end, fixed=getattr(selector, "fixed", None),
         )
         return step, embeds, context
+
+    def _context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device) -> torch.Tensor:
+        return self.backbone.context_positions(sinks, blocks, text, device, fps=self.fps, strategy=self.config.position_strategy)
 
     def _selector(self, question: str, frames: int):
         """(layer, question queries (Hq, T, D)) -> indices among the first ``frames`` frames."""

@@ -1,4 +1,5 @@
-"""The lmms-eval model ``rekv_llava_ov``: LLaVA-OneVision answering through ReKV.
+"""The lmms-eval model ``rekv_llava_ov`` (alias ``rekv``): a checkpoint of any supported family
+(LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL; picked from its ``config.json``) answering through ReKV.
 
     lmms-eval --model rekv_llava_ov \\
         --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,fps=0.5,topk_frames=64 \\
@@ -32,7 +33,7 @@ from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
 from lmms_rekv.config import ReKVConfig
-from lmms_rekv.model import ReKVLlavaOneVision
+from lmms_rekv.model import ReKV
 from lmms_rekv.io.video import VideoError, iter_video_timed
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,14 @@ def _maybe_float(value) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def _sampled_fps(times: List[float], requested: float) -> float:
+    """The rate frames were actually sampled at (``max_frames`` makes sampling uniform over
+    the video): from the first frames' timestamps, else the requested rate."""
+    if len(times) >= 2 and times[-1] > times[0]:
+        return (len(times) - 1) / (times[-1] - times[0])
+    return requested
+
+
 def _none_or_int(value) -> Optional[int]:
     if value is None or str(value).lower() in ("none", "null", "all", ""):
         return None
@@ -79,9 +88,9 @@ def _none_or_int(value) -> Optional[int]:
 
 
 class ReKVLlavaOV(lmms):
-    """lmms-eval model for LLaVA-OneVision with ReKV streaming retrieval.
+    """lmms-eval model for ReKV streaming retrieval (any family in ``lmms_rekv.patches``).
 
-    Model args: ``pretrained`` (llava-hf directory or hub id), ``dtype`` (auto|float16|
+    Model args: ``pretrained`` (checkpoint directory or hub id), ``dtype`` (auto|float16|
     bfloat16|float32), ``device`` (default cuda:LOCAL_RANK, else cpu), ``fps`` (frames sampled
     per second, default 0.5), ``max_frames`` (cap; sampling becomes uniform over the video),
     ``window_tokens``, ``topk_frames``, ``retrieval``, ``score``, ``offload``, ``chunk_frames``
@@ -109,7 +118,7 @@ class ReKVLlavaOV(lmms):
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
         self._device = self._pick_device(device)
         config = ReKVConfig.from_strings(**rekv_args)
-        self.engine = ReKVLlavaOneVision.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device)
+        self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device)
         self.fps = float(fps)
         self.max_frames = _none_or_int(max_frames)
         self.max_new_tokens = int(max_new_tokens)
@@ -209,16 +218,20 @@ class ReKVLlavaOV(lmms):
                     return session, session.saved_meta["times"]
                 except Exception as exc:
                     logger.warning("rekv_llava_ov: cache entry %s for %s is unusable (%s); re-encoding", folder, path, exc)
-        session, times, batch = self.engine.new_session(), [], []
+        session, times, batch = None, [], []
         self.videos_decoded += 1
         for t, frame in iter_video_timed(path, self.fps, self.max_frames, start_time=start):
             times.append(t)
             batch.append(frame)
             if len(batch) == self.engine.config.chunk_frames:
+                session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
                 session.add_frames(np.stack(batch))
                 batch = []
         if batch:
+            session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
             session.add_frames(np.stack(batch))
+        if session is None:
+            raise VideoError(f"no frames decoded from {path}")
         if folder is not None:
             try:
                 session.save(folder, video=path, times=times)

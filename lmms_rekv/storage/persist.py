@@ -86,7 +86,7 @@ def save_session(session, folder: str, **meta) -> None:
     save_file(_state_tensors(session), os.path.join(tmp, STATE))
     extra = {
         "frames": store.frames, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
-        "kv_quant": session.config.kv_quant, "meta": meta,
+        "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
     }
     write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
     if os.path.exists(folder):
@@ -103,7 +103,7 @@ def load_session(engine, folder: str):
     from safetensors.torch import load_file
 
     manifest = read_manifest(folder)
-    session = engine.new_session()
+    session = engine.new_session(fps=manifest.get("fps"))
     store, st = session.state.store, session.state
     fields = store.codec.fields()
     expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}

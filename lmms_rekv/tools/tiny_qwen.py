@@ -32,49 +32,57 @@ CHAT_TEMPLATE = (
 
 
 def build_tiny_qwen2_vl(path: str, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                        max_pixels: int = 56 * 84, init_std: float = 0.15) -> str:
-    """Write a tiny random Qwen2-VL checkpoint to ``path`` and return ``path``.
+                        max_pixels: int = 56 * 84, init_std: float = 0.15, family: str = "qwen2_vl") -> str:
+    """Write a tiny random Qwen2-VL (``family="qwen2_5_vl"``: Qwen2.5-VL) checkpoint to
+    ``path`` and return ``path``.
 
     Head dim ``hidden / heads`` (16) -> 8 rotary frequencies, sectioned T/H/W as ``[2, 3, 3]``.
     The processor's pixel budget ``max_pixels`` makes the adapter's default frame 56x56
-    (2x2 = 4 tokens per 2-frame block)."""
+    (2x2 = 4 tokens per 2-frame block). Qwen2.5-VL: ``tokens_per_second=2`` (the released
+    checkpoints' value), vision window 56 px with one full-attention block."""
     import torch
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
-                              Qwen2VLVideoProcessor)
+    import transformers
 
     from .tiny import build_tokenizer
 
+    if family not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"family must be qwen2_vl or qwen2_5_vl, got {family!r}")
     tokenizer = build_tokenizer(seed=seed, special_tokens=SPECIAL_TOKENS)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     half = hidden // heads // 2
     section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section},
-            bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section},
+        bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(depth=2, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=hidden, mlp_ratio=2)
+        names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor")
+    else:
+        vision.update(intermediate_size=64, out_hidden_size=hidden, window_size=56, fullatt_block_indexes=[1], tokens_per_second=2)
+        names = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")
+    config_cls, model_cls, processor_cls = (getattr(transformers, n) for n in names)
+    config = config_cls(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = model_cls(config)
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, init_std)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     budget = dict(min_pixels=28 * 28, max_pixels=max_pixels)
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**budget), video_processor=Qwen2VLVideoProcessor(**budget),
+    processor = processor_cls(
+        image_processor=transformers.Qwen2VLImageProcessor(**budget), video_processor=transformers.Qwen2VLVideoProcessor(**budget),
         tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
     )
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    logger.info("wrote tiny Qwen2-VL to %s", path)
+    logger.info("wrote tiny %s to %s", family, path)
     return path
