@@ -268,3 +268,58 @@ def test_unsupported_families_are_refused_at_load_with_the_reason(tmp_path, mode
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     with pytest.raises(ValueError, match=reason):
         ReKV.from_pretrained(str(tmp_path), device="cpu")
+
+
+def test_odd_last_frame_is_padded_for_the_question_only(load_qwen2, tmp_path):
+    """7 frames: the question sees the last frame repeated (as the vanilla processor pads);
+    the stream is untouched -- once the 8th frame arrives it equals a session fed 8 frames,
+    and a saved session keeps the waiting frame."""
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
+    video = _video(8, seed=7)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(video[:7])
+    answer = session.answer(QUESTION, max_new_tokens=4, return_logits=True)
+    _, logits, _ = _vanilla(engine, video[:7], QUESTION, 4)
+    assert all((a - b).abs().max().item() <= 1e-4 for a, b in zip(answer.logits, logits))
+    stats = session.stats()
+    assert stats["blocks"] == 3 and stats["pending_frames"] == 1 and stats["frames"] == 7
+    session.save(str(tmp_path / "saved"))
+    reopened = engine.open_session(str(tmp_path / "saved"))
+    assert reopened.frames == 7 and reopened.fps == FPS
+    for s in (session, reopened):
+        s.add_frames(video[7:])
+    fresh = engine.new_session(fps=FPS)
+    fresh.add_frames(video)
+    for s in (session, reopened):
+        s.flush()
+        assert s.state.store.frames == fresh.state.store.frames == 4
+        for layer in range(fresh.state.store.layers):
+            for block in range(4):
+                assert all(torch.equal(a, b) for a, b in zip(s.state.store.frame(layer, block), fresh.state.store.frame(layer, block)))
+        assert s.answer(QUESTION, max_new_tokens=3).token_ids == fresh.answer(QUESTION, max_new_tokens=3).token_ids
+
+
+def test_frame_limit_counts_complete_blocks(load_qwen2):
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(_video(9, seed=8))
+    assert [len(session.answer(QUESTION, max_new_tokens=1, frame_limit=n).selected[0]) for n in (2, 5, 8, 9, 100)] == [1, 2, 4, 5, 5]
+    with pytest.raises(RuntimeError, match="complete block"):
+        session.answer(QUESTION, max_new_tokens=1, frame_limit=1)
+
+
+def test_external_retrieval_scores_blocks(load_qwen2, tmp_path):
+    """External retrieval on 2-frame blocks: each block scored by its frames' mean embedding."""
+    from lmms_rekv.tools.tiny import write_tiny_clip_config
+
+    clip = write_tiny_clip_config(str(tmp_path))
+    engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4, retrieval="external", clip_model=clip, clip_pretrained=None)
+    video = _video(11, seed=9)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(video)
+    answer = session.answer(QUESTION, max_new_tokens=1)
+    frames = engine.embedder.embed_frames(torch.from_numpy(np.concatenate([video, video[-1:]])))  # padded like the block
+    pooled = frames.view(6, 2, -1).mean(dim=1)
+    scores = (pooled / pooled.norm(dim=-1, keepdim=True)) @ engine.embedder.embed_text(QUESTION)
+    expected = torch.sort(torch.topk(scores, 2).indices).values
+    assert all(torch.equal(sel, expected) for sel in answer.selected)

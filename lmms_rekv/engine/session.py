@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Tuple
@@ -12,7 +14,7 @@ import torch
 from ..io.preprocess import as_frames
 from ..retrieval.scoring import frame_scores
 from ..retrieval.selection import fuse, select
-from ..storage.store import BlockStore, GrowingRows
+from ..storage.store import BlockStore, GrowingRows, OverlayStore
 from .encoder import ChunkStep, PrefixStep, StreamState
 from .generation import GenerationSettings, cut_at_stop, next_token
 from .qa import QAStep
@@ -21,6 +23,18 @@ if TYPE_CHECKING:
     from ..config import ReKVConfig
 
 logger = logging.getLogger(__name__)
+
+
+def _serialized(method):
+    """Run ``method`` holding the session's lock: calls on one session from several threads
+    happen one at a time (different sessions run in parallel)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 @dataclass
@@ -60,24 +74,28 @@ class ReKVSession:
         self.config = engine.config
         self.fps = None if fps is None else float(fps)
         self.backbone.check_stream(self.fps, self.config.position_strategy)
-        layers, kv_heads, head_dim = self.backbone.kv_shape()
-        cfg = self.config
-        storage = engine.device if cfg.offload == "device" else torch.device("cpu")
-        factory = None
-        if cfg.offload == "disk":
-            from lmms_rekv.storage.backends import DiskBackend
-
-            factory = lambda fields: DiskBackend(layers, fields, cfg.offload_dir, cfg.ram_budget_bytes)  # noqa: E731
-        store = BlockStore(
-            layers, self.backbone.block_tokens, kv_heads, head_dim, engine.dtype, storage, engine.device,
-            kv_quant=cfg.kv_quant, backend_factory=factory,
-        )
-        self.state = StreamState(store=store, window=self.config.window_tokens)
+        self._lock = threading.RLock()
+        self.state = StreamState(store=self._new_store(self.config.offload), window=self.config.window_tokens)
         self._embeddings: Optional[GrowingRows] = None
         self._pending: List[torch.Tensor] = []
         self._pending_frames = 0
         self._prefix_done = False
         self.saved_meta: dict = {}  # what ``save`` stored beside the stream (reopened sessions)
+
+    def _new_store(self, offload: str, capacity: int = 64) -> BlockStore:
+        """An empty block store on the ``offload`` tier with this stream's block layout."""
+        engine, cfg = self.engine, self.config
+        layers, kv_heads, head_dim = self.backbone.kv_shape()
+        storage = engine.device if offload == "device" else torch.device("cpu")
+        factory = None
+        if offload == "disk":
+            from ..storage.backends import DiskBackend
+
+            factory = lambda fields: DiskBackend(layers, fields, cfg.offload_dir, cfg.ram_budget_bytes)  # noqa: E731
+        return BlockStore(
+            layers, self.backbone.block_tokens, kv_heads, head_dim, engine.dtype, storage, engine.device,
+            initial_capacity=capacity, kv_quant=cfg.kv_quant, backend_factory=factory,
+        )
 
     # -- frames ---------------------------------------------------------------------------
     @property
@@ -85,6 +103,7 @@ class ReKVSession:
         """Frames added so far (encoded or waiting for a full chunk)."""
         return self.state.store.frames * self.backbone.frames_per_block + self._pending_frames
 
+    @_serialized
     def add_frames(self, frames) -> None:
         """Append frames (uint8 ``(N, H, W, 3)``, numpy or torch, time order) to the stream.
 
@@ -115,6 +134,7 @@ class ReKVSession:
         """``(frames, E)`` normalised frame embeddings (external/hybrid retrieval), else None."""
         return None if self._embeddings is None else self._embeddings.view()
 
+    @_serialized
     def flush(self) -> None:
         """Encode frames still waiting for a full chunk."""
         whole = self._pending_frames - self._pending_frames % self.backbone.frames_per_block
@@ -129,8 +149,8 @@ class ReKVSession:
         return head
 
     @torch.inference_mode()
-    def _encode(self, pixels: torch.Tensor) -> None:
-        bb, st, device = self.backbone, self.state, self.engine.device
+    def _encode(self, pixels: torch.Tensor, state: Optional[StreamState] = None) -> None:
+        bb, st, device = self.backbone, state or self.state, self.engine.device
         if not self._prefix_done:
             self._encode_prefix()
         n = pixels.shape[0] // bb.frames_per_block  # blocks
@@ -172,6 +192,7 @@ class ReKVSession:
         top_p, stop, eos_token_ids, seed)."""
         return self.answer(question, max_new_tokens=max_new_tokens, frame_limit=frame_limit, **generation).text
 
+    @_serialized
     @torch.inference_mode()
     def answer(
         self, question: str, max_new_tokens: int = 16, return_logits: bool = False, frame_limit: Optional[int] = None, **generation
@@ -185,6 +206,7 @@ class ReKVSession:
         answer.seconds = time.perf_counter() - start
         return answer
 
+    @_serialized
     @torch.inference_mode()
     def loglikelihood(self, question: str, continuation: str, frame_limit: Optional[int] = None) -> Tuple[float, bool]:
         """Log-probability of ``continuation`` as the answer to ``question`` (frames retrieved
@@ -215,20 +237,23 @@ class ReKVSession:
             raise ValueError(f"frame_limit must be >= 1, got {frame_limit}")
         bb = self.backbone
         self.flush()
-        blocks = self.state.store.frames
-        frames = blocks if frame_limit is None else min(frame_limit // self.backbone.frames_per_block, blocks)
+        state = self._provisional_state() if self._pending_frames else self.state
+        blocks = state.store.frames
+        if frame_limit is not None and frame_limit < self.frames:
+            blocks = min(frame_limit // bb.frames_per_block, self.state.store.frames)  # complete blocks before the limit
+        frames = blocks
         if frames < 1:
-            raise RuntimeError(f"no complete block of {self.backbone.frames_per_block} frames yet: add more frames before ask()")
+            raise RuntimeError(f"no complete block of {bb.frames_per_block} frames before frame_limit={frame_limit}")
         suffix = bb.suffix_ids(question)
         embeds = bb.suffix_embeds(suffix)  # (1, offset + len(suffix), hidden)
         offset = bb.suffix_offset()
-        context = self.state.sinks + self.config.policy().budget(frames) * bb.block_tokens
+        context = state.sinks + self.config.policy().budget(frames) * bb.block_tokens
         prefill = embeds.shape[1] + scored
         self._check_budget(context + prefill + new_tokens)
-        selector = self._selector(question, frames)
+        selector = self._selector(question, frames, state.store)
         start, end = bb.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
         step = QAStep(
-            self.state, bb.rope, self._context_positions, selector, new_tokens,
+            state, bb.rope, self._context_positions, selector, new_tokens,
             question_offset=offset + start, question_end=offset + end, fixed=getattr(selector, "fixed", None),
         )
         return step, embeds, context
@@ -236,16 +261,46 @@ class ReKVSession:
     def _context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device) -> torch.Tensor:
         return self.backbone.context_positions(sinks, blocks, text, device, fps=self.fps, strategy=self.config.position_strategy)
 
-    def _selector(self, question: str, frames: int):
-        """(layer, question queries (Hq, T, D)) -> indices among the first ``frames`` frames."""
-        store, cfg = self.state.store, self.config
+    def _provisional_state(self) -> StreamState:
+        """The stream plus its incomplete last block, padded by repeating the last frame (as
+        the vanilla processor pads), encoded into a store of its own for one question: the
+        stream's store, window and counters are untouched, and the waiting frames still wait
+        for their partners."""
+        if not self._prefix_done:
+            self._encode_prefix()
+        st = self.state
+        pending = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        missing = self.backbone.frames_per_block - pending.shape[0]
+        pixels = torch.cat([pending, pending[-1:].expand(missing, *pending.shape[1:])])
+        fork = StreamState(store=OverlayStore(st.store, self._new_store("cpu" if self.config.offload == "disk" else self.config.offload, 1)),
+                           window=st.window, sink_k=st.sink_k, sink_v=st.sink_v, win_k=list(st.win_k), win_v=list(st.win_v),
+                           stream_tokens=st.stream_tokens)
+        self._encode(pixels, fork)
+        return fork
+
+    def _block_embeddings(self, blocks: int) -> torch.Tensor:
+        """``(blocks, E)`` external embeddings per block (frames of a block averaged and
+        re-normalised; an incomplete last block padded by repeating its last frame)."""
+        per_block = self.backbone.frames_per_block
+        rows = self.embeddings
+        if per_block == 1:
+            return rows[:blocks]
+        need = blocks * per_block
+        if rows.shape[0] < need:
+            rows = torch.cat([rows, rows[-1:].expand(need - rows.shape[0], -1)])
+        pooled = rows[:need].view(blocks, per_block, -1).mean(dim=1)
+        return pooled / pooled.norm(dim=-1, keepdim=True)
+
+    def _selector(self, question: str, frames: int, store):
+        """(layer, question queries (Hq, T, D)) -> indices among the first ``frames`` blocks."""
+        cfg = self.config
         policy = cfg.policy()
 
         def internal(layer: int, queries: torch.Tensor) -> torch.Tensor:
             return frame_scores(queries, store.summaries(layer)[:frames], cfg.score, cfg.query_pool)
 
         if cfg.retrieval == "external":
-            chosen = select(self.embeddings[:frames] @ self.engine.embedder.embed_text(question), policy)
+            chosen = select(self._block_embeddings(frames) @ self.engine.embedder.embed_text(question), policy)
 
             def same_for_all(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return chosen
@@ -256,7 +311,7 @@ class ReKVSession:
             def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return select(internal(layer, queries), policy)
         else:
-            external = self.embeddings[:frames] @ self.engine.embedder.embed_text(question)
+            external = self._block_embeddings(frames) @ self.engine.embedder.embed_text(question)
 
             def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return select(fuse(internal(layer, queries), external, cfg.hybrid_rule, cfg.hybrid_alpha), policy)
@@ -319,6 +374,7 @@ class ReKVSession:
         )
 
     # -- lifetime -------------------------------------------------------------------------
+    @_serialized
     def close(self) -> None:
         """Release the store (the disk tier removes its files)."""
         self.state.store.close()
@@ -329,6 +385,7 @@ class ReKVSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @_serialized
     def save(self, folder: str, **meta) -> None:
         """Persist the encoded stream to ``folder`` (atomic; see ``lmms_rekv.storage.persist``)."""
         from lmms_rekv.storage.persist import save_session

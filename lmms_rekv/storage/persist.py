@@ -60,6 +60,8 @@ def _state_tensors(session) -> Dict[str, torch.Tensor]:
             tensors[f"{name}.{layer}"] = tensor.contiguous().cpu()
     if session.embeddings is not None:
         tensors["embeddings"] = session.embeddings.contiguous().cpu()
+    if session._pending:  # an incomplete block (2-frame families) waiting for its partner frame
+        tensors["pending"] = torch.cat(session._pending).contiguous().cpu()
     return tensors
 
 
@@ -123,6 +125,8 @@ def load_session(engine, folder: str):
     st.stream_tokens = manifest["stream_tokens"]
     if "embeddings" in state:
         session._embed_rows(state["embeddings"])
+    if "pending" in state:
+        session._pending, session._pending_frames = [state["pending"]], state["pending"].shape[0]
     session._prefix_done = True
     session.saved_meta = manifest.get("meta", {})
     return session

@@ -186,3 +186,49 @@ class GrowingRows:
     @property
     def nbytes(self) -> int:
         return self._data.shape[0] * self.rows * self._data.shape[2] * self._data.element_size()
+
+
+class OverlayStore:
+    """A read view of ``base`` followed by the blocks of ``extra`` (a small store of its own):
+    blocks that exist for one question only (an incomplete last block padded as the vanilla
+    processor pads it) without touching the stream's store. Block ``i >= base.frames`` is
+    ``extra``'s block ``i - base.frames``; writes go to ``extra``."""
+
+    def __init__(self, base: BlockStore, extra: BlockStore) -> None:
+        self.base, self.extra = base, extra
+        self.layers, self.frame_tokens = base.layers, base.frame_tokens
+        self.kv_heads, self.head_dim = base.kv_heads, base.head_dim
+
+    @property
+    def frames(self) -> int:
+        return self.base.frames + self.extra.frames
+
+    def reserve(self, n_frames: int) -> int:
+        return self.base.frames + self.extra.reserve(n_frames)
+
+    def commit(self, n_frames: int) -> None:
+        self.extra.commit(n_frames)
+
+    def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.extra.write(layer, first - self.base.frames, keys, values)
+
+    def summaries(self, layer: int) -> torch.Tensor:
+        return torch.cat([self.base.summaries(layer), self.extra.summaries(layer)])
+
+    def _split(self, frames: torch.Tensor):
+        """``frames`` (time order) as (indices into base, indices into extra)."""
+        cut = int((frames < self.base.frames).sum())
+        return frames[:cut], frames[cut:] - self.base.frames
+
+    def gather(self, layer: int, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        mine, theirs = self._split(frames)
+        parts = [store.gather(layer, idx, device) for store, idx in ((self.base, mine), (self.extra, theirs)) if len(idx)]
+        return torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])
+
+    def gather_all(self, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        mine, theirs = self._split(frames)
+        parts = [store.gather_all(idx, device) for store, idx in ((self.base, mine), (self.extra, theirs)) if len(idx)]
+        return torch.cat([k for k, _ in parts], dim=1), torch.cat([v for _, v in parts], dim=1)
+
+    def close(self) -> None:
+        self.extra.close()
