@@ -20,8 +20,8 @@ def test_bench_tiny_smoke(tmp_path):
     assert [p["frames"] for p in results["rekv"]["points"]] == [20, 60, 200]
     assert [p["frames"] for p in results["uniform"]["points"]] == [20, 60, 200]
     # device KV is bounded for ReKV and grows for full attention
-    rekv_dev = [p["device_bytes"] for p in results["rekv"]["points"]]
-    full_dev = [p["device_bytes"] for p in results["full"]["points"]]
+    rekv_dev = [p["device_kv_bytes"] for p in results["rekv"]["points"]]
+    full_dev = [p["device_kv_bytes"] for p in results["full"]["points"]]
     assert len(set(rekv_dev)) == 1 and full_dev == sorted(full_dev) and full_dev[-1] > 5 * full_dev[0]
     assert results["kv_per_hour"]["measured_gib"] == pytest.approx(results["kv_per_hour"]["formula_gib"])
     for name in ("results.md", "latency.png", "memory.png"):

@@ -19,9 +19,27 @@ def _script(session, video, log):
         log.append((answer.token_ids, answer.logits[0]))
 
 
-@pytest.mark.parametrize("config", [dict(window_tokens=48, topk_frames=3, chunk_frames=4),
-                                    dict(window_tokens=None, topk_frames=None, chunk_frames=5)])
-def test_threads_equal_serial(load, frames, config):
+@pytest.fixture(scope="module")
+def clip_json(tmp_path_factory):
+    from lmms_rekv.tools.tiny import write_tiny_clip_config
+
+    return write_tiny_clip_config(str(tmp_path_factory.mktemp("clip")))
+
+
+CONFIGS = {
+    "windowed": dict(window_tokens=48, topk_frames=3, chunk_frames=4),
+    "every-frame": dict(window_tokens=None, topk_frames=None, chunk_frames=5),
+    "disk-tier": dict(window_tokens=32, topk_frames=2, chunk_frames=3, offload="disk", ram_budget_bytes=4096),
+    "external": dict(window_tokens=48, topk_frames=3, chunk_frames=4, retrieval="external", clip_pretrained=None),
+    "hybrid-int8": dict(window_tokens=48, topk_frames=3, chunk_frames=4, retrieval="hybrid", clip_pretrained=None, kv_quant="int8"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_threads_equal_serial(load, frames, clip_json, name):
+    config = dict(CONFIGS[name])
+    if config.get("retrieval") in ("external", "hybrid"):
+        config["clip_model"] = clip_json
     engine = load(**config)
     videos = [frames(18, seed=20 + i) for i in range(4)]
     serial = []
@@ -79,3 +97,22 @@ def test_one_session_from_two_threads_is_serialized(load, frames):
     session.flush()
     stats = session.stats()
     assert session.frames == stats["encoded_frames"] == 25 and stats["pending_frames"] == 0
+
+
+def test_stress_many_threads_many_rounds(load, frames):
+    """8 sessions, 5 rounds each, twice: every answer equals the serial run's."""
+    engine = load(window_tokens=32, topk_frames=2, chunk_frames=2)
+    videos = [frames(30, seed=40 + i, size=(16, 16)) for i in range(8)]
+    serial = []
+    for video in videos:
+        log = []
+        _script(engine.new_session(), video, log)
+        serial.append([tokens for tokens, _ in log])
+    for _ in range(2):
+        logs = [[] for _ in videos]
+        threads = [threading.Thread(target=_script, args=(engine.new_session(), v, logs[i])) for i, v in enumerate(videos)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [[tokens for tokens, _ in log] for log in logs] == serial

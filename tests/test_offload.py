@@ -54,10 +54,15 @@ def test_device_bytes_constant_while_cpu_grows_linearly(load, frames):
         seen.append(stats)
         assert stats["frames"] == lo + 20
         assert stats["cpu_bytes"] == (lo + 20) * per_frame == stats["kv_bytes_per_frame"] * (lo + 20)
-    assert len({s["device_bytes"] for s in seen}) == 1
+    assert len({s["device_kv_bytes"] for s in seen}) == 1
     sinks = seen[0]["sink_tokens"]
     expected_device = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim * 4 * (sinks + 48)
-    assert seen[0]["device_bytes"] == expected_device
+    assert seen[0]["device_kv_bytes"] == expected_device
+    for s in seen:  # everything else on the device: the per-frame summaries, nothing pending
+        per_frame = s["summary_bytes_per_frame"]
+        assert per_frame == text.num_hidden_layers * text.num_key_value_heads * head_dim * 4
+        assert s["frames"] * per_frame <= s["summary_device_bytes"] < 2 * max(64, s["frames"]) * per_frame
+        assert s["device_bytes"] == s["device_kv_bytes"] + s["summary_device_bytes"] + s["pending_device_bytes"]
     assert session.ask("what happens?", max_new_tokens=3) is not None
 
 
@@ -79,3 +84,26 @@ def test_store_grows_by_doubling_and_keeps_data():
             assert torch.equal(sk, k.view(2, 3, 2, 4)[i]) and torch.equal(sv, v.view(2, 3, 2, 4)[i])
             assert torch.equal(store.summaries(layer)[first + i], k.view(2, 3, 2, 4)[i].mean(0))
     assert store.bytes_per_frame == 2 * 2 * 2 * 4 * 4 * 3
+
+
+def test_device_memory_bounded_over_a_long_stream(load, frames):
+    """2,000+ frames: every device byte is accounted for; the KV on the device is constant,
+    pending frames never exceed one chunk, and the only growth is the per-frame retrieval
+    summaries at their documented rate."""
+    engine = load(window_tokens=48, topk_frames=4, chunk_frames=50)
+    session = engine.new_session()
+    video = frames(37, seed=9, size=(16, 16))
+    kv, pending = set(), []
+    for burst in range(56):  # 2,072 frames
+        session.add_frames(video)
+        stats = session.stats()
+        if stats["encoded_frames"]:  # sinks + a full window from the first chunk on
+            kv.add(stats["device_kv_bytes"])
+        pending.append(stats["pending_device_bytes"])
+        assert stats["device_bytes"] == (stats["device_kv_bytes"] + stats["summary_device_bytes"] + stats["pending_device_bytes"]
+                                         + stats["embedding_device_bytes"])
+        assert stats["summary_device_bytes"] < 2 * max(64, stats["encoded_frames"]) * stats["summary_bytes_per_frame"]
+        if burst % 20 == 19:
+            session.ask("what happens?", max_new_tokens=2)
+    assert len(kv) == 1 and max(pending) <= 50 * engine.processor(video[:1]).element_size() * engine.processor(video[:1]).numel()
+    assert session.frames == 56 * 37

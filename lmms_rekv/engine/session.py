@@ -394,11 +394,26 @@ class ReKVSession:
 
     # -- accounting -----------------------------------------------------------------------
     def stats(self) -> dict:
-        """Sizes of this stream: frames, tokens and bytes per tier."""
+        """Sizes of this stream: frames, tokens and bytes per tier.
+
+        ``device_bytes`` is every byte the session holds on the model's device (allocated):
+        ``device_kv_bytes`` (KV in use: sinks + window, plus the stored frames on the
+        ``device`` tier; bounded once the window is full on the other tiers) + the arenas'
+        spare capacity on the ``device`` tier + ``summary_device_bytes`` (the fp32 per-frame retrieval
+        summaries, ``summary_bytes_per_frame`` each, growing with the stream in doubling
+        steps) + ``pending_device_bytes`` (preprocessed frames waiting for a chunk) +
+        ``embedding_device_bytes`` (external retrieval)."""
         st, store = self.state, self.state.store
         backend = store.backend
+        device = self.engine.device
         on_device = self.config.offload == "device"
         ram = getattr(backend, "ram_bytes", 0 if on_device else store.used_bytes)
+        kv_device = st.device_bytes() + (store.used_bytes if on_device else 0)
+        arena_slack = store.reserved_bytes - store.used_bytes if on_device else 0
+        pending = sum(p.numel() * p.element_size() for p in self._pending if p.device == device)
+        emb = self._embeddings
+        emb_device = emb.allocated_bytes if emb is not None and emb.device == device else 0
+        summaries = store.summary_allocated_bytes
         return {
             "frames": self.frames,
             "encoded_frames": store.frames * self.backbone.frames_per_block,
@@ -407,7 +422,12 @@ class ReKVSession:
             "tokens": st.stream_tokens,
             "sink_tokens": st.sinks,
             "window_tokens": st.window_len,
-            "device_bytes": st.device_bytes() + (store.used_bytes if on_device else 0),
+            "device_bytes": kv_device + arena_slack + summaries + pending + emb_device,
+            "device_kv_bytes": kv_device,
+            "summary_device_bytes": summaries,
+            "summary_bytes_per_frame": store.summary_bytes_per_frame,
+            "pending_device_bytes": pending,
+            "embedding_device_bytes": emb_device,
             "cpu_bytes": ram,
             "cpu_reserved_bytes": 0 if on_device else store.reserved_bytes,
             "summary_bytes": store.summary_bytes,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -132,3 +133,43 @@ def write_video(path: str, frames: np.ndarray, fps: int = 4) -> str:
             container.mux(packet)
     os.replace(tmp, path)
     return path
+
+
+def iter_live(source: str, fps: float, realtime: bool = False, clock=time.monotonic, sleep=time.sleep) -> Iterator[Tuple[float, np.ndarray]]:
+    """Yield ``(seconds, rgb frame)`` from a live source sampled at ``fps``: a file, a named
+    pipe (FIFO) or anything PyAV opens (``rtsp://``, ``http://``, ``udp://`` ...), as frames
+    arrive. ``realtime``: pace a file at its own speed (frame at ``t`` not before ``t``
+    seconds after the first) -- a recorded video played as if live."""
+    import av
+
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if "://" not in source and not os.path.exists(source):
+        raise VideoError(f"video source not found: {source}")
+    try:
+        container = av.open(source)
+    except Exception as exc:
+        raise VideoError(f"cannot open video source {source}: {exc}") from exc
+    count, next_time, origin, start = 0, None, None, clock()
+    try:
+        if not container.streams.video:
+            raise VideoError(f"no video stream in {source}")
+        for frame in container.decode(video=0):
+            t = float(frame.time) if frame.time is not None else count / fps
+            origin = t if origin is None else origin
+            t -= origin  # stream time from the first frame
+            if next_time is not None and t + 1e-6 < next_time:
+                continue
+            if realtime:
+                sleep(max(0.0, start + t - clock()))
+            yield t, frame.to_ndarray(format="rgb24")
+            count += 1
+            next_time = count / fps
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"cannot decode video source {source}: {exc}") from exc
+    finally:
+        container.close()
+    if count == 0:
+        raise VideoError(f"no frames decoded from {source}")

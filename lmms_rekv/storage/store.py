@@ -144,7 +144,17 @@ class BlockStore:
 
     @property
     def summary_bytes(self) -> int:
+        """Bytes of the per-frame retrieval summaries in use (on the model's device)."""
         return self._summaries.nbytes
+
+    @property
+    def summary_allocated_bytes(self) -> int:
+        return self._summaries.allocated_bytes
+
+    @property
+    def summary_bytes_per_frame(self) -> int:
+        """layers * kv_heads * head_dim * 4 (fp32 mean key per layer)."""
+        return self.layers * self.kv_heads * self.head_dim * 4
 
     def close(self) -> None:
         self.backend.close()
@@ -185,7 +195,17 @@ class GrowingRows:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the rows in use."""
         return self._data.shape[0] * self.rows * self._data.shape[2] * self._data.element_size()
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes allocated (capacity doubles as rows are added)."""
+        return self._data.numel() * self._data.element_size()
+
+    @property
+    def device(self) -> torch.device:
+        return self._data.device
 
 
 class OverlayStore:

@@ -133,7 +133,7 @@ def run_stream(engine, points: List[int], chunk: int, answer_tokens: int, repeat
             "frames": point,
             "ttft_s": statistics.median(a.first_token_seconds for a in answers),
             "total_s": statistics.median(a.seconds for a in answers),
-            **{k: session.stats()[k] for k in ("device_bytes", "cpu_bytes")},
+            **{k: session.stats()[k] for k in ("device_bytes", "device_kv_bytes", "summary_device_bytes", "cpu_bytes")},
             **_memory(device),
         })
     bar.close()
@@ -224,7 +224,7 @@ def write_markdown(path: str, results: Dict) -> None:
     for point in results["points"]:
         cell = lambda m, k, scale=1.0: _fmt(_at(results, m, point, k), scale)  # noqa: E731
         rows.append(f"| {point} | {cell('rekv', 'ttft_s')} | {cell('rekv', 'total_s')} | {cell('full', 'ttft_s')} | {cell('full', 'total_s')} | "
-                    f"{cell('uniform', 'ttft_s')} | {cell('uniform', 'total_s')} | {cell('rekv', 'device_bytes', 2**-20)} | {cell('full', 'device_bytes', 2**-20)} |")
+                    f"{cell('uniform', 'ttft_s')} | {cell('uniform', 'total_s')} | {cell('rekv', 'device_kv_bytes', 2**-20)} | {cell('full', 'device_kv_bytes', 2**-20)} |")
     rows.append("")
     for key, value in s.items():
         rows.append(f"- `{key}`: {_fmt(value) if isinstance(value, float) else value}")
@@ -259,7 +259,7 @@ def write_plots(folder: str, results: Dict) -> None:
     for method in ("rekv", "full"):
         pts = results[method]["points"]
         if pts:
-            ax.plot([p["frames"] for p in pts], [p["device_bytes"] / 2**20 for p in pts], marker="o", label=f"{styles[method]}: device KV")
+            ax.plot([p["frames"] for p in pts], [p["device_kv_bytes"] / 2**20 for p in pts], marker="o", label=f"{styles[method]}: device KV")
     pts = results["rekv"]["points"]
     ax.plot([p["frames"] for p in pts], [p["cpu_bytes"] / 2**20 for p in pts], marker="s", linestyle=":", label="ReKV: offloaded KV (CPU)")
     ax.set(xlabel="stream length (frames)", ylabel="MiB", title=f"KV memory ({results['preset']})")

@@ -77,7 +77,7 @@ def run_miniature_demo(frames: int, burst: int, seed: int, topk: int, window_fra
 
 
 def print_miniature(result: dict) -> None:
-    print(f"the trained miniature (lmms_rekv/miniature/weights) on a held-out {result['frames']}-frame world video "
+    print(f"the trained miniature (lmms_rekv/tools/miniature/weights) on a held-out {result['frames']}-frame world video "
           f"({result['video']}), 1 fps; ReKV retrieves {result['topk']} frames per layer:")
     mark = lambda text, truth: "right" if text.split()[:1] == [truth] else "WRONG"  # noqa: E731
     for row in result["rows"]:

@@ -1,0 +1,32 @@
+"""``rekv <command> ...``: one entry for the console tools (``rekv live``, ``rekv demo``,
+``rekv bench``, ``rekv eval``, ``rekv doctor``); each is also installed as ``rekv-<command>``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+COMMANDS = {
+    "live": ("lmms_rekv.tools.live", "follow a live video source and answer questions as they come"),
+    "demo": ("lmms_rekv.tools.demo", "stream a clip through the trained miniature (or a checkpoint) and ask questions"),
+    "bench": ("lmms_rekv.tools.bench", "latency / memory / accuracy benchmarks"),
+    "eval": ("lmms_rekv.integrations.run_eval", "lmms-eval with the shipped tasks, failing loudly"),
+    "doctor": ("lmms_rekv.tools.doctor", "check the installation against the tested lock"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+        print("usage: rekv <command> [args]  (rekv <command> --help for its options)\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    result = module.main(argv[1:])
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

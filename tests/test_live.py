@@ -1,0 +1,125 @@
+"""``rekv live``: a generated world video followed as a live source -- from a file (paced in
+real time or not) and from a named pipe fed by a writer process -- answering questions from
+a timestamped file or typed on stdin."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lmms_rekv.tools.miniature import world
+
+
+@pytest.fixture(scope="module")
+def episode_video(tmp_path_factory):
+    """A held-out 16-frame world episode written at 1 fps (scaled x4), and its episode."""
+    from lmms_rekv.io.video import write_video
+
+    rng = world.rng_for(world.HELD_OUT, 4242)
+    episode = world.make_episode(rng, 16)
+    frames = world.render(episode.objects, episode.colors, rng, scale=4)
+    path = write_video(str(tmp_path_factory.mktemp("live") / "clip.mp4"), frames, fps=1)
+    return path, episode
+
+
+def _questions(tmp_path, episode, times):
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"t": t, "q": q.text}) + "\n" for t, q in zip(times, episode.questions)))
+    return str(path)
+
+
+def test_live_file_answers_at_the_stream_times(episode_video, tmp_path):
+    from lmms_rekv import ReKV, ReKVConfig
+    from lmms_rekv.io.video import iter_video
+    from lmms_rekv.tools.live import main
+
+    path, episode = episode_video
+    times = [15.0, 9.5, 100.0][: len(episode.questions)]  # the last one after the end
+    out = io.StringIO()
+    assert main([path, "--questions", _questions(tmp_path, episode, times), "--fps", "1"], out=out) == 0
+    text = out.getvalue()
+    blocks = [b for b in text.split("[") if "Q:" in b]
+    assert len(blocks) == len(episode.questions)
+    engine = ReKV.from_pretrained("miniature", dtype="float32", device="cpu")
+    engine = engine.with_config(ReKVConfig(window_tokens=4 * engine.frame_tokens, topk_frames=4, chunk_frames=2))
+    frames = np.stack(list(iter_video(path, fps=1)))
+    by_time = sorted(zip(times, episode.questions), key=lambda x: x[0])
+    for block, (t, question) in zip(blocks, by_time):
+        shown = float(block.split("s]")[0])
+        assert shown == min(math.ceil(t), 15)  # frames at 0..15 s: asked once the stream reaches t, else at the end
+        answer = block.split("A: ")[1].split("   (frames")[0]
+        retrieved = [float(x) for x in block.split("retrieved at ")[1].split(" s)")[0].split(", ")]
+        assert max(retrieved) <= shown and len(retrieved) <= 4
+        fresh = engine.new_session(fps=1)
+        fresh.add_frames(frames[: int(shown) + 1])
+        assert fresh.ask(question.text, max_new_tokens=16).strip() == answer
+
+
+def test_realtime_paces_a_file(episode_video):
+    from lmms_rekv.io.video import iter_live
+
+    path, _ = episode_video
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    times = [t for t, _ in iter_live(path, fps=2, realtime=True, clock=lambda: now[0], sleep=sleep)]
+    assert times == [float(i) for i in range(16)]  # a 1 fps file sampled at 2 fps: every frame
+    assert now[0] == pytest.approx(15.0)  # the last frame not before 15 s of wall time
+
+
+def test_live_from_a_named_pipe_fed_by_a_writer(episode_video, tmp_path):
+    """A FIFO fed by another process (MPEG-TS, streamable): frames are encoded as they arrive."""
+    from lmms_rekv.tools.live import main
+
+    _, episode = episode_video
+    fifo = str(tmp_path / "camera.ts")
+    os.mkfifo(fifo)
+    writer_code = (
+        "import sys, av, numpy as np\n"
+        "from lmms_rekv.tools.miniature import world\n"
+        "rng = world.rng_for(world.HELD_OUT, 4242); ep = world.make_episode(rng, 16)\n"
+        "frames = world.render(ep.objects, ep.colors, rng, scale=4)\n"
+        "with av.open(sys.argv[1], mode='w', format='mpegts') as c:\n"
+        "    s = c.add_stream('mpeg2video', rate=1); s.width = s.height = 64; s.pix_fmt = 'yuv420p'\n"
+        "    for f in frames:\n"
+        "        for p in s.encode(av.VideoFrame.from_ndarray(f, format='rgb24')): c.mux(p)\n"
+        "    for p in s.encode(): c.mux(p)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", writer_code, fifo])
+    out = io.StringIO()
+    try:
+        code = main([fifo, "--questions", _questions(tmp_path, episode, [3.0, 12.0, 14.0]), "--fps", "1"], out=out)
+    finally:
+        writer.wait(timeout=60)
+    assert code == 0 and writer.returncode == 0
+    assert out.getvalue().count("Q:") == len(episode.questions) and "A: " in out.getvalue()
+
+
+def test_typed_questions_and_bad_sources(episode_video, capsys):
+    from lmms_rekv.tools.live import main
+
+    path, episode = episode_video
+    out = io.StringIO()
+    assert main([path, "--fps", "1"], stdin=io.StringIO(episode.questions[0].text + "\n"), out=out) == 0
+    assert out.getvalue().count("Q:") == 1
+    assert main(["/nowhere/clip.mp4"], stdin=io.StringIO(), out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "Traceback" not in err
+
+
+def test_rekv_command_dispatches(capsys):
+    from lmms_rekv.tools.cli import main
+
+    assert main([]) == 0 and "live" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2
