@@ -77,6 +77,7 @@ class ReKV:
         from .patches import backbone_for
 
         self.backbone = backbone_for(model, tokenizer, chat_template, processor, frame_size=config.frame_size)
+        self.backbone.check_strategy(config.position_strategy)
         self.model, self.tokenizer, self.chat_template, self.processor = model, tokenizer, chat_template, processor
         self.source = source
         self.frame_tokens = self.backbone.block_tokens

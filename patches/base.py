@@ -206,7 +206,7 @@ class Backbone:
 
     def __init__(self, model: Any, tokenizer: Any, chat_template: str, processor: Any,
                  frame_size: Optional[Tuple[int, int]] = None) -> None:
-        if frame_size is not None and type(self).__init__ is Backbone.__init__:
+        if frame_size is not None:  # families with a settable resolution take it before calling this
             raise ValueError(f"frame_size is fixed by the {self.model_type} checkpoint; leave it unset")
         self.model, self.tokenizer, self.chat_template, self.processor = model, tokenizer, chat_template, processor
         self.text_model = model.model.language_model
@@ -246,10 +246,9 @@ class Backbone:
         return self.routing.routed(handler)
 
     def rotary_function(self):
-        """The family's module-level ``apply_rotary_pos_emb``."""
-        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
-
-        return apply_rotary_pos_emb
+        """The family's module-level ``apply_rotary_pos_emb`` (RoPE is never re-implemented
+        here: sectioned, interleaved and partial rotary are the family's)."""
+        raise NotImplementedError
 
     # -- vision ---------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
@@ -327,12 +326,16 @@ class Backbone:
     def check_stream(self, fps: Optional[float], strategy: str) -> None:
         """Raise ``ValueError`` if a stream sampled at ``fps`` (frames per second; ``None`` =
         unknown) cannot be positioned with ``strategy`` by this family."""
+        self.check_strategy(strategy)
+        if fps is not None and not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+
+    def check_strategy(self, strategy: str) -> None:
+        """Raise ``ValueError`` if this family cannot position retrieved blocks with ``strategy``."""
         if strategy not in POSITION_STRATEGIES:
             raise ValueError(f"position_strategy must be one of {POSITION_STRATEGIES}, got {strategy!r}")
         if strategy not in self.strategies:
             raise ValueError(f"position_strategy={strategy!r} needs an M-RoPE family; {self.model_type} supports {self.strategies}")
-        if fps is not None and not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps!r}")
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
                          device: torch.device, fps: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -32,6 +32,11 @@ class LlavaOnevisionBackbone(Backbone):
         processor = FrameProcessor.from_dir(path, model.config.vision_config.image_size)
         return model, tokenizer, load_chat_template(path, tokenizer), processor
 
+    def rotary_function(self):
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb  # the Qwen2 text tower's
+
+        return apply_rotary_pos_emb
+
     @property
     def block_tokens(self) -> int:
         vision = self.model.config.vision_config

@@ -68,8 +68,13 @@ def _vanilla(engine, video: np.ndarray, question: str, new_tokens: int, fps: flo
     return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [l[0].float() for l in out.logits], inputs
 
 
-def test_family_picked_from_the_checkpoint(loader, qwen_dirs):
+def test_family_picked_from_the_checkpoint(loader, qwen_dirs, load):
     from lmms_rekv import ReKVLlavaOneVision
+
+    with pytest.raises(ValueError, match="fixed by the llava_onevision checkpoint"):
+        load(frame_size=(56, 56))
+    with pytest.raises(ValueError, match="needs an M-RoPE family"):
+        load(position_strategy="original")
 
     for family, name in zip(FAMILIES, ("Qwen2VLBackbone", "Qwen2_5_VLBackbone")):
         engine = loader(family)()

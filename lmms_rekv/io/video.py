@@ -35,6 +35,33 @@ def video_duration(path: str) -> Optional[float]:
     return None
 
 
+def _decoded(source: str) -> Iterator:
+    """PyAV frames of ``source``'s first video stream; failures raise ``VideoError``."""
+    import av
+
+    try:
+        container = av.open(source)
+    except Exception as exc:
+        raise VideoError(f"cannot open video {source}: {exc}") from exc
+    try:
+        if not container.streams.video:
+            raise VideoError(f"no video stream in {source}")
+        yield from container.decode(video=0)
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"cannot decode video {source}: {exc}") from exc
+    finally:
+        container.close()
+
+
+def _rgb(frame, source: str) -> np.ndarray:
+    try:
+        return frame.to_ndarray(format="rgb24")
+    except Exception as exc:
+        raise VideoError(f"cannot decode video {source}: {exc}") from exc
+
+
 def iter_video_timed(
     path: str,
     fps: float = 0.5,
@@ -46,8 +73,6 @@ def iter_video_timed(
     ``start_time + k / fps``), never past ``end_time``. With ``max_frames`` and a known
     duration the rate is lowered so that at most ``max_frames`` frames cover the whole span
     (uniform sampling); the count is capped in any case."""
-    import av
-
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if not os.path.isfile(path):
@@ -57,31 +82,18 @@ def iter_video_timed(
         span = None if duration is None else (min(duration, end_time) if end_time is not None else duration) - start_time
         if span is not None and span > 0 and span * fps > max_frames:
             fps = max_frames / span
-    try:
-        container = av.open(path)
-    except Exception as exc:
-        raise VideoError(f"cannot open video {path}: {exc}") from exc
     count, next_time = 0, start_time
-    try:
-        if not container.streams.video:
-            raise VideoError(f"no video stream in {path}")
-        for frame in container.decode(video=0):
-            t = float(frame.time) if frame.time is not None else next_time
-            if end_time is not None and t > end_time + 1e-6:
-                break
-            if t + 1e-6 < next_time:
-                continue
-            yield t, frame.to_ndarray(format="rgb24")
-            count += 1
-            next_time = start_time + count / fps
-            if max_frames is not None and count >= max_frames:
-                break
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise VideoError(f"cannot decode video {path}: {exc}") from exc
-    finally:
-        container.close()
+    for frame in _decoded(path):
+        t = float(frame.time) if frame.time is not None else next_time
+        if end_time is not None and t > end_time + 1e-6:
+            break
+        if t + 1e-6 < next_time:
+            continue
+        yield t, _rgb(frame, path)
+        count += 1
+        next_time = start_time + count / fps
+        if max_frames is not None and count >= max_frames:
+            break
     if count == 0:
         raise VideoError(f"no frames decoded from {path}")
 
@@ -138,38 +150,23 @@ def write_video(path: str, frames: np.ndarray, fps: int = 4) -> str:
 def iter_live(source: str, fps: float, realtime: bool = False, clock=time.monotonic, sleep=time.sleep) -> Iterator[Tuple[float, np.ndarray]]:
     """Yield ``(seconds, rgb frame)`` from a live source sampled at ``fps``: a file, a named
     pipe (FIFO) or anything PyAV opens (``rtsp://``, ``http://``, ``udp://`` ...), as frames
-    arrive. ``realtime``: pace a file at its own speed (frame at ``t`` not before ``t``
-    seconds after the first) -- a recorded video played as if live."""
-    import av
-
+    arrive; seconds count from the first frame. ``realtime``: pace a file at its own speed
+    (the frame at ``t`` not before ``t`` seconds after the first) -- a recorded video played
+    as if live."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if "://" not in source and not os.path.exists(source):
         raise VideoError(f"video source not found: {source}")
-    try:
-        container = av.open(source)
-    except Exception as exc:
-        raise VideoError(f"cannot open video source {source}: {exc}") from exc
-    count, next_time, origin, start = 0, None, None, clock()
-    try:
-        if not container.streams.video:
-            raise VideoError(f"no video stream in {source}")
-        for frame in container.decode(video=0):
-            t = float(frame.time) if frame.time is not None else count / fps
-            origin = t if origin is None else origin
-            t -= origin  # stream time from the first frame
-            if next_time is not None and t + 1e-6 < next_time:
-                continue
-            if realtime:
-                sleep(max(0.0, start + t - clock()))
-            yield t, frame.to_ndarray(format="rgb24")
-            count += 1
-            next_time = count / fps
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise VideoError(f"cannot decode video source {source}: {exc}") from exc
-    finally:
-        container.close()
+    count, origin, start = 0, None, clock()
+    for frame in _decoded(source):
+        t = float(frame.time) if frame.time is not None else count / fps
+        origin = t if origin is None else origin
+        t -= origin
+        if count and t + 1e-6 < count / fps:
+            continue
+        if realtime:
+            sleep(max(0.0, start + t - clock()))
+        yield t, _rgb(frame, source)
+        count += 1
     if count == 0:
         raise VideoError(f"no frames decoded from {source}")
