@@ -43,6 +43,7 @@ class Qwen2VLBackbone(Backbone):
         self.unit = vision.patch_size * vision.spatial_merge_size
         self.frame_size = self._check_size(frame_size or self._default_size())
         self.grid = (self.frame_size[0] // self.unit, self.frame_size[1] // self.unit)
+        self._check_budget(vision.spatial_merge_size)
         super().__init__(model, tokenizer, chat_template, processor)
 
     @classmethod
@@ -80,6 +81,15 @@ class Qwen2VLBackbone(Backbone):
         if h < self.unit or w < self.unit or h % self.unit or w % self.unit:
             raise ValueError(f"frame_size must be multiples of {self.unit} pixels (>= {self.unit}), got {size!r}")
         return h, w
+
+    def _check_budget(self, merge: int) -> None:
+        """The processor must keep ``frame_size`` as it is (else it would re-budget the frames
+        into other blocks): checked on one black block."""
+        black = torch.zeros((self.frames_per_block, *self.frame_size, 3), dtype=torch.uint8)
+        grid = self.vision_inputs(black)["video_grid_thw"][0, 1:]
+        if (int(grid[0]) // merge, int(grid[1]) // merge) != self.grid:
+            raise ValueError(f"frame_size {self.frame_size} is outside the video processor's pixel budget "
+                             f"(size={self.processor.size}): it would resize the frames to a {grid.tolist()} patch grid")
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, h, w, 3)`` at the engine's fixed frame size

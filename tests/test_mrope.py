@@ -328,3 +328,11 @@ def test_external_retrieval_scores_blocks(load_qwen2, tmp_path):
     scores = (pooled / pooled.norm(dim=-1, keepdim=True)) @ engine.embedder.embed_text(QUESTION)
     expected = torch.sort(torch.topk(scores, 2).indices).values
     assert all(torch.equal(sel, expected) for sel in answer.selected)
+
+
+def test_frame_size_outside_the_processor_budget_is_an_error(load_qwen2):
+    """The tiny processor's budget is 56 x 84 pixels: a larger fixed size would be re-budgeted
+    by the processor, so it is refused instead of silently giving other blocks."""
+    with pytest.raises(ValueError, match="pixel budget"):
+        load_qwen2(frame_size=(112, 112))
+    assert load_qwen2(frame_size=(56, 84)).frame_tokens == 6

@@ -237,20 +237,20 @@ class ReKVSession:
             raise ValueError(f"frame_limit must be >= 1, got {frame_limit}")
         bb = self.backbone
         self.flush()
-        state = self._provisional_state() if self._pending_frames else self.state
-        blocks = state.store.frames
-        if frame_limit is not None and frame_limit < self.frames:
-            blocks = min(frame_limit // bb.frames_per_block, self.state.store.frames)  # complete blocks before the limit
-        frames = blocks
-        if frames < 1:
+        if frame_limit is not None and frame_limit < self.frames:  # the complete blocks before the limit
+            state, blocks = self.state, min(frame_limit // bb.frames_per_block, self.state.store.frames)
+        else:  # every block, an incomplete last one padded for this question
+            state = self._provisional_state() if self._pending_frames else self.state
+            blocks = state.store.frames
+        if blocks < 1:
             raise RuntimeError(f"no complete block of {bb.frames_per_block} frames before frame_limit={frame_limit}")
         suffix = bb.suffix_ids(question)
         embeds = bb.suffix_embeds(suffix)  # (1, offset + len(suffix), hidden)
         offset = bb.suffix_offset()
-        context = state.sinks + self.config.policy().budget(frames) * bb.block_tokens
+        context = state.sinks + self.config.policy().budget(blocks) * bb.block_tokens
         prefill = embeds.shape[1] + scored
         self._check_budget(context + prefill + new_tokens)
-        selector = self._selector(question, frames, state.store)
+        selector = self._selector(question, blocks, state.store)
         start, end = bb.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
         step = QAStep(
             state, bb.rope, self._context_positions, selector, new_tokens,
@@ -291,16 +291,16 @@ class ReKVSession:
         pooled = rows[:need].view(blocks, per_block, -1).mean(dim=1)
         return pooled / pooled.norm(dim=-1, keepdim=True)
 
-    def _selector(self, question: str, frames: int, store):
-        """(layer, question queries (Hq, T, D)) -> indices among the first ``frames`` blocks."""
+    def _selector(self, question: str, blocks: int, store):
+        """(layer, question queries (Hq, T, D)) -> indices among the first ``blocks`` blocks."""
         cfg = self.config
         policy = cfg.policy()
 
         def internal(layer: int, queries: torch.Tensor) -> torch.Tensor:
-            return frame_scores(queries, store.summaries(layer)[:frames], cfg.score, cfg.query_pool)
+            return frame_scores(queries, store.summaries(layer)[:blocks], cfg.score, cfg.query_pool)
 
         if cfg.retrieval == "external":
-            chosen = select(self._block_embeddings(frames) @ self.engine.embedder.embed_text(question), policy)
+            chosen = select(self._block_embeddings(blocks) @ self.engine.embedder.embed_text(question), policy)
 
             def same_for_all(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return chosen
@@ -311,7 +311,7 @@ class ReKVSession:
             def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return select(internal(layer, queries), policy)
         else:
-            external = self._block_embeddings(frames) @ self.engine.embedder.embed_text(question)
+            external = self._block_embeddings(blocks) @ self.engine.embedder.embed_text(question)
 
             def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return select(fuse(internal(layer, queries), external, cfg.hybrid_rule, cfg.hybrid_alpha), policy)
