@@ -352,6 +352,11 @@ class Backbone:
         seen = sinks + (t if window is None else t.clamp(max=window - 1))
         return window_keys, chunk_pos, seen.expand(self.position_rows, -1)
 
+    def positions_use_indices(self, strategy: str) -> bool:
+        """Whether ``context_positions`` under ``strategy`` depend on which blocks were
+        retrieved (not only on how many)."""
+        return strategy == "original"
+
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
                           fps: Optional[float] = None, strategy: str = "layout") -> torch.Tensor:
         """``(P, sinks + K * block_tokens + text)`` positions of a question's context

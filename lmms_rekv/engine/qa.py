@@ -56,6 +56,7 @@ class QAStep:
     positions: ContextPositions
     select: Selector  # (layer, question queries (Hq, T, D) pre-RoPE fp32) -> sorted frame indices
     extra_tokens: int  # answer tokens to leave room for
+    by_index: bool = False  # positions depend on which blocks were retrieved, not only how many
     question_offset: int = 1  # prefill tokens before the question (the family may place some, e.g. a newline)
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
     fixed: Optional[torch.Tensor] = None  # frames shared by every layer (external): prefetched at once
@@ -68,7 +69,7 @@ class QAStep:
     def _layer_tables(self, blocks: torch.Tensor, text: int, like: torch.Tensor) -> tuple:
         """cos, sin of a context with the retrieved ``blocks`` and ``text`` tokens after
         them (shared by layers that retrieved the same blocks)."""
-        key = (tuple(blocks.tolist()), text)
+        key = (tuple(blocks.tolist()) if self.by_index else len(blocks), text)  # tolist syncs: only when needed
         if key not in self._tables:
             self._tables[key] = self.rope.tables(self.positions(self.state.sinks, blocks, text, like.device), like)
         return self._tables[key]

@@ -255,6 +255,7 @@ class ReKVSession:
         step = QAStep(
             state, bb.rope, self._context_positions, selector, new_tokens,
             question_offset=offset + start, question_end=offset + end, fixed=getattr(selector, "fixed", None),
+            by_index=bb.positions_use_indices(self.config.position_strategy),
         )
         return step, embeds, context
 
