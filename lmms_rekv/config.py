@@ -46,9 +46,16 @@ class ReKVConfig:
             question's own tokens).
         layer_frames: ``"own"`` (ReKV: every layer retrieves with its own queries) or
             ``"first"`` (the first layer's frames serve every layer; default).
-        chunk_frames: frames encoded per language-model forward. Frames added to a session
-            are buffered until a full chunk exists (or a question flushes them), so the
-            stored KV does not depend on how frames were split across ``add_frames`` calls.
+        chunk_frames: the largest number of frames encoded in one language-model forward,
+            and the grid the stream is committed on: frames ``[k*C, (k+1)*C)`` are stored
+            by one forward once all have arrived (or ``flush`` closes the chunk early), so
+            the stored KV does not depend on how frames were split across ``add_frames``
+            calls or when questions came.
+        eager: encode the frames of the incomplete last chunk as soon as they arrive into a
+            provisional tail that questions use (so a question never waits for a backlog);
+            they are encoded again when their chunk is complete (at most twice the encoding
+            work for frames that trickle in; none extra when a whole video is added and
+            flushed). ``False``: the tail is encoded when a question needs it.
         offload: where every frame's KV goes: ``"cpu"`` (pinned RAM when a GPU is used),
             ``"device"`` (kept on the model's device; for small streams and tests) or
             ``"disk"`` (RAM up to ``ram_budget_bytes``, older frames in segment files under
@@ -100,6 +107,7 @@ class ReKVConfig:
     query_span: str = "question"
     layer_frames: str = "first"
     chunk_frames: int = 64
+    eager: bool = True
     offload: str = "cpu"
     offload_dir: Optional[str] = None
     ram_budget_bytes: int = 4 * 1024**3
@@ -126,6 +134,8 @@ class ReKVConfig:
         _positive("window_tokens", self.window_tokens, optional=True)
         _positive("topk_frames", self.topk_frames, optional=True)
         _positive("chunk_frames", self.chunk_frames)
+        if not isinstance(self.eager, bool):
+            raise ValueError(f"eager must be True or False, got {self.eager!r}")
         _positive("query_block_tokens", self.query_block_tokens, optional=True)
         _positive("frame_tokens", self.frame_tokens, optional=True)
         _choice("position_strategy", self.position_strategy, POSITION_STRATEGIES)
@@ -225,6 +235,11 @@ def _parse(name: str, value, hint):
     if value.strip().lower() in ("none", "null") and type(None) in args:
         return None
     target = next((a for a in args if a is not type(None)), hint) if args else hint
+    if target is bool:
+        word = value.strip().lower()
+        if word not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name}: cannot read {value!r} as true/false")
+        return word in ("true", "1", "yes")
     if typing.get_origin(target) is tuple:  # "448x448" or "448,448"
         try:
             return tuple(int(p) for p in value.lower().replace(",", "x").split("x"))

@@ -278,7 +278,7 @@ def test_unsupported_families_are_refused_at_load_with_the_reason(tmp_path, mode
 def test_odd_last_frame_is_padded_for_the_question_only(load_qwen2, tmp_path):
     """7 frames: the question sees the last frame repeated (as the vanilla processor pads);
     the stream is untouched -- once the 8th frame arrives it equals a session fed 8 frames,
-    and a saved session keeps the waiting frame."""
+    and a saved session keeps the waiting frames."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
     video = _video(8, seed=7)
     session = engine.new_session(fps=FPS)
@@ -287,7 +287,8 @@ def test_odd_last_frame_is_padded_for_the_question_only(load_qwen2, tmp_path):
     _, logits, _ = _vanilla(engine, video[:7], QUESTION, 4)
     assert all((a - b).abs().max().item() <= 1e-4 for a, b in zip(answer.logits, logits))
     stats = session.stats()
-    assert stats["blocks"] == 3 and stats["pending_frames"] == 1 and stats["frames"] == 7
+    # one chunk (2 blocks) committed; frames 4-5 in the provisional tail, frame 6 waits for its partner
+    assert stats["blocks"] == 2 and stats["pending_frames"] == 3 and stats["tail_frames"] == 2 and stats["frames"] == 7
     session.save(str(tmp_path / "saved"))
     reopened = engine.open_session(str(tmp_path / "saved"))
     assert reopened.frames == 7 and reopened.fps == FPS

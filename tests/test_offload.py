@@ -88,22 +88,26 @@ def test_store_grows_by_doubling_and_keeps_data():
 
 def test_device_memory_bounded_over_a_long_stream(load, frames):
     """2,000+ frames: every device byte is accounted for; the KV on the device is constant,
-    pending frames never exceed one chunk, and the only growth is the per-frame retrieval
-    summaries at their documented rate."""
+    pending frames never exceed one chunk, the provisional tail never more than one window
+    and one chunk of summaries, and the only growth is the per-frame retrieval summaries at
+    their documented rate."""
     engine = load(window_tokens=48, topk_frames=4, chunk_frames=50)
     session = engine.new_session()
     video = frames(37, seed=9, size=(16, 16))
-    kv, pending = set(), []
+    kv, pending, tail = set(), [], []
     for burst in range(56):  # 2,072 frames
         session.add_frames(video)
         stats = session.stats()
         if stats["encoded_frames"]:  # sinks + a full window from the first chunk on
             kv.add(stats["device_kv_bytes"])
         pending.append(stats["pending_device_bytes"])
+        tail.append(stats["tail_device_bytes"])
         assert stats["device_bytes"] == (stats["device_kv_bytes"] + stats["summary_device_bytes"] + stats["pending_device_bytes"]
-                                         + stats["embedding_device_bytes"])
+                                         + stats["tail_device_bytes"] + stats["embedding_device_bytes"])
+        assert stats["tail_frames"] == stats["pending_frames"]  # eager: the tail covers every waiting frame
         assert stats["summary_device_bytes"] < 2 * max(64, stats["encoded_frames"]) * stats["summary_bytes_per_frame"]
         if burst % 20 == 19:
             session.ask("what happens?", max_new_tokens=2)
+    assert 0 < max(tail) <= min(kv) + 2 * 50 * stats["summary_bytes_per_frame"]
     assert len(kv) == 1 and max(pending) <= 50 * engine.processor(video[:1]).element_size() * engine.processor(video[:1]).numel()
     assert session.frames == 56 * 37

@@ -46,7 +46,7 @@ TIERS = [dict(offload="cpu"), dict(offload="device"), dict(offload="disk", ram_b
 
 @pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
 def test_store_load_round_trip_is_bit_exact(load, frames, tier, tmp_path):
-    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, offload_dir=str(tmp_path), **tier)
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, eager=False, offload_dir=str(tmp_path), **tier)  # one forward per chunk
     session, exact = _stream(engine, frames(17, seed=20))
     store = session.state.store
     if tier["offload"] == "disk":
@@ -75,7 +75,7 @@ def _bound(x, dim, bits):
 @pytest.mark.parametrize("kind,bits", [("int8", 8), ("int4", 4)])
 @pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
 def test_quantized_blocks_meet_the_bound(load, frames, kind, bits, tier, tmp_path):
-    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, kv_quant=kind, offload_dir=str(tmp_path), **tier)
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, eager=False, kv_quant=kind, offload_dir=str(tmp_path), **tier)
     session, exact = _stream(engine, frames(9, seed=21))
     store = session.state.store
     for layer, (keys, values) in exact.items():

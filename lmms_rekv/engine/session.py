@@ -15,6 +15,7 @@ from ..io.preprocess import as_frames
 from ..retrieval.scoring import frame_scores
 from ..retrieval.selection import fuse, select
 from ..storage.store import BlockStore, GrowingRows, OverlayStore
+from .background import BackgroundEncoder
 from .encoder import ChunkStep, PrefixStep, StreamState
 from .generation import GenerationSettings, cut_at_stop, next_token
 from .qa import QAStep
@@ -25,16 +26,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _serialized(method):
-    """Run ``method`` holding the session's lock: calls on one session from several threads
-    happen one at a time (different sessions run in parallel)."""
+def _settled(method):
+    """Run ``method`` once the background encoder (if any) has added every frame submitted
+    before the call, then under the session's lock."""
 
     @functools.wraps(method)
-    def locked(self, *args, **kwargs):
+    def settled(self, *args, **kwargs):
+        if self._worker is not None:
+            self._worker.wait()
         with self._lock:
             return method(self, *args, **kwargs)
 
-    return locked
+    return settled
 
 
 @dataclass
@@ -67,7 +70,13 @@ class Engine(Protocol):
 
 class ReKVSession:
     """Streaming state of one video: sinks + window on the device, every frame's KV in the
-    block store. Questions never modify it, so many can be asked on one encoded stream."""
+    block store. Questions never modify it, so many can be asked on one encoded stream.
+
+    Frames are committed to the store in chunks of ``chunk_frames`` at fixed places in the
+    stream (so the stored KV does not depend on how frames arrive or when questions come);
+    the frames of the incomplete last chunk are encoded at once into a provisional *tail*
+    (a fork of the window plus a small store of its own) that questions use, and encoded
+    again with their chunk once it is complete (``eager``; see ``ReKVConfig``)."""
 
     def __init__(self, engine: Engine, fps: Optional[float] = None) -> None:
         self.engine, self.backbone = engine, engine.backbone
@@ -79,6 +88,10 @@ class ReKVSession:
         self._embeddings: Optional[GrowingRows] = None
         self._pending: List[torch.Tensor] = []
         self._pending_frames = 0
+        self._tail: Optional[StreamState] = None  # provisional encoding of pending whole blocks
+        self._tail_frames = 0  # pending frames the tail covers
+        self._tail_forwards = 0  # forwards that built it (1: identical to committing them now)
+        self._worker: Optional[BackgroundEncoder] = None
         self._prefix_done = False
         self.saved_meta: dict = {}  # what ``save`` stored beside the stream (reopened sessions)
 
@@ -100,16 +113,33 @@ class ReKVSession:
     # -- frames ---------------------------------------------------------------------------
     @property
     def frames(self) -> int:
-        """Frames added so far (encoded or waiting for a full chunk)."""
-        return self.state.store.frames * self.backbone.frames_per_block + self._pending_frames
+        """Frames added so far (committed, in the incomplete last chunk, or still queued for
+        the background encoder)."""
+        queued = self._worker.queued_frames if self._worker is not None else 0
+        return self.state.store.frames * self.backbone.frames_per_block + self._pending_frames + queued
 
-    @_serialized
-    def add_frames(self, frames) -> None:
+    def add_frames(self, frames, block: bool = True) -> None:
         """Append frames (uint8 ``(N, H, W, 3)``, numpy or torch, time order) to the stream.
 
-        Full chunks of ``chunk_frames`` are encoded at once; the rest waits for more frames
-        or the next question, so the stored KV does not depend on how calls split frames."""
+        Complete chunks of ``chunk_frames`` are committed at once; with ``eager`` the rest
+        is encoded into the provisional tail before the call returns, so a question right
+        after a burst encodes nothing. ``block=False`` hands the frames to the session's
+        background encoder (started on first use, see ``start``) and returns at once; so
+        does every call while it runs, in order. Frames are checked in the caller's thread."""
         frames = as_frames(frames)
+        if self._worker is None and block:
+            with self._lock:
+                self._add([frames], lambda: False)
+            return
+        worker = self._background()
+        ticket = worker.submit(frames)
+        if block:
+            worker.wait(ticket)
+
+    def _add(self, batches: List[torch.Tensor], more_waiting) -> None:
+        """Preprocess ``batches`` of frames, commit complete chunks and (``eager``, when no
+        more frames are waiting) extend the provisional tail. Call holding the lock."""
+        frames = torch.cat(batches) if len(batches) > 1 else batches[0]
         if self.config.uses_embeddings:
             self._embed(frames)
         pixels = self.backbone.preprocess(frames)
@@ -118,7 +148,44 @@ class ReKVSession:
         per_block = self.backbone.frames_per_block
         chunk = -(-self.config.chunk_frames // per_block) * per_block  # whole blocks
         while self._pending_frames >= chunk:
+            self._drop_tail()
             self._encode(self._take(chunk))
+        if self.config.eager and not more_waiting():
+            self._extend_tail()
+
+    def _add_locked(self, batches: List[torch.Tensor], more_waiting) -> None:
+        with self._lock:
+            self._add(batches, more_waiting)
+
+    # -- background encoding --------------------------------------------------------------
+    def start(self) -> "ReKVSession":
+        """Start the background encoder: from now on ``add_frames`` queues frames and a
+        thread encodes them while the caller keeps feeding (``add_frames(block=True)``
+        still waits for its own frames). Questions wait for every frame added before them.
+        Returns the session (``with session.start(): ...`` stops and closes it at the end)."""
+        self._background()
+        return self
+
+    def wait(self) -> None:
+        """Block until the background encoder (if running) has added every frame submitted
+        so far; raises a failure it met."""
+        if self._worker is not None:
+            self._worker.wait()
+
+    def stop(self) -> None:
+        """Encode what is queued and end the background encoder; raises a failure it met."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+
+    def _background(self) -> BackgroundEncoder:
+        worker = self._worker
+        if worker is not None and not worker.alive:  # ended by a failure: report it once
+            self._worker = None
+            worker.stop()
+        if self._worker is None:
+            self._worker = BackgroundEncoder(self._add_locked)
+        return self._worker
 
     def _embed(self, frames: torch.Tensor) -> None:
         """External-retrieval embeddings of new frames (once per frame, in batches)."""
@@ -134,19 +201,66 @@ class ReKVSession:
         """``(frames, E)`` normalised frame embeddings (external/hybrid retrieval), else None."""
         return None if self._embeddings is None else self._embeddings.view()
 
-    @_serialized
+    @_settled
     def flush(self) -> None:
-        """Encode frames still waiting for a full chunk."""
+        """Commit the incomplete last chunk (its whole blocks) now, e.g. at the end of a
+        video; see ``_flush``."""
+        self._flush()
+
+    def _flush(self) -> None:
+        """Commit the incomplete last chunk (its whole blocks) now, e.g. at the end of a
+        video; the grid of later chunks starts after it. When the tail was encoded in one
+        forward it is adopted as it is (bit-identical to encoding it now), else re-encoded."""
         whole = self._pending_frames - self._pending_frames % self.backbone.frames_per_block
-        if whole:
+        if not whole:
+            return
+        if self._tail is not None and self._tail_frames == whole and self._tail_forwards == 1:
+            tail = self._tail
+            self.state.store.extend_from(tail.store.extra)
+            self.state.win_k, self.state.win_v = tail.win_k, tail.win_v
+            self.state.stream_tokens = tail.stream_tokens
+            self._take(whole)
+        else:
+            self._drop_tail()
             self._encode(self._take(whole))
 
+    def _pending_pixels(self) -> torch.Tensor:
+        if len(self._pending) > 1:
+            self._pending = [torch.cat(self._pending)]
+        return self._pending[0]
+
     def _take(self, n: int) -> torch.Tensor:
-        pending = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        pending = self._pending_pixels()
         head, rest = pending[:n], pending[n:]
         self._pending = [rest] if rest.shape[0] else []
         self._pending_frames = rest.shape[0]
+        self._drop_tail()
         return head
+
+    def _fork(self, state: StreamState) -> StreamState:
+        """``state`` followed by a small store of its own; encoding into the fork leaves
+        ``state`` (store, window, counters) untouched."""
+        tier = "cpu" if self.config.offload == "disk" else self.config.offload
+        return StreamState(store=OverlayStore(state.store, self._new_store(tier, 1)), window=state.window,
+                           sink_k=state.sink_k, sink_v=state.sink_v, win_k=list(state.win_k), win_v=list(state.win_v),
+                           stream_tokens=state.stream_tokens)
+
+    def _extend_tail(self) -> None:
+        """Encode the pending whole blocks the provisional tail does not cover yet."""
+        whole = self._pending_frames - self._pending_frames % self.backbone.frames_per_block
+        if whole <= self._tail_frames:
+            return
+        if not self._prefix_done:
+            self._encode_prefix()
+        if self._tail is None:
+            self._tail = self._fork(self.state)
+        self._encode(self._pending_pixels()[self._tail_frames : whole], self._tail)
+        self._tail_frames, self._tail_forwards = whole, self._tail_forwards + 1
+
+    def _drop_tail(self) -> None:
+        if self._tail is not None:
+            self._tail.store.close()
+        self._tail, self._tail_frames, self._tail_forwards = None, 0, 0
 
     @torch.inference_mode()
     def _encode(self, pixels: torch.Tensor, state: Optional[StreamState] = None) -> None:
@@ -192,7 +306,7 @@ class ReKVSession:
         top_p, stop, eos_token_ids, seed)."""
         return self.answer(question, max_new_tokens=max_new_tokens, frame_limit=frame_limit, **generation).text
 
-    @_serialized
+    @_settled
     @torch.inference_mode()
     def answer(
         self, question: str, max_new_tokens: int = 16, return_logits: bool = False, frame_limit: Optional[int] = None, **generation
@@ -206,7 +320,7 @@ class ReKVSession:
         answer.seconds = time.perf_counter() - start
         return answer
 
-    @_serialized
+    @_settled
     @torch.inference_mode()
     def loglikelihood(self, question: str, continuation: str, frame_limit: Optional[int] = None) -> Tuple[float, bool]:
         """Log-probability of ``continuation`` as the answer to ``question`` (frames retrieved
@@ -227,7 +341,7 @@ class ReKVSession:
         return total, bool((logits.argmax(dim=-1) == target).all())
 
     def _prepare(self, question: str, new_tokens: int, scored: int = 0, frame_limit: Optional[int] = None):
-        """Validate, flush, and build the QA handler, the prefill embeddings
+        """Validate, encode what the tail lacks, and build the QA handler, the prefill embeddings
         (``Backbone.suffix_embeds``: the text after the video) and the first prefill position."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
@@ -236,11 +350,13 @@ class ReKVSession:
         if frame_limit is not None and frame_limit < 1:
             raise ValueError(f"frame_limit must be >= 1, got {frame_limit}")
         bb = self.backbone
-        self.flush()
+        self._extend_tail()
+        state = self._tail or self.state
         if frame_limit is not None and frame_limit < self.frames:  # the complete blocks before the limit
-            state, blocks = self.state, min(frame_limit // bb.frames_per_block, self.state.store.frames)
+            blocks = min(frame_limit // bb.frames_per_block, state.store.frames)
         else:  # every block, an incomplete last one padded for this question
-            state = self._provisional_state() if self._pending_frames else self.state
+            if self._pending_frames > self._tail_frames:
+                state = self._padded_state(state)
             blocks = state.store.frames
         if blocks < 1:
             raise RuntimeError(f"no complete block of {bb.frames_per_block} frames before frame_limit={frame_limit}")
@@ -262,20 +378,16 @@ class ReKVSession:
     def _context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device) -> torch.Tensor:
         return self.backbone.context_positions(sinks, blocks, text, device, fps=self.fps, strategy=self.config.position_strategy)
 
-    def _provisional_state(self) -> StreamState:
-        """The stream plus its incomplete last block, padded by repeating the last frame (as
-        the vanilla processor pads), encoded into a store of its own for one question: the
-        stream's store, window and counters are untouched, and the waiting frames still wait
-        for their partners."""
+    def _padded_state(self, state: StreamState) -> StreamState:
+        """``state`` plus the incomplete last block (frames past the tail), padded by
+        repeating the last frame (as the vanilla processor pads), encoded into a fork for
+        one question: the waiting frames still wait for their partners."""
         if not self._prefix_done:
             self._encode_prefix()
-        st = self.state
-        pending = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
-        missing = self.backbone.frames_per_block - pending.shape[0]
-        pixels = torch.cat([pending, pending[-1:].expand(missing, *pending.shape[1:])])
-        fork = StreamState(store=OverlayStore(st.store, self._new_store("cpu" if self.config.offload == "disk" else self.config.offload, 1)),
-                           window=st.window, sink_k=st.sink_k, sink_v=st.sink_v, win_k=list(st.win_k), win_v=list(st.win_v),
-                           stream_tokens=st.stream_tokens)
+        partial = self._pending_pixels()[self._tail_frames :]
+        missing = self.backbone.frames_per_block - partial.shape[0]
+        pixels = torch.cat([partial, partial[-1:].expand(missing, *partial.shape[1:])])
+        fork = self._fork(state)
         self._encode(pixels, fork)
         return fork
 
@@ -375,10 +487,15 @@ class ReKVSession:
         )
 
     # -- lifetime -------------------------------------------------------------------------
-    @_serialized
     def close(self) -> None:
-        """Release the store (the disk tier removes its files)."""
-        self.state.store.close()
+        """Stop the background encoder (adding what it was given) and release the stores
+        (the disk tier removes its files)."""
+        try:
+            self.stop()
+        finally:
+            with self._lock:
+                self._drop_tail()
+                self.state.store.close()
 
     def __enter__(self) -> "ReKVSession":
         return self
@@ -386,7 +503,7 @@ class ReKVSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @_serialized
+    @_settled
     def save(self, folder: str, **meta) -> None:
         """Persist the encoded stream to ``folder`` (atomic; see ``lmms_rekv.storage.persist``)."""
         from lmms_rekv.storage.persist import save_session
@@ -403,6 +520,8 @@ class ReKVSession:
         spare capacity on the ``device`` tier + ``summary_device_bytes`` (the fp32 per-frame retrieval
         summaries, ``summary_bytes_per_frame`` each, growing with the stream in doubling
         steps) + ``pending_device_bytes`` (preprocessed frames waiting for a chunk) +
+        ``tail_device_bytes`` (the provisional tail: its window copy, summaries and, on the
+        ``device`` tier, its blocks; at most one window + one chunk) +
         ``embedding_device_bytes`` (external retrieval)."""
         st, store = self.state, self.state.store
         backend = store.backend
@@ -415,6 +534,7 @@ class ReKVSession:
         emb = self._embeddings
         emb_device = emb.allocated_bytes if emb is not None and emb.device == device else 0
         summaries = store.summary_allocated_bytes
+        tail = self._tail_device_bytes()
         return {
             "frames": self.frames,
             "encoded_frames": store.frames * self.backbone.frames_per_block,
@@ -423,11 +543,13 @@ class ReKVSession:
             "tokens": st.stream_tokens,
             "sink_tokens": st.sinks,
             "window_tokens": st.window_len,
-            "device_bytes": kv_device + arena_slack + summaries + pending + emb_device,
+            "device_bytes": kv_device + arena_slack + summaries + pending + tail + emb_device,
             "device_kv_bytes": kv_device,
             "summary_device_bytes": summaries,
             "summary_bytes_per_frame": store.summary_bytes_per_frame,
             "pending_device_bytes": pending,
+            "tail_frames": self._tail_frames,
+            "tail_device_bytes": tail,
             "embedding_device_bytes": emb_device,
             "cpu_bytes": ram,
             "cpu_reserved_bytes": 0 if on_device else store.reserved_bytes,
@@ -436,3 +558,12 @@ class ReKVSession:
             "embedding_bytes": 0 if self._embeddings is None else self._embeddings.nbytes,
             "kv_bytes_per_frame": store.bytes_per_frame,
         }
+
+    def _tail_device_bytes(self) -> int:
+        tail = self._tail
+        if tail is None:
+            return 0
+        extra = tail.store.extra
+        window = sum(t.numel() * t.element_size() for t in (*tail.win_k, *tail.win_v) if t.device == self.engine.device)
+        blocks = extra.reserved_bytes if self.config.offload == "device" else 0
+        return window + blocks + extra.summary_allocated_bytes

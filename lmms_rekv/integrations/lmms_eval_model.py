@@ -232,6 +232,7 @@ class ReKVLlavaOV(lmms):
             session.add_frames(np.stack(batch))
         if session is None:
             raise VideoError(f"no frames decoded from {path}")
+        session.flush()  # the end of the video closes its last chunk
         if folder is not None:
             try:
                 session.save(folder, video=path, times=times)

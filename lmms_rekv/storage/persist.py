@@ -60,16 +60,18 @@ def _state_tensors(session) -> Dict[str, torch.Tensor]:
             tensors[f"{name}.{layer}"] = tensor.contiguous().cpu()
     if session.embeddings is not None:
         tensors["embeddings"] = session.embeddings.contiguous().cpu()
-    if session._pending:  # an incomplete block (2-frame families) waiting for its partner frame
+    if session._pending:  # the incomplete last chunk, as pixels
         tensors["pending"] = torch.cat(session._pending).contiguous().cpu()
     return tensors
 
 
 def save_session(session, folder: str, **meta) -> None:
-    """Write ``session`` (pending frames are encoded first) to ``folder``, replacing it."""
+    """Write ``session`` to ``folder``, replacing it: the committed stream as stored and the
+    frames of its incomplete last chunk as preprocessed pixels (saving changes nothing: a
+    reopened session goes on exactly as the saved one would; ``flush`` first to store them
+    encoded, e.g. at the end of a video)."""
     from safetensors.torch import save_file
 
-    session.flush()
     store = session.state.store
     tmp = f"{folder}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -81,6 +81,20 @@ class BlockStore:
         self._summaries.write(layer, first, keys.float().mean(dim=1).reshape(n, -1))
         self.backend.write(layer, first, self.codec.encode(keys, values))
 
+    def extend_from(self, other: "BlockStore") -> None:
+        """Append every block of ``other`` (a store with the same layout and codec) as it is
+        stored: the fields are copied, not decoded and re-encoded, so the blocks are
+        bit-identical to writing the same keys and values here."""
+        n = other.frames
+        if not n:
+            return
+        first = self.reserve(n)
+        index = torch.arange(n)
+        for layer in range(self.layers):
+            self.backend.write(layer, first, other.backend.read(layer, index))
+            self._summaries.write(layer, first, other._summaries.view(layer))
+        self.commit(n)
+
     def load_summaries(self, summaries: torch.Tensor) -> None:
         """Restore ``(layers, frames, kv_heads, head_dim)`` summaries of stored frames (reopened sessions)."""
         for layer in range(self.layers):

@@ -4,6 +4,7 @@
     rekv-bench --preset 0.5b --out bench_05b --frames 10 100 --dtype bfloat16 --window-tokens 980 --topk 8
     rekv-bench --preset accuracy --out acc_out      # answer quality: lmms_rekv.tools.miniature.accuracy
     rekv-bench --preset retrieval --out study_out   # retrieval variants: lmms_rekv.tools.miniature.retrieval_study
+    rekv-bench --preset live --out live_out         # question after a burst vs after idle: lmms_rekv.tools.bench_live
 
 One run measures, at several stream lengths, for
   * ``rekv``: windowed encoding, KV offloaded, top-k retrieval;
@@ -317,13 +318,14 @@ def run(args) -> Dict:
     return results
 
 
-MINIATURE_PRESETS = ("accuracy", "retrieval")  # answer quality on the trained miniature
+#: presets with a module of their own: answer quality on the trained miniature, live latency
+OTHER_PRESETS = {"accuracy": ".miniature.accuracy", "retrieval": ".miniature.retrieval_study", "live": ".bench_live"}
 
 
-def _miniature_preset(argv: List[str]):
-    """``(preset, argv without it)`` if ``--preset`` selects a miniature preset, else None."""
+def _other_preset(argv: List[str]):
+    """``(preset, argv without it)`` if ``--preset`` selects a preset of another module, else None."""
     for i, arg in enumerate(argv):
-        for name in MINIATURE_PRESETS:
+        for name in OTHER_PRESETS:
             if arg == f"--preset={name}":
                 return name, argv[:i] + argv[i + 1 :]
             if arg == "--preset" and i + 1 < len(argv) and argv[i + 1] == name:
@@ -335,15 +337,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    found = _miniature_preset(argv)
+    found = _other_preset(argv)
     if found is not None:
         import importlib
 
         name, rest = found
-        module = "accuracy" if name == "accuracy" else "retrieval_study"
-        return importlib.import_module(f".miniature.{module}", __package__).main(rest)
+        return importlib.import_module(OTHER_PRESETS[name], __package__).main(rest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS) + list(MINIATURE_PRESETS), default="tiny")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + list(OTHER_PRESETS), default="tiny")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and the plots")
     parser.add_argument("--frames", type=int, nargs="+", help="stream lengths to measure at (the first and 10x it give the ratios)")
     parser.add_argument("--window-tokens", type=int)
