@@ -164,3 +164,32 @@ def test_eager_is_a_config_field():
         ReKVConfig.from_strings(eager="maybe")
     with pytest.raises(ValueError, match="eager"):
         ReKVConfig(eager=1)
+
+
+def test_background_queue_applies_back_pressure():
+    """A source faster than the encoder blocks in ``submit`` once the queue is full, and
+    every frame is added, in order."""
+    from lmms_rekv.engine.background import BackgroundEncoder
+
+    release, added = threading.Event(), []
+
+    def slow_add(batches, more_waiting):
+        release.wait()
+        added.extend(int(b[0, 0, 0, 0]) for b in batches)
+
+    encoder = BackgroundEncoder(slow_add, max_queued_frames=2)
+    frame = lambda i: torch.full((1, 2, 2, 3), i, dtype=torch.uint8)  # noqa: E731
+    encoder.submit(frame(0))
+    while encoder.queued_frames:  # the thread took frame 0 and waits in slow_add
+        threading.Event().wait(0.01)
+    encoder.submit(frame(1))
+    encoder.submit(frame(2))  # queue full now
+    third = threading.Thread(target=encoder.submit, args=(frame(3),))
+    third.start()
+    third.join(timeout=0.3)
+    assert third.is_alive() and encoder.queued_frames == 2  # blocked: no room
+    release.set()
+    third.join(timeout=10)
+    encoder.wait()
+    encoder.stop()
+    assert not third.is_alive() and added == [0, 1, 2, 3]

@@ -7,6 +7,8 @@ Each batch gets a ticket; ``wait(ticket)`` returns once that batch (and every on
 is in the session, so a question answers from every frame submitted before it. A failure in
 the thread is raised in the caller by the next ``submit``/``wait``/``stop``, naming how many
 submitted frames it left out; the thread then ends (a later ``block=False`` starts a new one).
+``submit`` blocks while ``max_queued_frames`` frames wait (back-pressure: a source faster
+than the encoder is slowed down instead of filling memory).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class BackgroundEncoder:
     ``add`` receives the queued ``(N, H, W, 3)`` uint8 batches in order and whether more
     frames arrived meanwhile (then the session skips its provisional tail encoding)."""
 
-    def __init__(self, add: Callable[[List[torch.Tensor], Callable[[], bool]], None], name: str = "rekv-encoder") -> None:
-        self._add = add
+    def __init__(self, add: Callable[[List[torch.Tensor], Callable[[], bool]], None], max_queued_frames: int = 256,
+                 name: str = "rekv-encoder") -> None:
+        self._add, self._max_queued = add, max_queued_frames
         self._cond = threading.Condition()
         self._queue: List[torch.Tensor] = []
         self._submitted = 0  # tickets handed out
@@ -40,8 +43,9 @@ class BackgroundEncoder:
 
     # -- caller side ----------------------------------------------------------------------
     def submit(self, frames: torch.Tensor) -> int:
-        """Queue ``frames``; returns the ticket ``wait`` takes."""
+        """Queue ``frames`` (waiting while the queue is full); returns the ticket ``wait`` takes."""
         with self._cond:
+            self._cond.wait_for(lambda: self._queued() < self._max_queued or self._error is not None or not self._thread.is_alive())
             self._raise_error()
             if self._stopping:
                 raise RuntimeError("the background encoder has been stopped")
@@ -54,7 +58,10 @@ class BackgroundEncoder:
     def queued_frames(self) -> int:
         """Frames submitted but not yet taken by the thread."""
         with self._cond:
-            return sum(f.shape[0] for f in self._queue)
+            return self._queued()
+
+    def _queued(self) -> int:
+        return sum(f.shape[0] for f in self._queue)
 
     @property
     def alive(self) -> bool:
@@ -97,6 +104,7 @@ class BackgroundEncoder:
                 if not self._queue:
                     return
                 batches, self._queue = self._queue, []
+                self._cond.notify_all()  # room in the queue
             try:
                 self._add(batches, self._more_waiting)
             except BaseException as exc:  # handed to the caller, never swallowed

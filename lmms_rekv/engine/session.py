@@ -162,6 +162,8 @@ class ReKVSession:
         """Start the background encoder: from now on ``add_frames`` queues frames and a
         thread encodes them while the caller keeps feeding (``add_frames(block=True)``
         still waits for its own frames). Questions wait for every frame added before them.
+        At most ``4 * chunk_frames`` frames wait in its queue: beyond that ``add_frames``
+        blocks until there is room (a source faster than the encoder is slowed down).
         Returns the session (``with session.start(): ...`` stops and closes it at the end)."""
         self._background()
         return self
@@ -184,7 +186,7 @@ class ReKVSession:
             self._worker = None
             worker.stop()
         if self._worker is None:
-            self._worker = BackgroundEncoder(self._add_locked)
+            self._worker = BackgroundEncoder(self._add_locked, max_queued_frames=4 * self.config.chunk_frames)
         return self._worker
 
     def _embed(self, frames: torch.Tensor) -> None:

@@ -10,6 +10,8 @@ or from a JSON-lines file of ``{"t": seconds, "q": "question"}`` (each asked onc
 reaches ``t``: reproducible runs; questions after the end are asked at the end). Each answer
 is printed with the stream time and the times of the frames retrieved; a one-line status
 (frames encoded, lag behind real time, device/host memory) updates in place on a terminal.
+Frames are encoded by the session's background encoder while the next ones are read (the
+incomplete last chunk eagerly, so a question waits only for frames not yet encoded).
 Ctrl-C or the end of the stream stops cleanly.
 """
 
@@ -72,14 +74,14 @@ class Live:
 
     def __init__(self, engine, fps: float, max_new_tokens: int, out: TextIO, status: Optional[TextIO]) -> None:
         self.engine, self.fps, self.max_new_tokens = engine, fps, max_new_tokens
-        self.session = engine.new_session(fps=fps)
+        self.session = engine.new_session(fps=fps).start()  # frames are encoded while the next ones are read
         self.out, self.status = out, status
         self.times: List[float] = []
         self.asked: List[Asked] = []
         self.started = time.monotonic()
 
     def add(self, t: float, frame) -> None:
-        self.session.add_frames(frame[None])
+        self.session.add_frames(frame[None], block=False)
         self.times.append(t)
 
     def ask(self, question: str) -> Asked:
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", help='JSON lines {"t": seconds, "q": "..."}; default: questions typed on stdin')
     p.add_argument("--window-tokens", type=int, default=None, help="sliding window (default: 4 blocks)")
     p.add_argument("--topk-frames", type=int, default=4, help="blocks retrieved per question (default 4)")
-    p.add_argument("--chunk-frames", type=int, default=2, help="largest encoding batch (default 2: answers never wait)")
+    p.add_argument("--chunk-frames", type=int, default=2, help="largest encoding batch and commit grid (default 2)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--dtype", default=None)
     p.add_argument("--device", default=None)
