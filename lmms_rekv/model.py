@@ -92,22 +92,34 @@ class ReKV:
         config: Optional[ReKVConfig] = None,
         dtype: DTypeLike = None,
         device: Union[str, torch.device, None] = None,
+        conv_template: Optional[str] = None,
+        save_converted: Optional[str] = None,
         **model_kwargs,
     ) -> "ReKV":
         """Load a checkpoint directory or hub id (config.json, safetensors, tokenizer files,
         chat template, preprocessor config); the family adapter is picked by the
-        checkpoint's ``model_type``."""
+        checkpoint's ``model_type``. lmms-lab (LLaVA-NeXT) LLaVA-OneVision checkpoints are
+        converted first (``lmms_rekv.io.lmms_lab``; into ``save_converted``, default a cache
+        folder, once). ``conv_template`` (``"qwen_1_5"``) replaces the checkpoint's chat
+        template with that conversation template (lmms-lab checkpoints get it by default)."""
+        from .io.lmms_lab import CONV_TEMPLATES, convert, is_lmms_lab
         from .patches import backbone_class
 
         config = config or ReKVConfig()
+        if conv_template is not None and conv_template not in CONV_TEMPLATES:
+            raise ValueError(f"conv_template={conv_template!r} is not supported (only {sorted(CONV_TEMPLATES)})")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = resolve_dtype(dtype, device)
         path = resolve_source(path_or_id)
+        if is_lmms_lab(path):
+            path = convert(path, save_converted, conv_template or "qwen_1_5")
         model_type = model_type_of(path)
         if cls.families is not None and model_type not in cls.families:
             raise ValueError(f"{cls.__name__} loads {', '.join(cls.families)} checkpoints, not model_type={model_type!r}; "
                              "use lmms_rekv.ReKV.from_pretrained for any supported family")
         model, tokenizer, template, processor = backbone_class(model_type).load(path, dtype, **model_kwargs)
+        if conv_template is not None:
+            template = CONV_TEMPLATES[conv_template]
         model.to(device).eval()
         logger.info("loaded %s (%s, %s, %s)", path_or_id, model_type, dtype, device)
         engine = cls(model, tokenizer, template, processor, config, source=path_or_id)

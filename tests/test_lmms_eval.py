@@ -160,7 +160,7 @@ def test_multi_round(lm, tmp_path):
     assert result == expected
 
 
-def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(), expect=0):
+def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(), expect=0, model_args=None):
     """Run the CLI as the README does: ``rekv-eval`` (lmms-eval with failures that show), or
     lmms-eval under ``torchrun``; returns (results, {doc_id: prediction}, output)."""
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), LMMS_REKV_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
@@ -170,7 +170,7 @@ def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(),
     else:
         head = [sys.executable, "-m", "lmms_rekv.integrations.run_eval", *flags]
     cmd = head + [
-        "--model", "rekv_llava_ov", "--model_args", f"pretrained={tiny_dir},{MODEL_ARGS}{extra}", "--tasks", "rekv_demo",
+        "--model", "rekv_llava_ov", "--model_args", model_args or f"pretrained={tiny_dir},{MODEL_ARGS}{extra}", "--tasks", "rekv_demo",
         "--include_path", tasks_dir, "--output_path", str(out), "--log_samples",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -290,3 +290,43 @@ def test_cli_rekv_demo_on_the_miniature(tmp_path):
     results = json.load(open(glob.glob(str(tmp_path / "out" / "*" / "*_results.json"))[0]))["results"]["rekv_demo"]
     # chance: (8 colour questions at 1/8 + 4 at 1/15 + 4 at 1/2) / 16 = 0.2
     assert results["accuracy,none"] >= 0.4, results  # README: 0.75 (ReKV as published 0.56, full attention 0.56)
+
+
+#: the --model_args string one gives lmms-eval's llava_onevision
+LLAVA_OV_ARGS = ("conv_template=qwen_1_5,max_frames_num=8,mm_spatial_pool_stride=2,mm_spatial_pool_mode=bilinear,"
+                 "device_map=cpu,attn_implementation=sdpa,video_decode_backend=pyav,token_strategy=single")
+
+
+def test_cli_llava_onevision_args_on_an_lmms_lab_checkpoint(tmp_path, tiny_dir):
+    """The one-word switch: ``--model rekv_llava_ov`` with llava_onevision's model_args on an
+    lmms-lab-format checkpoint answers exactly as on its transformers-format twin."""
+    from lmms_rekv.tools.tiny import write_lmms_lab_twin
+
+    twin = write_lmms_lab_twin(tiny_dir, str(tmp_path / "lmms-lab-tiny"))
+    results, lab, output = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "lab", model_args=f"pretrained={twin},{LLAVA_OV_ARGS}")
+    assert "Traceback" not in output and len(lab) == 16 and "accuracy,none" in results["results"]["rekv_demo"]
+    _, hf, _ = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "hf-twin", model_args=f"pretrained={tiny_dir},{LLAVA_OV_ARGS}")
+    assert lab == hf
+
+
+@pytest.mark.parametrize("arg,reason", [("mm_spatial_pool_mode=average", "bilinearly"), ("token_strategy=multiple", "'multiple'"),
+                                        ("conv_template=vicuna_v1", "qwen_1_5"), ("device_map=balanced", "one device per process"),
+                                        ("truncate_context=True", "truncation"), ("customized_config=x.json", "JSON")])
+def test_llava_onevision_args_refused_with_the_reason(arg, reason):
+    from lmms_rekv.integrations.llava_ov_args import translate
+
+    name, value = arg.split("=")
+    with pytest.raises(ValueError, match=reason):
+        translate({name: value})
+
+
+def test_llava_onevision_args_honoured():
+    from lmms_rekv.integrations.llava_ov_args import ARGS, UNIFORM_FPS, translate
+
+    args = {k: v for k, v in (a.split("=") for a in LLAVA_OV_ARGS.split(","))}
+    args.update(truncation="True", use_cache="True", truncate_context="False", model_name="llava_qwen", window_tokens="64")
+    out = translate(args)
+    assert args == {"window_tokens": "64"}  # every llava_onevision arg taken, ours left
+    assert out == {"conv_template": "qwen_1_5", "max_frames": 8, "fps": UNIFORM_FPS, "device": "cpu", "attn_implementation": "sdpa"}
+    assert set(ARGS) >= {"pretrained", "conv_template", "max_frames_num", "mm_spatial_pool_stride", "mm_spatial_pool_mode",
+                         "device_map", "attn_implementation", "video_decode_backend", "token_strategy"}

@@ -33,6 +33,7 @@ from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
 from lmms_rekv.config import ReKVConfig
+from lmms_rekv.integrations.llava_ov_args import translate
 from lmms_rekv.model import ReKV
 from lmms_rekv.io.video import VideoError, iter_video_timed
 
@@ -95,7 +96,9 @@ class ReKVLlavaOV(lmms):
     per second, default 0.5), ``max_frames`` (cap; sampling becomes uniform over the video),
     ``window_tokens``, ``topk_frames``, ``retrieval``, ``score``, ``offload``, ``chunk_frames``
     (see ``ReKVConfig``; ``None`` accepted for window/topk), ``max_new_tokens`` (default when
-    a task gives none)."""
+    a task gives none). lmms-eval ``llava_onevision``'s args (``conv_template``,
+    ``max_frames_num``, ``device_map``, ...) are honoured or refused with the reason
+    (``lmms_rekv.integrations.llava_ov_args``), so its ``--model_args`` string works here."""
 
     is_simple = True
 
@@ -104,7 +107,7 @@ class ReKVLlavaOV(lmms):
         pretrained: str,
         dtype: str = "auto",
         device: Optional[str] = None,
-        fps: float = 0.5,
+        fps: Optional[float] = None,
         max_frames: Optional[int] = None,
         max_new_tokens: int = 16,
         cache_dir: Optional[str] = None,
@@ -116,11 +119,15 @@ class ReKVLlavaOV(lmms):
             logger.warning("rekv_llava_ov answers one stream at a time; batch_size=%s ignored", batch_size)
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self._device = self._pick_device(device)
+        ov = translate(rekv_args)  # llava_onevision's model_args (drop-in): honoured or refused
+        self._device = self._pick_device(device if device is not None else ov.get("device"))
         config = ReKVConfig.from_strings(**rekv_args)
-        self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device)
-        self.fps = float(fps)
-        self.max_frames = _none_or_int(max_frames)
+        load = {k: ov[k] for k in ("conv_template", "attn_implementation") if k in ov}
+        if rekv_args.get("save_converted") is not None:  # where an lmms-lab checkpoint's conversion is kept
+            load["save_converted"] = os.path.expanduser(str(rekv_args.pop("save_converted")))
+        self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device, **load)
+        self.fps = float(fps if fps is not None else ov.get("fps", 0.5))
+        self.max_frames = _none_or_int(max_frames if max_frames is not None else ov.get("max_frames"))
         self.max_new_tokens = int(max_new_tokens)
         self.cache_dir = None if str(cache_dir).lower() in ("none", "") else os.path.expanduser(str(cache_dir))
         if self.cache_dir:

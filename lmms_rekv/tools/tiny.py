@@ -168,3 +168,48 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_lmms_lab_twin(hf_dir: str, out: str) -> str:
+    """Write the lmms-lab (LLaVA-NeXT, ``llava_qwen``) format of the transformers-format
+    LLaVA-OneVision checkpoint ``hf_dir`` to ``out``: the inverse of
+    ``lmms_rekv.io.lmms_lab.convert`` (tensors bit for bit; SigLIP's pooling head dropped, as
+    LLaVA-NeXT drops it; the SigLIP config in ``out/siglip`` named by ``mm_vision_tower``;
+    no chat template or preprocessor config, as in lmms-lab checkpoints). For tests."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    from lmms_rekv.io.lmms_lab import KEY_PREFIXES
+
+    with open(os.path.join(hf_dir, "config.json")) as fh:
+        hf = json.load(fh)
+    tensors = {}
+    for key, tensor in load_file(os.path.join(hf_dir, "model.safetensors")).items():
+        if key.startswith("vision_tower.head."):
+            continue
+        old, new = next((o, n) for o, n in KEY_PREFIXES if key.startswith(n))
+        tensors[old + key[len(new):]] = tensor
+    os.makedirs(os.path.join(out, "siglip"), exist_ok=True)
+    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    vision = {k: v for k, v in hf["vision_config"].items() if k not in ("num_hidden_layers", "vision_use_head")}
+    with open(os.path.join(out, "siglip", "config.json"), "w") as fh:
+        json.dump(vision, fh, indent=1)
+    text = {k: v for k, v in hf["text_config"].items() if k not in ("model_type", "layer_types", "rope_parameters", "dtype")}
+    text["rope_theta"] = hf["text_config"].get("rope_parameters", {}).get("rope_theta", hf["text_config"].get("rope_theta"))
+    size = hf["vision_config"]["image_size"]
+    config = dict(
+        text, architectures=["LlavaQwenForCausalLM"], model_type="llava", mm_vision_tower="siglip",
+        mm_hidden_size=hf["vision_config"]["hidden_size"], mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch", mm_patch_merge_type="spatial_unpad", mm_spatial_pool_mode="bilinear",
+        mm_spatial_pool_stride=2, mm_newline_position="one_token", image_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=hf.get("image_grid_pinpoints") or [[size, size]], tie_word_embeddings=hf.get("tie_word_embeddings", False),
+    )
+    with open(os.path.join(out, "config.json"), "w") as fh:
+        json.dump(config, fh, indent=1)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(out)
+    for leftover in ("chat_template.jinja", "chat_template.json"):
+        if os.path.isfile(os.path.join(out, leftover)):
+            os.remove(os.path.join(out, leftover))
+    return out
