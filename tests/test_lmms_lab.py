@@ -64,3 +64,13 @@ def test_unsupported_lmms_lab_checkpoints_are_refused_with_the_reason(twin, tmp_
             ReKV.from_pretrained(str(bad), dtype="float32", device="cpu", save_converted=str(tmp_path / f"out-{field}"))
     with pytest.raises(ValueError, match="conv_template"):
         ReKV.from_pretrained(twin, dtype="float32", device="cpu", conv_template="vicuna_v1")
+
+
+def test_rekv_convert_command(twin, tmp_path, tiny_dir, capsys):
+    from lmms_rekv.tools.cli import main
+
+    assert main(["convert", twin, str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "llava_onevision"
+    assert main(["convert", tiny_dir, str(tmp_path / "no")]) == 2
+    assert "not an lmms-lab" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """``rekv <command> ...``: one entry for the console tools (``rekv live``, ``rekv demo``,
-``rekv bench``, ``rekv eval``, ``rekv doctor``); each is also installed as ``rekv-<command>``."""
+``rekv bench``, ``rekv eval``, ``rekv doctor``, ``rekv convert``); all but ``convert`` are also
+installed as ``rekv-<command>``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ COMMANDS = {
     "bench": ("lmms_rekv.tools.bench", "latency / memory / accuracy benchmarks"),
     "eval": ("lmms_rekv.integrations.run_eval", "lmms-eval with the shipped tasks, failing loudly"),
     "doctor": ("lmms_rekv.tools.doctor", "check the installation against the tested lock"),
+    "convert": ("lmms_rekv.io.lmms_lab", "convert an lmms-lab (LLaVA-NeXT) LLaVA-OneVision checkpoint to the transformers format"),
 }
 
 
