@@ -56,10 +56,14 @@ def _decoded(source: str) -> Iterator:
 
 
 def _rgb(frame, source: str) -> np.ndarray:
+    """The frame as ``(H, W, 3)`` uint8 RGB, turned upright when the container says it is
+    displayed rotated (a phone's portrait video: display matrix / ``tkhd`` rotation)."""
     try:
-        return frame.to_ndarray(format="rgb24")
+        array = frame.to_ndarray(format="rgb24")
     except Exception as exc:
         raise VideoError(f"cannot decode video {source}: {exc}") from exc
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counter-clockwise quarter turns
+    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
 
 
 def iter_video_timed(
