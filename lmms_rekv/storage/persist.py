@@ -73,6 +73,7 @@ def save_session(session, folder: str, **meta) -> None:
     from safetensors.torch import save_file
 
     store = session.state.store
+    _remove_leftovers(folder)
     tmp = f"{folder}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -93,10 +94,34 @@ def save_session(session, folder: str, **meta) -> None:
         "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
     }
     write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
-    if os.path.exists(folder):
-        shutil.rmtree(folder)
+    old = f"{folder}.old{os.getpid()}"
+    if os.path.exists(folder):  # moved aside, not removed in place: a kill never leaves a half-deleted entry
+        os.replace(folder, old)
     os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
     logger.info("saved %d frames to %s", store.frames, folder)
+
+
+def _remove_leftovers(folder: str) -> None:
+    """Remove ``folder.tmp<pid>`` / ``folder.old<pid>`` left by a writer that was killed
+    (a live writer's are kept)."""
+    import glob
+    import re
+
+    for path in glob.glob(f"{glob.escape(folder)}.tmp*") + glob.glob(f"{glob.escape(folder)}.old*"):
+        match = re.search(r"\.(?:tmp|old)(\d+)$", path)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def load_session(engine, folder: str):

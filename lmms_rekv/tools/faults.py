@@ -1,0 +1,132 @@
+"""``python -m lmms_rekv.tools.faults``: kill -9 a process while it saves encoded videos.
+
+    python -m lmms_rekv.tools.faults --out faults_out --trials 40
+
+Each trial starts a writer process that loads the tiny model, encodes a clip and saves the
+session to one cache entry over and over (``session.save``: temporary folder, checksums,
+atomic rename), kills it with SIGKILL at a random moment of the saving, then opens the entry
+as a later run would. Outcomes: ``loaded`` (a complete entry whose every block, summary
+and window tensor equals the reference session bit for bit), ``refused`` (the entry is
+missing or fails its checksums: the video is re-encoded) -- both fine -- or ``torn`` (it
+loaded but differs) and ``crash`` (any other exception): failures. Writes
+``results.json``; exit status 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+CONFIG = dict(window_tokens=48, topk_frames=4, chunk_frames=4)
+FRAMES = 13
+
+
+def _clip() -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 256, (FRAMES, 48, 48, 3), dtype=np.uint8)
+
+
+def writer(model_dir: str, entry: str) -> None:
+    """The victim: save the same session to ``entry`` until killed."""
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+
+    engine = ReKVLlavaOneVision.from_pretrained(model_dir, config=ReKVConfig(**CONFIG), dtype="float32", device="cpu")
+    session = engine.new_session()
+    session.add_frames(_clip())
+    session.flush()
+    print("ready", flush=True)
+    while True:
+        session.save(entry)
+
+
+def _snapshot(session) -> List[torch.Tensor]:
+    store, st = session.state.store, session.state
+    out = [store.all_summaries()]
+    for layer in range(store.layers):
+        for f in range(store.frames):
+            out.extend(store.frame(layer, f))
+    return out + list(st.sink_k) + list(st.sink_v) + list(st.win_k) + list(st.win_v)
+
+
+def trial(engine, reference: List[torch.Tensor], model_dir: str, entry: str, rng: random.Random, max_delay: float) -> Dict:
+    from lmms_rekv.storage.backends.segments import CorruptSegmentError
+
+    child = subprocess.Popen([sys.executable, "-m", "lmms_rekv.tools.faults", "--writer", model_dir, entry],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = child.stdout.readline()
+    if line.strip() != "ready":
+        child.kill()
+        raise RuntimeError("the writer process did not start")
+    delay = rng.uniform(0, max_delay)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    leftovers = sorted(os.listdir(os.path.dirname(entry)))
+    try:
+        session = engine.open_session(entry)
+    except (OSError, ValueError, CorruptSegmentError) as exc:  # missing, or fails its checksums: re-encode
+        return {"delay_s": delay, "outcome": "refused", "detail": f"{type(exc).__name__}: {exc}"[:160]}
+    except Exception as exc:  # noqa: BLE001 -- reported as a failure
+        return {"delay_s": delay, "outcome": "crash", "detail": f"{type(exc).__name__}: {exc}"[:160]}
+    got = _snapshot(session)
+    same = len(got) == len(reference) and all(torch.equal(a, b) for a, b in zip(got, reference))
+    session.close()
+    return {"delay_s": delay, "outcome": "loaded" if same else "torn", "detail": "", "folders": leftovers}
+
+
+def run(out: str, trials: int, seed: int = 0, max_delay: float = 0.5) -> Dict:
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+    from lmms_rekv.tools.tiny import build_tiny_model
+
+    os.makedirs(out, exist_ok=True)
+    model_dir = os.path.join(out, "tiny-model")
+    if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
+        build_tiny_model(model_dir)
+    engine = ReKVLlavaOneVision.from_pretrained(model_dir, config=ReKVConfig(**CONFIG), dtype="float32", device="cpu")
+    ref = engine.new_session()
+    ref.add_frames(_clip())
+    ref.flush()
+    reference = _snapshot(ref)
+    rng = random.Random(seed)
+    entry = os.path.join(out, "cache", "entry")
+    results = []
+    for i in range(trials):
+        if i % 2:  # every other trial starts without an entry: the first save can be cut short too
+            shutil.rmtree(entry, ignore_errors=True)
+        results.append(trial(engine, reference, model_dir, entry, rng, max_delay))
+        print(f"trial {i + 1}/{trials}: {results[-1]['outcome']} (killed after {results[-1]['delay_s']:.3f} s) {results[-1]['detail']}", flush=True)
+    counts = {k: sum(r["outcome"] == k for r in results) for k in ("loaded", "refused", "torn", "crash")}
+    summary = {"trials": trials, **counts}
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump({"summary": summary, "trials": results}, fh, indent=1)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--writer"]:
+        writer(argv[1], argv[2])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-delay", type=float, default=0.5, help="kill within this many seconds after the first save starts")
+    args = parser.parse_args(argv)
+    summary = run(args.out, args.trials, args.seed, args.max_delay)
+    return 1 if summary["torn"] or summary["crash"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
