@@ -226,13 +226,19 @@ class ReKVSession:
             self._drop_tail()
             self._encode(self._take(whole))
 
-    def _pending_pixels(self) -> torch.Tensor:
-        if len(self._pending) > 1:
-            self._pending = [torch.cat(self._pending)]
-        return self._pending[0]
+    def _pending_range(self, first: int, last: int) -> torch.Tensor:
+        """Pending frames ``first..last-1`` (a view when they lie in one added batch: a frame
+        trickling in is not copied with the whole backlog)."""
+        pieces, start = [], 0
+        for batch in self._pending:
+            lo, hi = max(first, start), min(last, start + batch.shape[0])
+            if lo < hi:
+                pieces.append(batch[lo - start : hi - start])
+            start += batch.shape[0]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def _take(self, n: int) -> torch.Tensor:
-        pending = self._pending_pixels()
+        pending = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
         head, rest = pending[:n], pending[n:]
         self._pending = [rest] if rest.shape[0] else []
         self._pending_frames = rest.shape[0]
@@ -256,7 +262,7 @@ class ReKVSession:
             self._encode_prefix()
         if self._tail is None:
             self._tail = self._fork(self.state)
-        self._encode(self._pending_pixels()[self._tail_frames : whole], self._tail)
+        self._encode(self._pending_range(self._tail_frames, whole), self._tail)
         self._tail_frames, self._tail_forwards = whole, self._tail_forwards + 1
 
     def _drop_tail(self) -> None:
@@ -386,7 +392,7 @@ class ReKVSession:
         one question: the waiting frames still wait for their partners."""
         if not self._prefix_done:
             self._encode_prefix()
-        partial = self._pending_pixels()[self._tail_frames :]
+        partial = self._pending_range(self._tail_frames, self._pending_frames)
         missing = self.backbone.frames_per_block - partial.shape[0]
         pixels = torch.cat([partial, partial[-1:].expand(missing, *partial.shape[1:])])
         fork = self._fork(state)
