@@ -70,12 +70,26 @@ def save_session(session, folder: str, **meta) -> None:
     frames of its incomplete last chunk as preprocessed pixels (saving changes nothing: a
     reopened session goes on exactly as the saved one would; ``flush`` first to store them
     encoded, e.g. at the end of a video)."""
-    from safetensors.torch import save_file
-
     store = session.state.store
     _remove_leftovers(folder)
     tmp = f"{folder}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_entry(session, store, tmp, meta)
+    except OSError as exc:  # disk full, file-size limit, permission denied: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(exc.errno, f"cannot save the session to {folder}: {exc.strerror or exc}") from exc
+    old = f"{folder}.old{os.getpid()}"
+    if os.path.exists(folder):  # moved aside, not removed in place: a kill never leaves a half-deleted entry
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    logger.info("saved %d frames to %s", store.frames, folder)
+
+
+def _write_entry(session, store, tmp: str, meta: dict) -> None:
+    """Segments, state tensors and manifest of ``session`` into the new folder ``tmp``."""
+    from safetensors.torch import save_file
+
     os.makedirs(tmp)
     segments = []
     backend = store.backend
@@ -94,12 +108,6 @@ def save_session(session, folder: str, **meta) -> None:
         "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
     }
     write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
-    old = f"{folder}.old{os.getpid()}"
-    if os.path.exists(folder):  # moved aside, not removed in place: a kill never leaves a half-deleted entry
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved %d frames to %s", store.frames, folder)
 
 
 def _remove_leftovers(folder: str) -> None:

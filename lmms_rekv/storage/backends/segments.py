@@ -45,13 +45,18 @@ def atomic_write(path: str, chunks) -> int:
     """Write ``chunks`` (buffers) to ``path`` through a temporary file; returns the CRC-32."""
     tmp = f"{path}.tmp{os.getpid()}"
     crc = 0
-    with open(tmp, "wb") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-            crc = zlib.crc32(chunk, crc)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                crc = zlib.crc32(chunk, crc)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, file-size limit, permission denied: name the file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     return crc
 
 
