@@ -32,8 +32,7 @@ def _settled(method):
 
     @functools.wraps(method)
     def settled(self, *args, **kwargs):
-        if self._worker is not None:
-            self._worker.wait()
+        self.wait()
         with self._lock:
             return method(self, *args, **kwargs)
 
@@ -148,8 +147,7 @@ class ReKVSession:
         per_block = self.backbone.frames_per_block
         chunk = -(-self.config.chunk_frames // per_block) * per_block  # whole blocks
         while self._pending_frames >= chunk:
-            self._drop_tail()
-            self._encode(self._take(chunk))
+            self._encode(self._take(chunk))  # the tail covered frames of this chunk: _take drops it
         if self.config.eager and not more_waiting():
             self._extend_tail()
 

@@ -216,9 +216,8 @@ def convert(path: str, out: Optional[str] = None, conv_template: str = "qwen_1_5
     else:  # LLaVA-NeXT's SigLIP processor
         with open(os.path.join(tmp, "preprocessor_config.json"), "w") as fh:
             json.dump({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": size, "width": size}}, fh, indent=1)
-    for name in ("generation_config.json",):
-        if os.path.isfile(os.path.join(path, name)):
-            shutil.copyfile(os.path.join(path, name), os.path.join(tmp, name))
+    if os.path.isfile(os.path.join(path, "generation_config.json")):
+        shutil.copyfile(os.path.join(path, "generation_config.json"), os.path.join(tmp, "generation_config.json"))
     open(os.path.join(tmp, ".converted"), "w").close()
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

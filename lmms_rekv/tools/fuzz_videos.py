@@ -40,16 +40,13 @@ class Outcome:
         return self.result in ("frames", "VideoError")
 
 
-def _encode(path: str, frames: np.ndarray, codec: str, pix_fmt: str, fps: int = 4, pts: Optional[List[int]] = None,
-            container_format: Optional[str] = None, rotate: Optional[str] = None) -> str:
+def _encode(path: str, frames: np.ndarray, codec: str, pix_fmt: str, fps: int = 4, pts: Optional[List[int]] = None) -> str:
     import av
     from fractions import Fraction
 
-    with av.open(path, mode="w", format=container_format) as container:
+    with av.open(path, mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        if rotate is not None:
-            stream.metadata["rotate"] = rotate
         if pts is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         for i, array in enumerate(frames):
