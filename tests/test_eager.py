@@ -32,13 +32,15 @@ def _feed(session, video, step, ask_every=0, block=True):
     return session
 
 
-@pytest.mark.parametrize("window", [None, 30])
-@pytest.mark.parametrize("eager", [True, False])
-def test_stored_blocks_do_not_depend_on_arrival_questions_or_threads(load, frames, window, eager):
+@pytest.mark.parametrize("window, eager, offload", [(None, True, "cpu"), (None, False, "cpu"), (30, True, "cpu"), (30, False, "cpu"),
+                                                    (30, True, "disk")])
+def test_stored_blocks_do_not_depend_on_arrival_questions_or_threads(load, frames, window, eager, offload, tmp_path):
     """14 frames, chunks of 4: whatever the arrival pattern, the questions in between and
     the background encoder, the flushed stream is bit-identical (the 2-frame tail is adopted
-    when it was encoded in one forward, re-encoded otherwise: both give the same blocks)."""
-    engine = load(window_tokens=window, topk_frames=None, chunk_frames=4, eager=eager)
+    when it was encoded in one forward, re-encoded otherwise: both give the same blocks;
+    on the disk tier adopting it spills)."""
+    tier = dict(offload="disk", ram_budget_bytes=3 * 8192, offload_dir=str(tmp_path)) if offload == "disk" else {}
+    engine = load(window_tokens=window, topk_frames=None, chunk_frames=4, eager=eager, **tier)
     video = frames(14, seed=31)
     reference = _feed(engine.new_session(), video, 14)
     expected = _blocks(reference)

@@ -131,6 +131,62 @@ def test_bad_videos_are_recorded_and_others_answered(lm, tmp_path, monkeypatch):
     assert scores[0] == (float("-inf"), False) and np.isfinite(scores[2][0])
 
 
+def test_a_hanging_decoder_fails_its_document_within_doc_timeout(lm, tmp_path, monkeypatch):
+    """A decoder stuck on one file (here: it never returns a second frame) fails that
+    document after ``doc_timeout`` seconds; the next document is answered as usual."""
+    import threading
+    import time
+
+    import lmms_rekv.integrations.lmms_eval_model as module
+
+    stuck, good = _video(tmp_path, "stuck", _clip(4)), _video(tmp_path, "fine", _clip(5))
+    real, release = module.iter_video_timed, threading.Event()
+
+    def hanging(path, *args, **kwargs):
+        for i, item in enumerate(real(path, *args, **kwargs)):
+            if path == stuck and i == 1:
+                release.wait(60)  # hangs (the test releases it at the end)
+            yield item
+
+    monkeypatch.setattr(module, "iter_video_timed", hanging)
+    monkeypatch.setattr(lm, "doc_timeout", 2.0)
+    lm.failures.clear()
+    start = time.perf_counter()
+    try:
+        answers = lm.generate_until(_requests(lm, [{"q": "a?", "visual": stuck}, {"q": "b?", "visual": good}]))
+    finally:
+        release.set()
+    assert time.perf_counter() - start < 40
+    assert answers[0] == "" and answers[1] != "" and [f["doc_id"] for f in lm.failures] == [0]
+    assert f"reading and encoding {stuck} took longer than the 2 s limit (model arg doc_timeout)" in lm.failures[0]["error"]
+
+
+def test_deadline_passes_items_errors_and_the_end_through():
+    from lmms_rekv.io.deadline import DeadlineExceeded, with_deadline
+
+    assert list(with_deadline(lambda: iter(range(5)), 10)) == list(range(5)) == list(with_deadline(lambda: iter(range(5)), None))
+
+    def broken():
+        yield 1
+        raise ValueError("bad frame")
+
+    with pytest.raises(ValueError, match="bad frame"):
+        list(with_deadline(broken, 10))
+
+    def slow():
+        import time
+
+        yield 1
+        time.sleep(5)
+        yield 2
+
+    got = []
+    with pytest.raises(DeadlineExceeded, match="decoding took longer than the 0.5 s limit"):
+        for item in with_deadline(slow, 0.5, "decoding"):
+            got.append(item)
+    assert got == [1]
+
+
 def test_loglikelihood_matches_session(lm, tmp_path):
     path = _video(tmp_path, "l", _clip(4))
     docs = [{"q": "pick one: A. red B. blue", "visual": path, "a": a} for a in ("A", "B")]

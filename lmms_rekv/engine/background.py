@@ -26,11 +26,13 @@ class BackgroundEncoder:
     """Runs ``add(batches, more_waiting)`` on a daemon thread for frames handed to ``submit``.
 
     ``add`` receives the queued ``(N, H, W, 3)`` uint8 batches in order and whether more
-    frames arrived meanwhile (then the session skips its provisional tail encoding)."""
+    frames arrived meanwhile (then the session skips its provisional tail encoding).
+    ``accepted()`` (optional) counts the frames the session holds, so that frames a failed
+    ``add`` kept (to encode later) are not reported as left out."""
 
     def __init__(self, add: Callable[[List[torch.Tensor], Callable[[], bool]], None], max_queued_frames: int = 256,
-                 name: str = "rekv-encoder") -> None:
-        self._add, self._max_queued = add, max_queued_frames
+                 name: str = "rekv-encoder", accepted: Optional[Callable[[], int]] = None) -> None:
+        self._add, self._max_queued, self._accepted = add, max_queued_frames, accepted
         self._cond = threading.Condition()
         self._queue: List[torch.Tensor] = []
         self._submitted = 0  # tickets handed out
@@ -105,12 +107,14 @@ class BackgroundEncoder:
                     return
                 batches, self._queue = self._queue, []
                 self._cond.notify_all()  # room in the queue
+            before = self._accepted() if self._accepted else 0
             try:
                 self._add(batches, self._more_waiting)
             except BaseException as exc:  # handed to the caller, never swallowed
                 logger.error("background encoding failed: %s", exc)
+                kept = self._accepted() - before if self._accepted else 0  # e.g. pending after a full disk
                 with self._cond:
-                    self._lost_frames = sum(b.shape[0] for b in batches) + sum(b.shape[0] for b in self._queue)
+                    self._lost_frames = sum(b.shape[0] for b in batches) - kept + sum(b.shape[0] for b in self._queue)
                     self._queue = []
                     self._error = exc
                     self._done = self._submitted

@@ -115,7 +115,7 @@ class ReKVSession:
         """Frames added so far (committed, in the incomplete last chunk, or still queued for
         the background encoder)."""
         queued = self._worker.queued_frames if self._worker is not None else 0
-        return self.state.store.frames * self.backbone.frames_per_block + self._pending_frames + queued
+        return self._held_frames() + queued
 
     def add_frames(self, frames, block: bool = True) -> None:
         """Append frames (uint8 ``(N, H, W, 3)``, numpy or torch, time order) to the stream.
@@ -139,17 +139,33 @@ class ReKVSession:
         """Preprocess ``batches`` of frames, commit complete chunks and (``eager``, when no
         more frames are waiting) extend the provisional tail. Call holding the lock."""
         frames = torch.cat(batches) if len(batches) > 1 else batches[0]
+        pixels = self.backbone.preprocess(frames)
         if self.config.uses_embeddings:
             self._embed(frames)
-        pixels = self.backbone.preprocess(frames)
         self._pending.append(pixels)
         self._pending_frames += pixels.shape[0]
+        try:
+            self._encode_pending(more_waiting)
+        except Exception as exc:  # e.g. a full disk: nothing committed, the frames wait
+            exc.add_note(f"lmms-rekv: the session is unchanged and {self._pending_frames} added frames wait to be "
+                         "encoded by the next add_frames, flush or question")
+            raise
+
+    def _encode_pending(self, more_waiting, tail: Optional[bool] = None) -> None:
+        """Commit the complete chunks among the pending frames, then (``tail``, default
+        ``eager``; when no more frames are waiting) extend the provisional tail. A chunk
+        leaves the pending frames only once it is stored, so a failure (full disk, out of
+        memory) loses nothing."""
         per_block = self.backbone.frames_per_block
         chunk = -(-self.config.chunk_frames // per_block) * per_block  # whole blocks
         while self._pending_frames >= chunk:
-            self._encode(self._take(chunk))  # the tail covered frames of this chunk: _take drops it
-        if self.config.eager and not more_waiting():
+            self._encode(self._pending_range(0, chunk))
+            self._take(chunk)  # the tail covered frames of this chunk: _take drops it
+        if (self.config.eager if tail is None else tail) and not more_waiting():
             self._extend_tail()
+
+    def _held_frames(self) -> int:
+        return self.state.store.frames * self.backbone.frames_per_block + self._pending_frames
 
     def _add_locked(self, batches: List[torch.Tensor], more_waiting) -> None:
         with self._lock:
@@ -184,7 +200,8 @@ class ReKVSession:
             self._worker = None
             worker.stop()
         if self._worker is None:
-            self._worker = BackgroundEncoder(self._add_locked, max_queued_frames=4 * self.config.chunk_frames)
+            self._worker = BackgroundEncoder(self._add_locked, max_queued_frames=4 * self.config.chunk_frames,
+                                             accepted=self._held_frames)
         return self._worker
 
     def _embed(self, frames: torch.Tensor) -> None:
@@ -207,6 +224,7 @@ class ReKVSession:
         video; see ``_flush``."""
         self._flush()
 
+    @torch.inference_mode()  # adopting the tail writes into stores made while encoding
     def _flush(self) -> None:
         """Commit the incomplete last chunk (its whole blocks) now, e.g. at the end of a
         video; the grid of later chunks starts after it. When the tail was encoded in one
@@ -222,7 +240,8 @@ class ReKVSession:
             self._take(whole)
         else:
             self._drop_tail()
-            self._encode(self._take(whole))
+            self._encode(self._pending_range(0, whole))
+            self._take(whole)
 
     def _pending_range(self, first: int, last: int) -> torch.Tensor:
         """Pending frames ``first..last-1`` (a view when they lie in one added batch: a frame
@@ -281,8 +300,13 @@ class ReKVSession:
         window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device,
                                                        fps=self.fps)
         step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features)
-        with bb.routed(step):
-            bb.text_model(inputs_embeds=features, position_ids=bb.position_ids(chunk), use_cache=False)
+        window = list(st.win_k), list(st.win_v)  # the handler replaces (never mutates) them per layer
+        try:
+            with bb.routed(step):
+                bb.text_model(inputs_embeds=features, position_ids=bb.position_ids(chunk), use_cache=False)
+        except BaseException:  # the reserved frames stay uncommitted: restore the window too
+            st.win_k[:], st.win_v[:] = window
+            raise
         st.store.commit(n)
         st.stream_tokens += length
         logger.debug("encoded %d blocks (stream: %d blocks)", n, st.store.frames)
@@ -293,8 +317,13 @@ class ReKVSession:
         if ids:
             ids_t = torch.tensor([ids], device=engine.device)
             positions = bb.text_positions(0, len(ids), engine.device)
-            with bb.routed(PrefixStep(self.state)):
-                bb.text_model(input_ids=ids_t, position_ids=bb.position_ids(positions), use_cache=False)
+            try:
+                with bb.routed(PrefixStep(self.state)):
+                    bb.text_model(input_ids=ids_t, position_ids=bb.position_ids(positions), use_cache=False)
+            except BaseException:
+                for lst in (self.state.sink_k, self.state.sink_v, self.state.win_k, self.state.win_v):
+                    lst.clear()
+                raise
         else:
             layers = self.state.store.layers
             empty = torch.empty((self.state.store.kv_heads, 0, self.state.store.head_dim), dtype=engine.dtype, device=engine.device)
@@ -356,7 +385,7 @@ class ReKVSession:
         if frame_limit is not None and frame_limit < 1:
             raise ValueError(f"frame_limit must be >= 1, got {frame_limit}")
         bb = self.backbone
-        self._extend_tail()
+        self._encode_pending(lambda: False, tail=True)  # the tail (chunks only where an earlier encode failed)
         state = self._tail or self.state
         if frame_limit is not None and frame_limit < self.frames:  # the complete blocks before the limit
             blocks = min(frame_limit // bb.frames_per_block, state.store.frames)

@@ -88,6 +88,12 @@ def _none_or_int(value) -> Optional[int]:
     return int(value)
 
 
+def _none_or_float(value) -> Optional[float]:
+    if value is None or str(value).lower() in ("none", "null", "0", ""):
+        return None
+    return float(value)
+
+
 class ReKVLlavaOV(lmms):
     """lmms-eval model for ReKV streaming retrieval (any family in ``lmms_rekv.patches``).
 
@@ -112,6 +118,7 @@ class ReKVLlavaOV(lmms):
         max_new_tokens: int = 16,
         cache_dir: Optional[str] = None,
         batch_size: Any = 1,
+        doc_timeout: Optional[float] = 3600.0,
         **rekv_args,
     ) -> None:
         super().__init__()
@@ -129,6 +136,7 @@ class ReKVLlavaOV(lmms):
         self.fps = float(fps if fps is not None else ov.get("fps", 0.5))
         self.max_frames = _none_or_int(max_frames if max_frames is not None else ov.get("max_frames"))
         self.max_new_tokens = int(max_new_tokens)
+        self.doc_timeout = _none_or_float(doc_timeout)  # seconds to read and encode one video (None/0: no limit)
         self.cache_dir = None if str(cache_dir).lower() in ("none", "") else os.path.expanduser(str(cache_dir))
         if self.cache_dir:
             os.makedirs(self.cache_dir, exist_ok=True)
@@ -225,27 +233,50 @@ class ReKVLlavaOV(lmms):
                     return session, session.saved_meta["times"]
                 except Exception as exc:
                     logger.warning("rekv_llava_ov: cache entry %s for %s is unusable (%s); re-encoding", folder, path, exc)
-        session, times, batch = None, [], []
-        self.videos_decoded += 1
-        for t, frame in iter_video_timed(path, self.fps, self.max_frames, start_time=start):
-            times.append(t)
-            batch.append(frame)
-            if len(batch) == self.engine.config.chunk_frames:
-                session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
-                session.add_frames(np.stack(batch))
-                batch = []
-        if batch:
-            session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
-            session.add_frames(np.stack(batch))
-        if session is None:
-            raise VideoError(f"no frames decoded from {path}")
-        session.flush()  # the end of the video closes its last chunk
+        session, times = self._encode_video(path, start)
         if folder is not None:
             try:
                 session.save(folder, video=path, times=times)
             except OSError as exc:
                 logger.warning("rekv_llava_ov: could not save %s to the cache: %s", path, exc)
         return session, times
+
+    def _encode_video(self, path: str, start: float):
+        """Decode and encode one video within ``doc_timeout`` seconds (a decoder that hangs
+        on a damaged file fails this document, not the run)."""
+        from lmms_rekv.io.deadline import DeadlineExceeded, with_deadline
+
+        session, times, batch = None, [], []
+        self.videos_decoded += 1
+        timed = with_deadline(lambda: iter_video_timed(path, self.fps, self.max_frames, start_time=start), self.doc_timeout,
+                              f"reading and encoding {path}")
+        try:
+            for t, frame in timed:
+                session, batch = self._add_frame(session, times, batch, t, frame)
+            if batch:
+                session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
+                session.add_frames(np.stack(batch))
+            if session is None:
+                raise VideoError(f"no frames decoded from {path}")
+            session.flush()  # the end of the video closes its last chunk
+        except BaseException as exc:
+            if session is not None:
+                session.close()
+            if isinstance(exc, DeadlineExceeded):
+                raise VideoError(f"{exc} (model arg doc_timeout)") from None
+            raise
+        return session, times
+
+    def _add_frame(self, session, times: List[float], batch: list, t: float, frame):
+        """Collect one frame; every ``chunk_frames`` of them go to the session (created on
+        the first chunk, at the sampled rate). Returns ``(session, batch)``."""
+        times.append(t)
+        batch.append(frame)
+        if len(batch) == self.engine.config.chunk_frames:
+            session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
+            session.add_frames(np.stack(batch))
+            batch = []
+        return session, batch
 
     def _record_failure(self, job: Job, exc: Exception) -> None:
         args = job.args if len(job.args) >= 6 else (None,) * 6

@@ -114,22 +114,10 @@ def _remove_leftovers(folder: str) -> None:
     """Remove ``folder.tmp<pid>`` / ``folder.old<pid>`` left by a writer that was killed
     (a live writer's are kept)."""
     import glob
-    import re
 
-    for path in glob.glob(f"{glob.escape(folder)}.tmp*") + glob.glob(f"{glob.escape(folder)}.old*"):
-        match = re.search(r"\.(?:tmp|old)(\d+)$", path)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        try:
-            if pid != os.getpid():
-                os.kill(pid, 0)
-                continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
+    from .leftovers import remove_dead
+
+    remove_dead(glob.glob(f"{glob.escape(folder)}.tmp*") + glob.glob(f"{glob.escape(folder)}.old*"), r"\.(?:tmp|old)(\d+)$", own_are_stale=True)
 
 
 def load_session(engine, folder: str):

@@ -2,12 +2,15 @@
 spilled to segment files of many frames each (see ``segments``).
 
 Writes are atomic and checksummed; reads are batched per segment and run of consecutive
-frames. The session's folder is removed on ``close`` (or when the store is garbage
-collected) unless ``persist`` is set."""
+frames. Each session writes into its own folder ``rekv-<pid>-<random>`` under
+``offload_dir`` (or the system's temporary folder), removed on ``close`` or garbage
+collection; the folders of killed processes are removed by the next disk-tier session
+created in the same place."""
 
 from __future__ import annotations
 
 import bisect
+import glob
 import logging
 import os
 import shutil
@@ -17,19 +20,26 @@ from typing import Dict, List, Optional
 
 import torch
 
+from lmms_rekv.storage.leftovers import remove_dead
 from lmms_rekv.storage.quant import Fields
 from .memory import MemoryBackend
 from .segments import Segment, SegmentReader, write_manifest, write_segment
 
 logger = logging.getLogger(__name__)
 
+SCRATCH = r"^rekv-(\d+)-"  # a session's folder: rekv-<pid>-<random>, removed by a later session once <pid> is gone
+
 
 class DiskBackend:
-    def __init__(self, layers: int, fields: Fields, offload_dir: Optional[str], ram_budget_bytes: int, persist: bool = False) -> None:
+    def __init__(self, layers: int, fields: Fields, offload_dir: Optional[str], ram_budget_bytes: int) -> None:
         self.layers, self.fields, self.device = layers, fields, torch.device("cpu")
-        if offload_dir:
-            os.makedirs(offload_dir, exist_ok=True)
-        self.folder = tempfile.mkdtemp(prefix="rekv-", dir=offload_dir)
+        parent = offload_dir or tempfile.gettempdir()
+        try:
+            os.makedirs(parent, exist_ok=True)
+            remove_dead(glob.glob(os.path.join(glob.escape(parent), "rekv-*-*")), SCRATCH)  # of killed sessions
+            self.folder = tempfile.mkdtemp(prefix=f"rekv-{os.getpid()}-", dir=parent)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the disk tier's folder in {parent}: {exc.strerror or exc}") from exc
         probe = MemoryBackend(layers, fields, "cpu", capacity=1)
         self.frame_bytes = probe.frame_bytes
         self.ram_frames = max(2, ram_budget_bytes // self.frame_bytes)
@@ -39,8 +49,7 @@ class DiskBackend:
         self._firsts: List[int] = []
         self.disk_frames = 0
         self.reader = SegmentReader(self.folder, layers, fields)
-        self.persist = persist
-        self._cleanup = weakref.finalize(self, _remove, self.folder, self.reader, persist)
+        self._cleanup = weakref.finalize(self, _remove, self.folder, self.reader)
         logger.debug("disk backend in %s: %d frames in RAM, segments of %d", self.folder, self.ram_frames, self.segment_frames)
 
     @property
@@ -65,7 +74,8 @@ class DiskBackend:
         segment = write_segment(self.folder, len(self.segments), self.disk_frames, self.tail.rows(0, n))
         self.segments.append(segment)
         self._firsts.append(segment.first)
-        self.tail.drop_front(n)
+        with torch.inference_mode():  # the RAM arena was made while encoding (inference tensors)
+            self.tail.drop_front(n)
         self.disk_frames += n
         write_manifest(self.folder, self.layers, self.fields, self.segments)
 
@@ -111,7 +121,6 @@ class DiskBackend:
         self._cleanup()
 
 
-def _remove(folder: str, reader: SegmentReader, persist: bool) -> None:
+def _remove(folder: str, reader: SegmentReader) -> None:
     reader.close()
-    if not persist:
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)

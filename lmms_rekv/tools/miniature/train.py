@@ -59,6 +59,7 @@ class TrainConfig:
     clip_grad: Optional[float] = 1.0
     prev_aux: bool = True
     hop_aux: bool = True  # "same": each named object's colour readable at its word after the second layer
+    hop_all: bool = False  # "color"/"before": the answer readable at the question's object word after the second layer
     max_steps: Optional[int] = None  # stop after this many steps even if time is left (tests)
 
 
@@ -159,7 +160,8 @@ def forward(model, batch: Batch, video_id: int, first_layer: bool = False):
     return out.last_hidden_state, visual, after_first, out.hidden_states[2]
 
 
-def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = False) -> Dict[str, torch.Tensor]:
+def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = False,
+           hop_all: bool = False) -> Dict[str, torch.Tensor]:
     """Answer loss (answer + EOS), perception loss, temporal-order loss (``prev``) and
     early-answer loss, plus accuracy. ``hop``: for ``same`` questions also read each named
     object's colour at its own word after the second layer."""
@@ -186,6 +188,9 @@ def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = F
         mid = middle[rows[two]]
         at_words = torch.stack([mid[torch.arange(len(mid)), batch.first[two]], mid[torch.arange(len(mid)), batch.anchor[two]]], dim=1)
         early = early + F.cross_entropy((at_words @ table[layout.color_ids].T).flatten(0, 1), batch.named_colors[two].flatten())
+    if hop_all and (~two).any():  # one hop: the asked frame's colour / previous object at the object word, layer 2
+        one = rows[~two]
+        early = early + F.cross_entropy(model.lm_head(middle[one, batch.anchor[one]]), batch.ids[one, at[one]])
     correct = (logits[:, 0].argmax(-1) == targets[:, 0]).float()
     return {"answer": answer, "perception": perception, "order": order, "early": early, "correct": correct}
 
@@ -234,7 +239,7 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
             group["lr"] = lr_at(cfg, step, elapsed / budget)
         kinds, weights = (tuple(cfg.kinds), kind_weights(cfg, per_kind)) if frames >= cfg.mix_from_frames else (("color",), None)
         batch = make_batch(rng, layout, processor, frames, cfg.batch, kinds, weights, cfg.noise)
-        out = losses(model, batch, layout, prev=cfg.prev_aux, hop=cfg.hop_aux)
+        out = losses(model, batch, layout, prev=cfg.prev_aux, hop=cfg.hop_aux, hop_all=cfg.hop_all)
         loss = out["answer"] + cfg.aux_weight * (out["perception"] + out["order"] + out["early"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
