@@ -1,0 +1,191 @@
+"""``python -m lmms_rekv.tools.soak``: one long stream through one session.
+
+    python -m lmms_rekv.tools.soak --out soak_out                 # 18,000 frames (10 h at 0.5 fps)
+    python -m lmms_rekv.tools.soak --out soak_out --frames 600    # a short run
+
+The tiny random model streams ``--frames`` generated frames through one session on the disk
+tier with a small RAM budget, asking a question every ``--question-every`` frames. Each
+interval records the host RSS, the bytes on the model's device (KV: sinks + window; and the
+per-frame retrieval summaries, which grow with the stream by design), in RAM and on disk,
+and the encoding time per frame. At ``--checkpoints`` frame counts a fresh session is fed
+the same frames and must answer with the same tokens and bit-identical logits. Writes
+``results.json`` and ``soak.png``, prints a table; exit status 1 when an answer differs or
+the KV on the device is not flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+QUESTION = "what is happening?"
+CONFIG = dict(window_tokens=64, topk_frames=8, chunk_frames=8, offload="disk")
+RAM_FRAMES = 64  # the disk tier keeps at most this many frames in RAM
+BATCH = 8  # frames per add_frames call (a camera handing over a few frames at a time)
+
+
+def _frames(first: int, count: int, size: int = 48) -> np.ndarray:
+    """Frames ``first..first+count-1`` of a reproducible stream: frame ``i`` depends on
+    ``i`` alone, however the stream is cut into calls."""
+    from .bench import synthetic_frames
+
+    return synthetic_frames(first, count, size)
+
+
+def _feed(session, first: int, last: int) -> None:
+    for lo in range(first, last, BATCH):
+        session.add_frames(_frames(lo, min(BATCH, last - lo)))
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _answer(session):
+    return session.answer(QUESTION, max_new_tokens=4, return_logits=True, eos_token_ids=())
+
+
+def _fresh_matches(engine, frames: int, answer) -> bool:
+    """A fresh session fed frames ``0..frames-1`` answers identically (tokens, logits)."""
+    fresh = engine.new_session()
+    try:
+        _feed(fresh, 0, frames)
+        other = _answer(fresh)
+    finally:
+        fresh.close()
+    return other.token_ids == answer.token_ids and all(torch.equal(a, b) for a, b in zip(other.logits, answer.logits))
+
+
+def _row(session, frames: int, encode_s: float, interval: int, answer_s: float, same: Optional[bool]) -> Dict:
+    stats = session.stats()
+    return {"frames": frames, "rss_mb": round(rss_bytes() / 2**20, 1), "device_kv_bytes": stats["device_kv_bytes"],
+            "summary_device_bytes": stats["summary_device_bytes"], "cpu_bytes": stats["cpu_bytes"],
+            "disk_bytes": stats["disk_bytes"], "encode_ms_per_frame": round(1000 * encode_s / interval, 3),
+            "answer_s": round(answer_s, 4), "fresh_session_same": same}
+
+
+def run(out: str, frames: int = 18_000, question_every: int = 500, checkpoints: Sequence[int] = (), model_dir: Optional[str] = None,
+        progress: bool = True) -> Dict:
+    """The soak; returns ``{"rows": [...], "summary": {...}}`` (also written to ``out``)."""
+    from tqdm.auto import tqdm
+
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+    from lmms_rekv.tools.tiny import build_tiny_model
+
+    os.makedirs(out, exist_ok=True)
+    model_dir = model_dir or os.path.join(out, "tiny-model")
+    if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
+        build_tiny_model(model_dir)
+    probe = ReKVLlavaOneVision.from_pretrained(model_dir, config=ReKVConfig(**dict(CONFIG, offload="cpu")), dtype="float32", device="cpu")
+    budget = RAM_FRAMES * probe.new_session().stats()["kv_bytes_per_frame"]
+    engine = probe.with_config(ReKVConfig(**CONFIG, ram_budget_bytes=budget, offload_dir=os.path.join(out, "scratch")))
+    session, rows, checks = engine.new_session(), [], set(checkpoints) | {frames}
+    start = time.perf_counter()
+    with tqdm(total=frames, desc="soak", unit="frame", disable=not progress) as bar:
+        for first in range(0, frames, question_every):
+            last = min(frames, first + question_every)
+            t0 = time.perf_counter()
+            _feed(session, first, last)
+            encode_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            answer = _answer(session)
+            answer_s = time.perf_counter() - t0
+            same = _fresh_matches(engine, last, answer) if last in checks else None
+            rows.append(_row(session, last, encode_s, last - first, answer_s, same))
+            bar.update(last - first)
+    session.close()
+    summary = _summary(rows, time.perf_counter() - start, budget)
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump({"config": dict(CONFIG, ram_budget_bytes=budget, batch=BATCH, question_every=question_every),
+                   "summary": summary, "rows": rows}, fh, indent=1)
+    _plot(rows, os.path.join(out, "soak.png"))
+    return {"rows": rows, "summary": summary}
+
+
+def _summary(rows: List[Dict], seconds: float, budget: int) -> Dict:
+    """Flatness figures: the first interval is the warm-up (the window fills), so growth is
+    measured from the second one to the last."""
+    first, last = rows[min(1, len(rows) - 1)], rows[-1]
+    encode = [r["encode_ms_per_frame"] for r in rows[1:]] or [rows[0]["encode_ms_per_frame"]]
+    checked = [r["fresh_session_same"] for r in rows if r["fresh_session_same"] is not None]
+    return {
+        "frames": last["frames"], "seconds": round(seconds, 1),
+        "peak_rss_mb": max(r["rss_mb"] for r in rows), "rss_growth_mb": round(last["rss_mb"] - first["rss_mb"], 1),
+        "device_kv_bytes_min": min(r["device_kv_bytes"] for r in rows[1:] or rows),
+        "device_kv_bytes_max": max(r["device_kv_bytes"] for r in rows[1:] or rows),
+        "summary_device_bytes_end": last["summary_device_bytes"], "cpu_bytes_max": max(r["cpu_bytes"] for r in rows),
+        "ram_budget_bytes": budget, "disk_bytes_end": last["disk_bytes"],
+        "encode_ms_per_frame_first": encode[0], "encode_ms_per_frame_last": encode[-1],
+        "encode_ms_per_frame_median": float(np.median(encode)),
+        "checkpoints": len(checked), "checkpoints_same": sum(bool(c) for c in checked),
+    }
+
+
+def _plot(rows: List[Dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["frames"] for r in rows]
+    fig, (mem, enc) = plt.subplots(1, 2, figsize=(11, 4))
+    mem.plot(x, [r["rss_mb"] for r in rows], label="host RSS")
+    mem.plot(x, [r["cpu_bytes"] / 2**20 for r in rows], label="KV in RAM (disk tier)")
+    mem.plot(x, [r["disk_bytes"] / 2**20 for r in rows], label="KV on disk")
+    mem.plot(x, [r["device_kv_bytes"] / 2**20 for r in rows], label="KV on the model's device")
+    mem.plot(x, [r["summary_device_bytes"] / 2**20 for r in rows], label="retrieval summaries")
+    mem.set_xlabel("frames streamed")
+    mem.set_ylabel("MiB")
+    mem.legend(fontsize=8)
+    enc.plot(x, [r["encode_ms_per_frame"] for r in rows])
+    enc.set_xlabel("frames streamed")
+    enc.set_ylabel("encode ms / frame")
+    enc.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(rows: List[Dict], every: int = 1) -> str:
+    lines = ["| frames | host RSS MiB | device KV B | summaries B | RAM KV B | disk MiB | encode ms/frame | fresh session same |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows[::every] if rows[-1] in rows[::every] else rows[::every] + rows[-1:]:
+        same = "" if r["fresh_session_same"] is None else ("yes" if r["fresh_session_same"] else "NO")
+        lines.append(f"| {r['frames']:,} | {r['rss_mb']} | {r['device_kv_bytes']:,} | {r['summary_device_bytes']:,} | "
+                     f"{r['cpu_bytes']:,} | {r['disk_bytes'] / 2**20:.1f} | {r['encode_ms_per_frame']} | {same} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--frames", type=int, default=18_000)
+    parser.add_argument("--question-every", type=int, default=500)
+    parser.add_argument("--checkpoints", type=int, nargs="*", default=None,
+                        help="frame counts where a fresh session must answer the same (default: 1/3, 2/3 and the end)")
+    args = parser.parse_args(argv)
+    every = args.question_every
+    checkpoints = args.checkpoints
+    if checkpoints is None:
+        checkpoints = [round(args.frames * k / 3 / every) * every for k in (1, 2)]
+    result = run(args.out, args.frames, every, checkpoints)
+    summary = result["summary"]
+    print(table(result["rows"], every=max(1, len(result["rows"]) // 12)))
+    print(json.dumps(summary))
+    flat = summary["device_kv_bytes_min"] == summary["device_kv_bytes_max"]
+    return 0 if flat and summary["checkpoints_same"] == summary["checkpoints"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

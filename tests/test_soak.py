@@ -1,0 +1,18 @@
+"""Issue 16, short version of ``python -m lmms_rekv.tools.soak`` (the README runs 18,000
+frames): one session on the disk tier with a small RAM budget, questions along the way."""
+
+from __future__ import annotations
+
+
+def test_short_soak_keeps_memory_bounded_and_answers_like_a_fresh_session(tiny_dir, tmp_path):
+    from lmms_rekv.tools.soak import run
+
+    result = run(str(tmp_path / "soak"), frames=480, question_every=120, checkpoints=[240], model_dir=tiny_dir, progress=False)
+    rows, summary = result["rows"], result["summary"]
+    assert [r["frames"] for r in rows] == [120, 240, 360, 480]
+    assert summary["checkpoints"] == 2 and summary["checkpoints_same"] == 2  # at 240 and at the end
+    assert summary["device_kv_bytes_min"] == summary["device_kv_bytes_max"]  # sinks + full window only
+    assert summary["cpu_bytes_max"] <= summary["ram_budget_bytes"]
+    assert rows[-1]["disk_bytes"] > rows[0]["disk_bytes"] > 0
+    assert rows[-1]["summary_device_bytes"] > rows[0]["summary_device_bytes"]  # per-frame summaries grow, by design
+    assert (tmp_path / "soak" / "soak.png").stat().st_size > 0 and (tmp_path / "soak" / "results.json").is_file()
