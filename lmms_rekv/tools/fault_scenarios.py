@@ -55,7 +55,7 @@ def _expect_oserror(check: str, action: Callable[[], object], must_name: str) ->
     _report(check, False, "no error raised")
 
 
-def _spill_then_recover(engine, work: str, break_it: Callable[[], None], mend: Callable[[], None], check: str) -> None:
+def _spill_then_recover(engine, break_it: Callable[[], None], mend: Callable[[], None], check: str) -> None:
     """A disk-tier session whose spill fails: the error names the segment, no frame is lost,
     and once writing works again the session ends bit-identical to one that never failed."""
     video, more = _video(8), _video(16, seed=1)
@@ -92,7 +92,7 @@ def full_disk(model_dir: str, work: str) -> None:
         restore()
     _report("full disk: no partial entry", not [n for n in os.listdir(work) if n.startswith("entry")])
     _report("full disk: session answers as before", session.answer(QUESTION, max_new_tokens=3).token_ids == before)
-    _spill_then_recover(engine, work, limit, restore, "full disk")
+    _spill_then_recover(engine, limit, restore, "full disk")
 
 
 def _drop_root_privileges() -> None:
@@ -141,7 +141,7 @@ def permissions(model_dir: str, work: str) -> None:
         folder.append(disk_folder(work))
         os.chmod(folder[0], 0o555)
 
-    _spill_then_recover(disk, work, lock, lambda: os.chmod(folder[0], 0o755), "permission denied")
+    _spill_then_recover(disk, lock, lambda: os.chmod(folder[0], 0o755), "permission denied")
     _unreadable_cache_entry(engine, session, work, model_dir)
 
 
