@@ -160,7 +160,7 @@ class ReKVSession:
         chunk = -(-self.config.chunk_frames // per_block) * per_block  # whole blocks
         while self._pending_frames >= chunk:
             self._encode(self._pending_range(0, chunk))
-            self._take(chunk)  # the tail covered frames of this chunk: _take drops it
+            self._drop_pending(chunk)  # the tail covered frames of this chunk: dropped too
         if (self.config.eager if tail is None else tail) and not more_waiting():
             self._extend_tail()
 
@@ -237,11 +237,11 @@ class ReKVSession:
             self.state.store.extend_from(tail.store.extra)
             self.state.win_k, self.state.win_v = tail.win_k, tail.win_v
             self.state.stream_tokens = tail.stream_tokens
-            self._take(whole)
+            self._drop_pending(whole)
         else:
             self._drop_tail()
             self._encode(self._pending_range(0, whole))
-            self._take(whole)
+            self._drop_pending(whole)
 
     def _pending_range(self, first: int, last: int) -> torch.Tensor:
         """Pending frames ``first..last-1`` (a view when they lie in one added batch: a frame
@@ -254,13 +254,18 @@ class ReKVSession:
             start += batch.shape[0]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    def _take(self, n: int) -> torch.Tensor:
-        pending = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
-        head, rest = pending[:n], pending[n:]
-        self._pending = [rest] if rest.shape[0] else []
-        self._pending_frames = rest.shape[0]
+    def _drop_pending(self, n: int) -> None:
+        """Forget the first ``n`` pending frames (now stored) and the tail that covered them;
+        whole batches are dropped, the one cut is sliced (no copy of the backlog)."""
+        rest, left = [], n
+        for batch in self._pending:
+            if left >= batch.shape[0]:
+                left -= batch.shape[0]
+                continue
+            rest.append(batch[left:])
+            left = 0
+        self._pending, self._pending_frames = rest, self._pending_frames - n
         self._drop_tail()
-        return head
 
     def _fork(self, state: StreamState) -> StreamState:
         """``state`` followed by a small store of its own; encoding into the fork leaves
