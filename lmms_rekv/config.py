@@ -18,6 +18,7 @@ QUERY_POOLS = ("mean", "max", "head")  # = lmms_rekv.retrieval.scoring.POOLS (no
 QUERY_SPANS = ("prompt", "question")
 LAYER_FRAMES = ("own", "first")
 OFFLOAD_TIERS = ("cpu", "device", "disk")
+SUMMARY_TIERS = ("device", "cpu")
 KV_QUANT = (None, "int8", "int4")
 POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")  # = lmms_rekv.patches.base.POSITION_STRATEGIES
 
@@ -60,6 +61,12 @@ class ReKVConfig:
             ``"device"`` (kept on the model's device; for small streams and tests) or
             ``"disk"`` (RAM up to ``ram_budget_bytes``, older frames in segment files under
             ``offload_dir``).
+        summary_tier: where the per-frame retrieval index lives -- each frame's mean key per
+            layer (``layers * kv_heads * head_dim * 4`` bytes per frame) and, for external or
+            hybrid retrieval, its embedding: ``"device"`` (default; scored on the model's
+            device) or ``"cpu"`` (host RAM; the question's queries are copied there and
+            scored on the CPU): device memory then stays flat however long the stream
+            (the index of a 10-hour stream is ~1 GiB for a 7B model).
         offload_dir: parent folder of the disk tier's per-session folders (default: the
             system temporary folder).
         ram_budget_bytes: RAM the disk tier may hold of offloaded KV before spilling.
@@ -109,6 +116,7 @@ class ReKVConfig:
     chunk_frames: int = 64
     eager: bool = True
     offload: str = "cpu"
+    summary_tier: str = "device"
     offload_dir: Optional[str] = None
     ram_budget_bytes: int = 4 * 1024**3
     kv_quant: Optional[str] = None
@@ -153,6 +161,7 @@ class ReKVConfig:
         _choice("query_span", self.query_span, QUERY_SPANS)
         _choice("layer_frames", self.layer_frames, LAYER_FRAMES)
         _choice("offload", self.offload, OFFLOAD_TIERS)
+        _choice("summary_tier", self.summary_tier, SUMMARY_TIERS)
         _choice("kv_quant", self.kv_quant, KV_QUANT)
         _positive("ram_budget_bytes", self.ram_budget_bytes)
         _choice("hybrid_rule", self.hybrid_rule, FUSION_RULES)

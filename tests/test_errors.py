@@ -17,6 +17,7 @@ from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
         (dict(score="l2"), "score"),
         (dict(retrieval="magic"), "retrieval"),
         (dict(offload="tape"), "offload"),
+        (dict(summary_tier="gpu"), "summary_tier"),
         (dict(topk_frames=200, frame_tokens=196), "QA budget"),
         (dict(topk_frames=10, qa_budget_tokens=1000, frame_tokens=196), "QA budget"),
         (dict(window_tokens=1.5), "window_tokens"),
@@ -91,3 +92,30 @@ def test_missing_model_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         ReKVLlavaOneVision.from_pretrained(str(tmp_path / "empty"))
+
+
+def test_readme_config_table_gives_every_field_and_its_default():
+    """The README's ``ReKVConfig`` table lists every field with the default the code has."""
+    import dataclasses
+    import os
+    import re
+
+    from lmms_rekv import ReKVConfig
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    table = readme.split("### `ReKVConfig`", 1)[1].split("\n\n", 2)[1]
+    listed = {}
+    for row in table.splitlines()[2:]:
+        names, default = row.split("|")[1:3]
+        values = [v.strip().strip("`") for v in default.split(",")]
+        for name, value in zip(re.findall(r"`(\w+)`", names), values):
+            listed[name] = value
+    for field in dataclasses.fields(ReKVConfig):
+        assert field.name in listed, f"{field.name} missing from the README's ReKVConfig table"
+        value = field.default
+        if value is None or field.name == "offload_dir":
+            continue  # documented in words ("temp dir", "None = set by the loader")
+        text = listed[field.name].strip('"')
+        if text.endswith(" GiB"):
+            text = str(int(text[:-4]) * 2**30)
+        assert text == str(value).replace("'", ""), (field.name, listed[field.name], value)

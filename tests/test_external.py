@@ -91,10 +91,12 @@ def test_planted_frames_are_retrieved(load, frames, mode, extra):
         assert selected.tolist() == [3, 9]
 
 
-def test_hybrid_equals_brute_force_fusion(load, clip_json, frames):
-    engine = _engine(load, clip_json, retrieval="hybrid", hybrid_alpha=0.3, topk_frames=4)
+@pytest.mark.parametrize("summary_tier", ["device", "cpu"])
+def test_hybrid_equals_brute_force_fusion(load, clip_json, frames, summary_tier):
+    engine = _engine(load, clip_json, retrieval="hybrid", hybrid_alpha=0.3, topk_frames=4, summary_tier=summary_tier)
     session = engine.new_session()
     session.add_frames(frames(12, seed=12))
+    assert session.stats()["embedding_device_bytes" if summary_tier == "device" else "index_host_bytes"] >= 12 * 32 * 4
     answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
     text = engine.model.config.text_config
     external = session.embeddings @ engine.embedder.embed_text(QUESTION)

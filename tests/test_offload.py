@@ -111,3 +111,32 @@ def test_device_memory_bounded_over_a_long_stream(load, frames):
     assert 0 < max(tail) <= min(kv) + 2 * 50 * stats["summary_bytes_per_frame"]
     assert len(kv) == 1 and max(pending) <= 50 * engine.processor(video[:1]).element_size() * engine.processor(video[:1]).numel()
     assert session.frames == 56 * 37
+
+
+def test_host_summaries_keep_device_bytes_flat_and_answers_unchanged(load, frames):
+    """``summary_tier="cpu"``: the retrieval index moves to host RAM, device bytes stop
+    growing with the stream, and the answers (tokens, logits, frames chosen per layer) equal
+    those scored on the device tier."""
+    video = frames(120, seed=9, size=(16, 16))
+    sessions = {}
+    for tier in ("device", "cpu"):
+        engine = load(window_tokens=48, topk_frames=4, chunk_frames=10, summary_tier=tier, layer_frames="own")
+        session = sessions[tier] = engine.new_session()
+        seen = []
+        for lo in range(0, 120, 30):
+            session.add_frames(video[lo : lo + 30])
+            seen.append(session.stats())
+        per_frame = seen[0]["summary_bytes_per_frame"]
+        if tier == "cpu":
+            assert len({s["device_bytes"] for s in seen}) == 1
+            assert all(s["summary_device_bytes"] == 0 for s in seen)
+            assert all(s["frames"] * per_frame <= s["index_host_bytes"] < 2 * max(64, s["frames"]) * per_frame for s in seen)
+            assert session.state.store.summary_device == torch.device("cpu")
+        else:
+            assert seen[-1]["device_bytes"] - seen[0]["device_bytes"] >= 64 * per_frame
+            assert all(s["index_host_bytes"] == 0 for s in seen)
+    answers = {tier: s.answer("what happens?", max_new_tokens=4, return_logits=True, eos_token_ids=()) for tier, s in sessions.items()}
+    device, host = answers["device"], answers["cpu"]
+    assert host.token_ids == device.token_ids
+    assert all(torch.equal(a, b) for a, b in zip(host.logits, device.logits))
+    assert [s.tolist() for s in host.selected] == [s.tolist() for s in device.selected]

@@ -106,8 +106,13 @@ class ReKVSession:
             factory = lambda fields: DiskBackend(layers, fields, cfg.offload_dir, cfg.ram_budget_bytes)  # noqa: E731
         return BlockStore(
             layers, self.backbone.block_tokens, kv_heads, head_dim, engine.dtype, storage, engine.device,
-            initial_capacity=capacity, kv_quant=cfg.kv_quant, backend_factory=factory,
+            initial_capacity=capacity, kv_quant=cfg.kv_quant, backend_factory=factory, summary_device=self._index_device,
         )
+
+    @property
+    def _index_device(self) -> torch.device:
+        """Where the per-frame retrieval index (summaries, embeddings) lives: ``summary_tier``."""
+        return self.engine.device if self.config.summary_tier == "device" else torch.device("cpu")
 
     # -- frames ---------------------------------------------------------------------------
     @property
@@ -210,7 +215,7 @@ class ReKVSession:
 
     def _embed_rows(self, embeddings: torch.Tensor) -> None:
         if self._embeddings is None:
-            self._embeddings = GrowingRows(embeddings.shape[1], self.engine.device)
+            self._embeddings = GrowingRows(embeddings.shape[1], self._index_device)
         self._embeddings.append(embeddings)
 
     @property
@@ -450,10 +455,15 @@ class ReKVSession:
         policy = cfg.policy()
 
         def internal(layer: int, queries: torch.Tensor) -> torch.Tensor:
-            return frame_scores(queries, store.summaries(layer)[:blocks], cfg.score, cfg.query_pool)
+            summaries = store.summaries(layer)[:blocks]
+            return frame_scores(queries.to(summaries.device), summaries, cfg.score, cfg.query_pool)
+
+        def external_scores() -> torch.Tensor:
+            rows = self._block_embeddings(blocks)
+            return rows @ self.engine.embedder.embed_text(question).to(rows.device)
 
         if cfg.retrieval == "external":
-            chosen = select(self._block_embeddings(blocks) @ self.engine.embedder.embed_text(question), policy)
+            chosen = select(external_scores(), policy)
 
             def same_for_all(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return chosen
@@ -464,7 +474,7 @@ class ReKVSession:
             def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return select(internal(layer, queries), policy)
         else:
-            external = self._block_embeddings(blocks) @ self.engine.embedder.embed_text(question)
+            external = external_scores()
 
             def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
                 return select(fuse(internal(layer, queries), external, cfg.hybrid_rule, cfg.hybrid_alpha), policy)
@@ -562,7 +572,10 @@ class ReKVSession:
         steps) + ``pending_device_bytes`` (preprocessed frames waiting for a chunk) +
         ``tail_device_bytes`` (the provisional tail: its window copy, summaries and, on the
         ``device`` tier, its blocks; at most one window + one chunk) +
-        ``embedding_device_bytes`` (external retrieval)."""
+        ``embedding_device_bytes`` (external retrieval). With ``summary_tier="cpu"`` the
+        summaries and embeddings are in host RAM instead (``index_host_bytes``) and
+        ``device_bytes`` stays flat however long the stream. Bytes are counted by tier (on a
+        CPU-only machine the "device" is the CPU too)."""
         st, store = self.state, self.state.store
         backend = store.backend
         device = self.engine.device
@@ -571,9 +584,11 @@ class ReKVSession:
         kv_device = st.device_bytes() + (store.used_bytes if on_device else 0)
         arena_slack = store.reserved_bytes - store.used_bytes if on_device else 0
         pending = sum(p.numel() * p.element_size() for p in self._pending if p.device == device)
+        index_on_device = self.config.summary_tier == "device"
         emb = self._embeddings
-        emb_device = emb.allocated_bytes if emb is not None and emb.device == device else 0
-        summaries = store.summary_allocated_bytes
+        emb_bytes = 0 if emb is None else emb.allocated_bytes
+        emb_device = emb_bytes if index_on_device else 0
+        summaries = store.summary_allocated_bytes if index_on_device else 0
         tail = self._tail_device_bytes()
         return {
             "frames": self.frames,
@@ -586,6 +601,7 @@ class ReKVSession:
             "device_bytes": kv_device + arena_slack + summaries + pending + tail + emb_device,
             "device_kv_bytes": kv_device,
             "summary_device_bytes": summaries,
+            "index_host_bytes": 0 if index_on_device else store.summary_allocated_bytes + emb_bytes,
             "summary_bytes_per_frame": store.summary_bytes_per_frame,
             "pending_device_bytes": pending,
             "tail_frames": self._tail_frames,
@@ -606,4 +622,4 @@ class ReKVSession:
         extra = tail.store.extra
         window = sum(t.numel() * t.element_size() for t in (*tail.win_k, *tail.win_v) if t.device == self.engine.device)
         blocks = extra.reserved_bytes if self.config.offload == "device" else 0
-        return window + blocks + extra.summary_allocated_bytes
+        return window + blocks + (extra.summary_allocated_bytes if self.config.summary_tier == "device" else 0)

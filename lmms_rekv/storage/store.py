@@ -5,7 +5,8 @@ turns a chunk's keys/values into stored fields; a backend (``backends``: growing
 arenas ``(layers, capacity, *field_shape)`` on the CPU -- pinned when the model runs on
 CUDA -- or on the device; or RAM + segment files on disk) keeps them, one copy per layer and
 chunk, never one allocation per frame. Per-layer block summaries (mean pre-RoPE key of each
-frame, fp32, exact whatever the codec) stay on the model's device for scoring.
+frame, fp32, exact whatever the codec) are kept for scoring on the model's device, or in host
+RAM (``summary_device``) so that device memory does not grow with the stream.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ class BlockStore:
 
     A codec (exact or int8/int4) turns each chunk's keys/values into stored fields; a
     backend (memory, or disk with a RAM budget) keeps them. The per-frame mean pre-RoPE key
-    of every layer (``summaries``, fp32, exact) stays on the model's device for scoring."""
+    of every layer (``summaries``, fp32, exact) is kept on ``summary_device`` (default: the
+    model's device) for scoring."""
 
     def __init__(
         self,
@@ -33,20 +35,22 @@ class BlockStore:
         head_dim: int,
         dtype: torch.dtype,
         storage_device: torch.device,
-        summary_device: torch.device,
+        model_device: torch.device,
         initial_capacity: int = 64,
         kv_quant: Optional[str] = None,
         backend_factory: Optional[Callable] = None,
+        summary_device: Optional[torch.device] = None,
     ) -> None:
         from .backends import MemoryBackend
         from .quant import make_codec
 
         self.layers, self.frame_tokens = layers, frame_tokens
         self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
-        self.summary_device = torch.device(summary_device)
+        model_device = torch.device(model_device)
+        self.summary_device = model_device if summary_device is None else torch.device(summary_device)
         self.codec = make_codec(kv_quant, frame_tokens, kv_heads, head_dim, dtype)
         storage_device = torch.device(storage_device)
-        pin = storage_device.type == "cpu" and self.summary_device.type == "cuda"
+        pin = storage_device.type == "cpu" and model_device.type == "cuda"
         if backend_factory is not None:  # e.g. the disk tier: built for this codec's fields
             self.backend = backend_factory(self.codec.fields())
         else:
@@ -101,7 +105,7 @@ class BlockStore:
             self._summaries.write(layer, 0, summaries[layer].reshape(summaries.shape[1], -1))
 
     def summaries(self, layer: int) -> torch.Tensor:
-        """Mean pre-RoPE key per frame, ``(frames, kv_heads, head_dim)`` fp32 on the model device."""
+        """Mean pre-RoPE key per frame, ``(frames, kv_heads, head_dim)`` fp32 on ``summary_device``."""
         return self._summaries.view(layer).view(-1, self.kv_heads, self.head_dim)
 
     def all_summaries(self) -> torch.Tensor:
@@ -158,7 +162,7 @@ class BlockStore:
 
     @property
     def summary_bytes(self) -> int:
-        """Bytes of the per-frame retrieval summaries in use (on the model's device)."""
+        """Bytes of the per-frame retrieval summaries in use (on ``summary_device``)."""
         return self._summaries.nbytes
 
     @property

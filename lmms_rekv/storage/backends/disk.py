@@ -2,7 +2,9 @@
 spilled to segment files of many frames each (see ``segments``).
 
 Writes are atomic and checksummed; reads are batched per segment and run of consecutive
-frames. Each session writes into its own folder ``rekv-<pid>-<random>`` under
+frames. The list of segments is kept in memory only (a session's folder is scratch: what is
+persisted is written by ``lmms_rekv.storage.persist`` with its own manifest), so a spill costs
+the same at the first segment and the thousandth. Each session writes into its own folder ``rekv-<pid>-<random>`` under
 ``offload_dir`` (or the system's temporary folder), removed on ``close`` or garbage
 collection; the folders of killed processes are removed by the next disk-tier session
 created in the same place."""
@@ -23,7 +25,7 @@ import torch
 from lmms_rekv.storage.leftovers import remove_dead
 from lmms_rekv.storage.quant import Fields
 from .memory import MemoryBackend
-from .segments import Segment, SegmentReader, write_manifest, write_segment
+from .segments import Segment, SegmentReader, write_segment
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class DiskBackend:
         self.segments: List[Segment] = []
         self._firsts: List[int] = []
         self.disk_frames = 0
+        self._disk_bytes = 0
         self.reader = SegmentReader(self.folder, layers, fields)
         self._cleanup = weakref.finalize(self, _remove, self.folder, self.reader)
         logger.debug("disk backend in %s: %d frames in RAM, segments of %d", self.folder, self.ram_frames, self.segment_frames)
@@ -77,7 +80,7 @@ class DiskBackend:
         with torch.inference_mode():  # the RAM arena was made while encoding (inference tensors)
             self.tail.drop_front(n)
         self.disk_frames += n
-        write_manifest(self.folder, self.layers, self.fields, self.segments)
+        self._disk_bytes += segment.bytes
 
     def flush(self) -> None:
         """Spill every RAM frame (before persisting)."""
@@ -107,7 +110,7 @@ class DiskBackend:
 
     @property
     def disk_bytes(self) -> int:
-        return sum(s.bytes for s in self.segments)
+        return self._disk_bytes
 
     @property
     def used_bytes(self) -> int:
