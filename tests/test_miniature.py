@@ -82,6 +82,38 @@ def test_training_lowers_the_loss():
     assert log["steps"] == 40 and losses[-1] < 0.7 * losses[0], losses
 
 
+def test_gather_loss_reads_the_answering_position_after_the_last_attention():
+    """``gather``: for ``same`` questions the early loss gains the multi-label BCE of both
+    named colours read (tied colour embeddings) from the answering position's residual after
+    the last layer's attention -- recomputed here from that layer's post-attention norm's
+    input (another capture point) -- and leaves no hook behind."""
+    import torch.nn.functional as F
+
+    from lmms_rekv.io.preprocess import FrameProcessor
+    from lmms_rekv.tools.miniature.train import losses
+
+    arch = build.Architecture()
+    tokenizer = build.build_tokenizer(arch.vocab_size, seed=0)
+    model = build.build_model(arch, tokenizer, seed=0)
+    layout = Layout(tokenizer, (arch.image_size // arch.patch_size // 2) ** 2)
+    batch = make_batch(np.random.default_rng(0), layout, FrameProcessor(size=arch.image_size), 6, 12, world.KINDS, None, 6.0)
+    last = model.model.language_model.layers[-1]
+    seen = []
+    probe = last.post_attention_layernorm.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        plain = losses(model, batch, layout, hop=True)["early"]
+        hooks_before = dict(last.self_attn._forward_hooks)  # transformers adds its own on the first forward
+        gathered = losses(model, batch, layout, hop=True, gather=True)["early"]
+    probe.remove()
+    assert dict(last.self_attn._forward_hooks) == hooks_before
+    two = torch.tensor([k == "same" for k in batch.kinds])
+    assert 0 < int(two.sum()) < len(two)
+    rows, pos = torch.arange(len(two))[two], batch.answer_at[two] - 1
+    colours = seen[1][rows, pos] @ model.model.language_model.embed_tokens.weight[layout.color_ids].T
+    wanted = F.one_hot(batch.named_colors[two], len(world.COLORS)).amax(dim=1).float()
+    assert torch.allclose(gathered - plain, F.binary_cross_entropy_with_logits(colours, wanted), atol=1e-5)
+
+
 # -- the shipped checkpoint -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shipped():
