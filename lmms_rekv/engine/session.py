@@ -110,9 +110,14 @@ class ReKVSession:
         )
 
     @property
+    def _index_on_device(self) -> bool:
+        """Whether the per-frame retrieval index (summaries, embeddings) is on the model's
+        device (``summary_tier="device"``) rather than in host RAM."""
+        return self.config.summary_tier == "device"
+
+    @property
     def _index_device(self) -> torch.device:
-        """Where the per-frame retrieval index (summaries, embeddings) lives: ``summary_tier``."""
-        return self.engine.device if self.config.summary_tier == "device" else torch.device("cpu")
+        return self.engine.device if self._index_on_device else torch.device("cpu")
 
     # -- frames ---------------------------------------------------------------------------
     @property
@@ -584,7 +589,7 @@ class ReKVSession:
         kv_device = st.device_bytes() + (store.used_bytes if on_device else 0)
         arena_slack = store.reserved_bytes - store.used_bytes if on_device else 0
         pending = sum(p.numel() * p.element_size() for p in self._pending if p.device == device)
-        index_on_device = self.config.summary_tier == "device"
+        index_on_device = self._index_on_device
         emb = self._embeddings
         emb_bytes = 0 if emb is None else emb.allocated_bytes
         emb_device = emb_bytes if index_on_device else 0
@@ -622,4 +627,4 @@ class ReKVSession:
         extra = tail.store.extra
         window = sum(t.numel() * t.element_size() for t in (*tail.win_k, *tail.win_v) if t.device == self.engine.device)
         blocks = extra.reserved_bytes if self.config.offload == "device" else 0
-        return window + blocks + (extra.summary_allocated_bytes if self.config.summary_tier == "device" else 0)
+        return window + blocks + (extra.summary_allocated_bytes if self._index_on_device else 0)
