@@ -16,17 +16,17 @@ FAMILIES: Dict[str, str] = {
     "llava_onevision": "lmms_rekv.patches.llava_onevision:LlavaOnevisionBackbone",
     "qwen2_vl": "lmms_rekv.patches.qwen2_vl:Qwen2VLBackbone",
     "qwen2_5_vl": "lmms_rekv.patches.qwen2_vl:Qwen2_5_VLBackbone",
+    "qwen3_vl": "lmms_rekv.patches.qwen3_vl:Qwen3VLBackbone",
+    "qwen3_vl_moe": "lmms_rekv.patches.qwen3_vl:Qwen3VLMoeBackbone",
 }
 
 
 _HYBRID = ("3 of every 4 decoder layers are Gated DeltaNet layers whose state is a fixed-size running summary of the "
            "whole stream (no per-frame KV): frames cannot be offloaded, retrieved or re-positioned there, so ReKV's "
            "'answer from the retrieved frames' would hold on the attention layers only")
-_TIMESTAMPS = ("each 2-frame block carries its own '<t seconds>' timestamp text (variable length) and deepstack rows; "
-               "the adapter for this layout is not written yet")
 #: families recognised but refused at load, with the reason
 REFUSED: Dict[str, str] = {
-    "qwen3_vl": _TIMESTAMPS, "qwen3_vl_moe": _TIMESTAMPS, "qwen3_5": _HYBRID, "qwen3_5_moe": _HYBRID,
+    "qwen3_5": _HYBRID, "qwen3_5_moe": _HYBRID,
 }
 
 

@@ -32,7 +32,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from typing import Any, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import torch
 
@@ -182,6 +182,14 @@ class Rope:
         return self._apply(x, x[:0], cos, sin, unsqueeze_dim=0)[0]
 
 
+class ChunkInputs(NamedTuple):
+    """What the text model takes for a chunk of whole blocks (``Backbone.chunk_inputs``)."""
+
+    embeds: torch.Tensor  # (1, L, hidden) input embeddings of the chunk's L tokens
+    lm_kwargs: Dict[str, Any]  # extra text-model arguments for this chunk (e.g. deepstack rows)
+    slots: Optional[torch.Tensor] = None  # (L,) each token's slot among blocks * block_tokens; None: one to one
+
+
 #: How a question's retrieved blocks are positioned (``ReKVConfig.position_strategy``):
 #: ``layout`` re-runs the family's position rule over [sinks, retrieved blocks in time order,
 #: text]; ``original`` keeps each block's stream positions (gaps included); ``consecutive_t``
@@ -261,6 +269,22 @@ class Backbone:
         ``(1, N / frames_per_block * block_tokens, hidden)`` LM input embeddings."""
         raise NotImplementedError
 
+    def chunk_inputs(self, pixels: torch.Tensor, first_block: int, fps: Optional[float] = None,
+                     padded: Optional[int] = None) -> ChunkInputs:
+        """The text model's inputs for stream blocks ``first_block..`` (``preprocess``
+        output of whole blocks; block ``padded``, if given, is an incomplete block padded by
+        repeating its last frame). Here: ``block_features``, every token in its own slot."""
+        return ChunkInputs(self.block_features(pixels), {})
+
+    #: tokens of a stored block its retrieval summary averages (None: all of them)
+    summary_tokens: Optional[slice] = None
+
+    def block_rows(self, blocks: torch.Tensor, device: torch.device, fps: Optional[float] = None,
+                   padded: Optional[int] = None) -> Optional[torch.Tensor]:
+        """Which of the ``len(blocks) * block_tokens`` gathered slots of ``blocks`` hold
+        tokens (a ``(n,)`` index), for families whose blocks vary in length; None: all."""
+        return None
+
     # -- prompt ---------------------------------------------------------------------------
     def tokenize(self, text: str) -> List[int]:
         """Token ids of ``text`` without special tokens added."""
@@ -338,7 +362,8 @@ class Backbone:
             raise ValueError(f"position_strategy={strategy!r} needs an M-RoPE family; {self.model_type} supports {self.strategies}")
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
-                         device: torch.device, fps: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         device: torch.device, fps: Optional[float] = None,
+                         padded: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Positions while encoding a chunk of ``chunk`` tokens after ``window_len`` window
         tokens (``stream_tokens`` encoded so far): ``(window keys (P, window_len), chunk
         (P, chunk), chunk queries as seen from the sinks (P, chunk))``.
@@ -358,7 +383,7 @@ class Backbone:
         return strategy == "original"
 
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
-                          fps: Optional[float] = None, strategy: str = "layout") -> torch.Tensor:
+                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None) -> torch.Tensor:
         """``(P, sinks + K * block_tokens + text)`` positions of a question's context
         ``[sinks, the K retrieved blocks (indices ``blocks``, time order), text after the
         video]`` under ``strategy``; decoding continues the text (the last ``text`` rows may

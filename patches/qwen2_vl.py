@@ -157,7 +157,8 @@ class Qwen2VLBackbone(Backbone):
         return torch.stack([t, h, w])
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
-                         device: torch.device, fps: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         device: torch.device, fps: Optional[float] = None,
+                         padded: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Window and chunk re-based to the block of the oldest window token; each query as
         seen from the sinks re-based to the block of the oldest token of its own window
         (time differences kept; height/width never move)."""
@@ -171,7 +172,7 @@ class Qwen2VLBackbone(Backbone):
         return window_keys, chunk_pos, seen
 
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
-                          fps: Optional[float] = None, strategy: str = "layout") -> torch.Tensor:
+                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None) -> torch.Tensor:
         """``[sinks, retrieved blocks, text]``: ``layout`` (block ranks through the family's
         time rule), ``original`` (each block's stream time), ``consecutive_t`` (ranks as
         time) or ``1d`` (every token consecutive); text after the video as the family

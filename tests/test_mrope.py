@@ -264,7 +264,7 @@ def test_qwen2_5_needs_the_true_sampling_rate(loader):
 
 
 @pytest.mark.parametrize("model_type,reason", [("qwen3_5", "Gated DeltaNet"), ("qwen3_5_moe", "no per-frame KV"),
-                                               ("qwen3_vl", "timestamp"), ("mystery_vlm", "supported")])
+                                               ("mystery_vlm", "supported")])
 def test_unsupported_families_are_refused_at_load_with_the_reason(tmp_path, model_type, reason):
     import json
 

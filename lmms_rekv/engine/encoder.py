@@ -34,6 +34,7 @@ class StreamState:
     win_k: List[torch.Tensor] = field(default_factory=list)  # pre-RoPE, most recent <= W tokens
     win_v: List[torch.Tensor] = field(default_factory=list)
     stream_tokens: int = 0
+    padded_block: Optional[int] = None  # a fork's incomplete last block, padded for one question
 
     @property
     def sinks(self) -> int:
@@ -75,8 +76,10 @@ class ChunkStep:
     ``sink_positions`` ``(P, L)``."""
 
     def __init__(self, state: StreamState, rope: Rope, first_frame: int, block: int,
-                 window_positions: torch.Tensor, sink_positions: torch.Tensor, like: torch.Tensor):
+                 window_positions: torch.Tensor, sink_positions: torch.Tensor, like: torch.Tensor,
+                 slots: Optional[torch.Tensor] = None, slot_count: int = 0):
         self.state, self.rope, self.first_frame, self.block = state, rope, first_frame, block
+        self.slots, self.slot_count = slots, slot_count  # (L,): each chunk token's slot among the chunk's blocks
         self.cos_w, self.sin_w = rope.tables(window_positions, like)
         self.cos_s, self.sin_s = rope.tables(sink_positions, like)
 
@@ -96,5 +99,13 @@ class ChunkStep:
         if st.window is not None:
             all_k, values = all_k[:, -st.window :].contiguous(), values[:, -st.window :].contiguous()
         st.win_k[layer], st.win_v[layer] = all_k, values
-        st.store.write(layer, self.first_frame, k_pre[0], v.transpose(0, 1))
+        st.store.write(layer, self.first_frame, self._slotted(k_pre[0]), self._slotted(v.transpose(0, 1)))
         return out.unsqueeze(0)
+
+    def _slotted(self, x: torch.Tensor) -> torch.Tensor:
+        """``(L, Hkv, D)`` chunk tokens -> ``(blocks * block slots, Hkv, D)`` (unused slots zero)
+        for families whose blocks vary in length (stored in fixed slots); else ``x``."""
+        if self.slots is None:
+            return x
+        out = x.new_zeros((self.slot_count, *x.shape[1:]))
+        return out.index_copy_(0, self.slots, x)

@@ -60,6 +60,7 @@ class QAStep:
     question_offset: int = 1  # prefill tokens before the question (the family may place some, e.g. a newline)
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
     fixed: Optional[torch.Tensor] = None  # frames shared by every layer (external): prefetched at once
+    rows: Optional[Callable[[torch.Tensor, torch.device], Optional[torch.Tensor]]] = None  # slots holding tokens (Backbone.block_rows)
     decoding: bool = False
     selected: List[Optional[torch.Tensor]] = field(default_factory=list)
     _caches: List[Optional[_LayerCache]] = field(default_factory=list)
@@ -106,6 +107,9 @@ class QAStep:
             index = self.select(layer, q_pre[:, self.question_offset : self.question_end].float())
             k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         self.selected[layer] = index
+        keep = None if self.rows is None else self.rows(index, q_pre.device)
+        if keep is not None:  # blocks stored in fixed slots: the tokens only
+            k_ctx, v_ctx = k_ctx.index_select(0, keep), v_ctx.index_select(0, keep)
         text = k_pre.shape[1] + self.extra_tokens
         tables = self._layer_tables(index, text, k_pre)
         k_ctx = k_ctx.transpose(0, 1)

@@ -107,6 +107,7 @@ class ReKVSession:
         return BlockStore(
             layers, self.backbone.block_tokens, kv_heads, head_dim, engine.dtype, storage, engine.device,
             initial_capacity=capacity, kv_quant=cfg.kv_quant, backend_factory=factory, summary_device=self._index_device,
+            summary_tokens=self.backbone.summary_tokens,
         )
 
     @property
@@ -308,17 +309,19 @@ class ReKVSession:
         if not self._prefix_done:
             self._encode_prefix()
         n = pixels.shape[0] // bb.frames_per_block  # blocks
-        features = bb.block_features(pixels)  # (1, n * block_tokens, hidden)
+        inputs = bb.chunk_inputs(pixels, st.store.frames, fps=self.fps, padded=st.padded_block)
+        features = inputs.embeds  # (1, L, hidden)
         first = st.store.reserve(n)
         length = features.shape[1]
         block = self.config.query_block_tokens or (2048 if device.type == "cuda" else 128)
         window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device,
-                                                       fps=self.fps)
-        step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features)
+                                                       fps=self.fps, padded=st.padded_block)
+        step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features, slots=inputs.slots,
+                         slot_count=n * bb.block_tokens)
         window = list(st.win_k), list(st.win_v)  # the handler replaces (never mutates) them per layer
         try:
             with bb.routed(step):
-                bb.text_model(inputs_embeds=features, position_ids=bb.position_ids(chunk), use_cache=False)
+                bb.text_model(inputs_embeds=features, position_ids=bb.position_ids(chunk), use_cache=False, **inputs.lm_kwargs)
         except BaseException:  # the reserved frames stay uncommitted: restore the window too
             st.win_k[:], st.win_v[:] = window
             raise
@@ -418,15 +421,14 @@ class ReKVSession:
         self._check_budget(context + prefill + new_tokens)
         selector = self._selector(question, blocks, state.store)
         start, end = bb.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
+        padded, strategy = state.padded_block, self.config.position_strategy
         step = QAStep(
-            state, bb.rope, self._context_positions, selector, new_tokens,
-            question_offset=offset + start, question_end=offset + end, fixed=getattr(selector, "fixed", None),
-            by_index=bb.positions_use_indices(self.config.position_strategy),
+            state, bb.rope, lambda *a: bb.context_positions(*a, fps=self.fps, strategy=strategy, padded=padded),
+            selector, new_tokens, question_offset=offset + start, question_end=offset + end,
+            fixed=getattr(selector, "fixed", None), by_index=bb.positions_use_indices(strategy),
+            rows=lambda blocks, device: bb.block_rows(blocks, device, fps=self.fps, padded=padded),
         )
         return step, embeds, context
-
-    def _context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device) -> torch.Tensor:
-        return self.backbone.context_positions(sinks, blocks, text, device, fps=self.fps, strategy=self.config.position_strategy)
 
     def _padded_state(self, state: StreamState) -> StreamState:
         """``state`` plus the incomplete last block (frames past the tail), padded by
@@ -438,6 +440,7 @@ class ReKVSession:
         missing = self.backbone.frames_per_block - partial.shape[0]
         pixels = torch.cat([partial, partial[-1:].expand(missing, *partial.shape[1:])])
         fork = self._fork(state)
+        fork.padded_block = fork.store.frames
         self._encode(pixels, fork)
         return fork
 

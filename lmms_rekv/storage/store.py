@@ -25,7 +25,8 @@ class BlockStore:
     A codec (exact or int8/int4) turns each chunk's keys/values into stored fields; a
     backend (memory, or disk with a RAM budget) keeps them. The per-frame mean pre-RoPE key
     of every layer (``summaries``, fp32, exact) is kept on ``summary_device`` (default: the
-    model's device) for scoring."""
+    model's device) for scoring; ``summary_tokens`` picks the tokens of a block it averages
+    (default: all; a family whose blocks hold text or padding slots names its visual ones)."""
 
     def __init__(
         self,
@@ -40,11 +41,13 @@ class BlockStore:
         kv_quant: Optional[str] = None,
         backend_factory: Optional[Callable] = None,
         summary_device: Optional[torch.device] = None,
+        summary_tokens: Optional[slice] = None,
     ) -> None:
         from .backends import MemoryBackend
         from .quant import make_codec
 
         self.layers, self.frame_tokens = layers, frame_tokens
+        self.summary_tokens = slice(None) if summary_tokens is None else summary_tokens
         self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
         model_device = torch.device(model_device)
         self.summary_device = model_device if summary_device is None else torch.device(summary_device)
@@ -82,7 +85,7 @@ class BlockStore:
         n = keys.shape[0] // self.frame_tokens
         shape = (n, self.frame_tokens, self.kv_heads, self.head_dim)
         keys, values = keys.reshape(shape), values.reshape(shape)
-        self._summaries.write(layer, first, keys.float().mean(dim=1).reshape(n, -1))
+        self._summaries.write(layer, first, keys[:, self.summary_tokens].float().mean(dim=1).reshape(n, -1))
         self.backend.write(layer, first, self.codec.encode(keys, values))
 
     def extend_from(self, other: "BlockStore") -> None:

@@ -33,8 +33,8 @@ CHAT_TEMPLATE = (
 
 def build_tiny_qwen2_vl(path: str, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
                         max_pixels: int = 56 * 84, init_std: float = 0.15, family: str = "qwen2_vl") -> str:
-    """Write a tiny random Qwen2-VL (``family="qwen2_5_vl"``: Qwen2.5-VL) checkpoint to
-    ``path`` and return ``path``.
+    """Write a tiny random Qwen2-VL (``family="qwen2_5_vl"``: Qwen2.5-VL; ``"qwen3_vl"``:
+    Qwen3-VL, see :func:`build_tiny_qwen3_vl`) checkpoint to ``path`` and return ``path``.
 
     Head dim ``hidden / heads`` (16) -> 8 rotary frequencies, sectioned T/H/W as ``[2, 3, 3]``.
     The processor's pixel budget ``max_pixels`` makes the adapter's default frame 56x56
@@ -45,8 +45,11 @@ def build_tiny_qwen2_vl(path: str, seed: int = 0, layers: int = 2, hidden: int =
 
     from .tiny import build_tokenizer
 
+    if family == "qwen3_vl":
+        return build_tiny_qwen3_vl(path, seed=seed, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                                   init_std=init_std)
     if family not in ("qwen2_vl", "qwen2_5_vl"):
-        raise ValueError(f"family must be qwen2_vl or qwen2_5_vl, got {family!r}")
+        raise ValueError(f"family must be qwen2_vl, qwen2_5_vl or qwen3_vl, got {family!r}")
     tokenizer = build_tokenizer(seed=seed, special_tokens=SPECIAL_TOKENS)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     half = hidden // heads // 2
@@ -85,4 +88,58 @@ def build_tiny_qwen2_vl(path: str, seed: int = 0, layers: int = 2, hidden: int =
     model.save_pretrained(path)
     processor.save_pretrained(path)
     logger.info("wrote tiny %s to %s", family, path)
+    return path
+
+
+def build_tiny_qwen3_vl(path: str, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                        init_std: float = 0.15, max_pixels: int = 64 * 96 * 16, moe: bool = False) -> str:
+    """Write a tiny random Qwen3-VL (``moe``: Qwen3-VL-MoE, 4 experts, 2 per token)
+    checkpoint to ``path`` and return ``path``.
+
+    Head dim 16 -> 8 rotary frequencies, interleaved T/H/W with ``mrope_section [4, 2, 2]``;
+    q/k RMS norms before RoPE; vision patch 16, merge 2 (a 64 x 64 frame pair -> 4 tokens),
+    two deepstack levels (vision blocks 0 and 1, added after LM layers 0 and 1). The video
+    processor's clip budget ``max_pixels`` keeps 64 x 64 frames for up to 48 frames."""
+    import torch
+    import transformers
+
+    from .tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(seed=seed, special_tokens=SPECIAL_TOKENS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    head_dim = hidden // heads
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+        bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden, decoder_sparse_step=1)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3, out_hidden_size=hidden, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0, 1])
+    prefix = "Qwen3VLMoe" if moe else "Qwen3VL"
+    config = getattr(transformers, f"{prefix}Config")(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, init_std)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    size = {"shortest_edge": 32 * 32, "longest_edge": max_pixels}
+    processor = transformers.Qwen3VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(size=size, patch_size=16),
+        video_processor=transformers.Qwen3VLVideoProcessor(size=size, patch_size=16, do_sample_frames=False,
+                                                            cap_pixels_per_frame=False),
+        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+    )
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    logger.info("wrote tiny %s to %s", config.model_type, path)
     return path

@@ -1,0 +1,305 @@
+"""Qwen3-VL (M-RoPE, interleaved; time as text): the family adapter.
+
+A block is one temporal patch (2 frames) laid out as the processor lays out each group of a
+video: ``<{t:.1f} seconds><|vision_start|>`` + ``H' x W'`` pads + ``<|vision_end|>``, where
+``t`` is the mean time of the block's two frames (``2g / fps`` and ``(2g + 1) / fps``; an
+incomplete last block repeats its frame, as the processor pads it). The chat template's own
+``<|vision_start|>``/``<|vision_end|>`` around the video stay (the prefix ends with one, the
+text after the video starts with the other), as in the processor's prompt. Deepstack
+features (rows of the visual tokens from intermediate vision layers) are added after the
+first decoder layers of each chunk, as the model adds them.
+
+The timestamp text varies in length (``<9.5 seconds>`` / ``<10.5 seconds>``), so blocks are
+stored in fixed *slots*: ``header_slots`` for the timestamp (left-padded, unused slots zero
+and never attended), then ``<|vision_start|>``, the pads and ``<|vision_end|>``. Every
+attention (encoding window, question context) sees the tokens only; ``window_tokens``
+counts tokens. The retrieval summary of a block averages its visual tokens.
+
+Positions (``(3, T)``; the installed transformers' rule, checked against its
+``get_rope_index``): a text run of ``n`` tokens at counter ``c`` takes ``c..c+n-1`` on
+every row; a block's visual run at ``c`` takes ``t = c``, ``h = c + i``, ``w = c + j`` and
+moves ``c`` by ``max(H', W')``. Time is only in the text, so a question's context
+``[sinks, retrieved blocks, text]`` is that layout re-run over the retrieved blocks (each
+with its own timestamp: exactly what the model sees when shown only those frames);
+``original`` keeps each block's stream positions. While encoding, every axis is shifted by
+one amount so that the oldest window token's time row sits right after the sinks.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .base import ChunkInputs
+from .qwen2_vl import Qwen2VLBackbone
+
+#: longest stream (seconds) whose timestamps are sized into the header slots
+MAX_SECONDS = 999_999.9
+
+
+class Qwen3VLBackbone(Qwen2VLBackbone):
+    """ReKV adapter for ``Qwen3VLForConditionalGeneration``."""
+
+    model_type = "qwen3_vl"
+    model_class = "Qwen3VLForConditionalGeneration"
+    strategies = ("layout", "original", "1d")
+    default_side = 448
+
+    def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
+        self._headers: Dict[str, List[int]] = {}
+        self._lengths: Dict[float, torch.Tensor] = {}  # fps -> header tokens of blocks 0.. (unpadded)
+        self._lock = threading.Lock()
+        self.tokenizer = tokenizer
+        self.header_slots = self._header_bound()
+        super().__init__(model, tokenizer, chat_template, processor, frame_size)
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def visual_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def block_tokens(self) -> int:
+        """Stored slots per block: timestamp slots, ``<|vision_start|>``, pads, ``<|vision_end|>``."""
+        return self.header_slots + 2 + self.visual_tokens
+
+    @property
+    def summary_tokens(self) -> slice:
+        return slice(self.header_slots + 1, self.header_slots + 1 + self.visual_tokens)
+
+    def pre_rope_modules(self, layer: int) -> Tuple[torch.nn.Module, torch.nn.Module]:
+        attn = self.text_model.layers[layer].self_attn
+        return attn.q_norm, attn.k_norm  # q/k RMS norms come after the projections, before RoPE
+
+    def rotary_function(self):
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+        return apply_rotary_pos_emb
+
+    def check_stream(self, fps: Optional[float], strategy: str) -> None:
+        super().check_stream(fps, strategy)
+        if fps is None:
+            raise ValueError("Qwen3-VL blocks carry their time as text: give the stream's sampling rate, new_session(fps=...)")
+
+    # -- timestamps -----------------------------------------------------------------------
+    def header_ids(self, seconds: float) -> List[int]:
+        """Token ids of a block's timestamp text ``<{seconds:.1f} seconds>``."""
+        text = f"<{seconds:.1f} seconds>"
+        ids = self._headers.get(text)
+        if ids is None:
+            ids = self._headers[text] = self.tokenize(text)
+        return ids
+
+    def _header_bound(self) -> int:
+        """Slots for the timestamp text: its byte length for ``MAX_SECONDS`` (a byte-level
+        tokenizer never needs more), at least the longest probe's token count."""
+        probes = [float(f"{d * k}.{d}") for k in range(1, 7) for d in "0123456789"]
+        longest = max(len(self.header_ids(p)) for p in probes)
+        return max(longest, len(f"<{MAX_SECONDS:.1f} seconds>".encode()))
+
+    @staticmethod
+    def block_seconds(block: int, fps: float, padded: bool = False) -> float:
+        """The processor's timestamp of stream block ``block``: the mean of its two frames'
+        times (``padded``: the last frame repeated)."""
+        first = 2 * block
+        return (first / fps + (first if padded else first + 1) / fps) / 2
+
+    def header_lengths(self, blocks: torch.Tensor, fps: float, padded: Optional[int] = None) -> torch.Tensor:
+        """``(K,)`` timestamp tokens of stream blocks ``blocks`` (block ``padded``: incomplete)."""
+        need = int(blocks.max()) + 1 if len(blocks) else 0
+        if need and self.block_seconds(need - 1, fps) > MAX_SECONDS:
+            raise ValueError(f"block {need - 1} at {fps} fps is past {MAX_SECONDS} s, the longest stream whose "
+                             f"timestamps the {self.header_slots} header slots are sized for")
+        table = self._lengths.get(fps)
+        if table is None or table.shape[0] < need:
+            with self._lock:
+                table = self._grow(fps, need)
+        lengths = table[blocks.cpu()]
+        if padded is not None:
+            lengths = torch.where(blocks.cpu() == padded, len(self.header_ids(self.block_seconds(padded, fps, True))), lengths)
+        too_long = int(lengths.max()) if len(lengths) else 0
+        if too_long > self.header_slots:
+            raise ValueError(f"a timestamp of this stream takes {too_long} tokens, more than the {self.header_slots} "
+                             f"slots sized for streams up to {MAX_SECONDS} s")
+        return lengths
+
+    def _grow(self, fps: float, need: int) -> torch.Tensor:
+        """The per-fps table of timestamp lengths, extended (doubling) to ``need`` blocks."""
+        table = self._lengths.get(fps, torch.zeros(0, dtype=torch.long))
+        if table.shape[0] < need:
+            size = max(need, 2 * table.shape[0], 64)
+            new = [len(self.header_ids(self.block_seconds(g, fps))) for g in range(table.shape[0], size)]
+            table = torch.cat([table, torch.tensor(new, dtype=torch.long)])
+            self._lengths[fps] = table
+        return table
+
+    # -- vision and prompt ------------------------------------------------------------------
+    def _default_size(self) -> Tuple[int, int]:
+        """The largest square of side <= 448 (a multiple of 32) whose 2-frame block is within
+        the video processor's clip budget."""
+        budget = (self.processor.size or {}).get("longest_edge")
+        side = self.default_side
+        while budget and side > self.unit and self.frames_per_block * side * side > budget:
+            side -= self.unit
+        return side, side
+
+    def _check_budget(self, merge: int) -> None:
+        """Nothing to check: frames reach the processor at the fixed size with resizing off
+        (its budget is per clip, so it would otherwise resize each chunk differently)."""
+
+    def vision_inputs(self, frames: torch.Tensor) -> dict:
+        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, do_resize=False,
+                             cap_pixels_per_frame=False, return_tensors="pt")
+        return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
+
+    def _visual(self, frames: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """uint8 ``(2k, h, w, 3)`` -> ``(k * H'W', hidden)`` visual embeddings and the
+        deepstack levels, each ``(k * H'W', hidden)``."""
+        if frames.shape[0] % self.frames_per_block:
+            raise ValueError(f"a chunk needs a multiple of {self.frames_per_block} frames, got {frames.shape[0]}")
+        inputs = self.vision_inputs(frames)
+        pixels = inputs["pixel_values_videos"].to(self.model.device, self.model.dtype)
+        grid = inputs["video_grid_thw"].to(self.model.device)
+        out = self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid)
+        deepstack = [torch.cat(list(level), dim=0).to(self.model.dtype) for level in out.deepstack_features]
+        return torch.cat(list(out.pooler_output), dim=0).to(self.model.dtype), deepstack
+
+    def block_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(1, k * H'W', hidden)`` visual embeddings of ``2k`` frames (no timestamps)."""
+        return self._visual(frames)[0][None]
+
+    def _block_ids(self, blocks: range, fps: float, padded: Optional[int]) -> List[int]:
+        cfg = self.model.config
+        ids: List[int] = []
+        for g in blocks:
+            ids += self.header_ids(self.block_seconds(g, fps, g == padded))
+            ids += [cfg.vision_start_token_id] + [cfg.video_token_id] * self.visual_tokens + [cfg.vision_end_token_id]
+        return ids
+
+    def chunk_inputs(self, pixels: torch.Tensor, first_block: int, fps: Optional[float] = None,
+                     padded: Optional[int] = None) -> ChunkInputs:
+        """Blocks ``first_block..``: timestamp text, ``<|vision_start|>``, visual embeddings,
+        ``<|vision_end|>`` each; the chunk's ``visual_pos_masks`` and deepstack rows; each
+        token's slot (timestamps right-aligned in their slots)."""
+        visual, deepstack = self._visual(pixels)
+        k = pixels.shape[0] // self.frames_per_block
+        self.header_lengths(torch.arange(first_block, first_block + k), fps, padded)  # refuses an oversized timestamp
+        ids = torch.tensor([self._block_ids(range(first_block, first_block + k), fps, padded)], device=self.model.device)
+        mask = ids == self.model.config.video_token_id
+        embeds = self.text_model.embed_tokens(ids).masked_scatter(mask[..., None], visual)
+        slots = self.block_rows(torch.arange(first_block, first_block + k), self.model.device, fps, padded)
+        return ChunkInputs(embeds, {"visual_pos_masks": mask, "deepstack_visual_embeds": deepstack}, slots)
+
+    def block_rows(self, blocks: torch.Tensor, device: torch.device, fps: Optional[float] = None,
+                   padded: Optional[int] = None) -> torch.Tensor:
+        heads = self.header_lengths(blocks, fps, padded)
+        n = heads + 2 + self.visual_tokens
+        block, inside = self._ragged(n)
+        return (block * self.block_tokens + (self.header_slots - heads)[block] + inside).to(device)
+
+    def vanilla_input_ids(self, question: str, frames: int, fps: Optional[float] = None) -> torch.Tensor:
+        """The processor's prompt ids for ``frames`` frames sampled at ``fps``."""
+        if fps is None:
+            raise ValueError("Qwen3-VL prompts carry timestamps: give fps")
+        blocks = -(-frames // self.frames_per_block)
+        padded = blocks - 1 if frames % self.frames_per_block else None
+        video = self._block_ids(range(blocks), fps, padded)
+        return torch.tensor([self.prefix_ids() + video + self.suffix_ids(question)], device=self.model.device)
+
+    # -- positions --------------------------------------------------------------------------
+    @staticmethod
+    def _ragged(lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """For runs of ``lengths`` ``(K,)``: each element's run and index inside it."""
+        run = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        return run, torch.arange(int(lengths.sum())) - first[run]
+
+    def _advance(self, heads: torch.Tensor) -> torch.Tensor:
+        """How far each block moves the position counter."""
+        return heads + 2 + max(self.grid)
+
+    def _rows(self, heads: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """``(3, sum(tokens))`` positions of blocks with ``heads`` timestamp tokens starting
+        at counters ``starts`` (both ``(K,)``)."""
+        block, o = self._ragged(heads + 2 + self.visual_tokens)
+        h, c = heads[block], starts[block]
+        pad = o - h - 1
+        is_pad = (pad >= 0) & (pad < self.visual_tokens)
+        t = c + h + 1
+        rows = torch.stack([torch.where(is_pad, t, c + o),
+                            torch.where(is_pad, t + pad.clamp(min=0) // self.grid[1], c + o),
+                            torch.where(is_pad, t + pad.clamp(min=0) % self.grid[1], c + o)])
+        end = o == h + 1 + self.visual_tokens  # <|vision_end|>: after the visual run's advance
+        return torch.where(end, t + max(self.grid), rows)
+
+    def stream_rows(self, first: int, last: int, fps: float, padded: Optional[int] = None) -> torch.Tensor:
+        """``(3, tokens)`` positions of stream blocks ``first..last-1`` with block ``first``
+        starting at counter 0."""
+        heads = self.header_lengths(torch.arange(first, last), fps, padded)
+        adv = self._advance(heads)
+        return self._rows(heads, torch.cumsum(adv, 0) - adv)
+
+    def _stream_block_of(self, token: int, fps: float, padded: Optional[int]) -> Tuple[int, int]:
+        """(block, its first token) of stream token ``token`` (tokens counted without slots)."""
+        blocks = 64
+        while True:
+            n = self.header_lengths(torch.arange(blocks), fps, padded) + 2 + self.visual_tokens
+            ends = torch.cumsum(n, 0)
+            if int(ends[-1]) > token:
+                g = int(torch.searchsorted(ends, token, right=True))
+                return g, int(ends[g] - n[g])
+            blocks *= 2
+
+    def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
+                         device: torch.device, fps: Optional[float] = None,
+                         padded: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Window, chunk and each query as seen from the sinks, shifted on every axis so
+        that the time row of the oldest token of the window (for the queries: of their own
+        window) sits at ``sinks``."""
+        oldest = stream_tokens - window_len
+        g0, t0 = self._stream_block_of(oldest, fps, padded)
+        g1, _ = self._stream_block_of(stream_tokens + chunk - 1, fps, padded)
+        rows = self.stream_rows(g0, g1 + 1, fps, padded)[:, oldest - t0 : stream_tokens + chunk - t0]
+        base = rows[0, 0] - sinks
+        window_keys, chunk_pos = rows[:, :window_len] - base, rows[:, window_len:] - base
+        token = torch.arange(stream_tokens, stream_tokens + chunk)
+        own = torch.zeros_like(token) if window is None else (token - window + 1).clamp(min=0)
+        seen = rows[:, window_len:] - rows[0, own - oldest] + sinks
+        return window_keys.to(device), chunk_pos.to(device), seen.to(device)
+
+    def positions_use_indices(self, strategy: str) -> bool:
+        return True  # block lengths (timestamps) depend on which blocks were retrieved
+
+    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
+                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None) -> torch.Tensor:
+        """``[sinks, retrieved blocks, text]``: ``layout`` (blocks packed from the sinks on,
+        each with its own timestamp), ``original`` (each block's stream positions; the text
+        right after the last one) or ``1d`` (every token consecutive)."""
+        blocks = blocks.cpu()
+        heads = self.header_lengths(blocks, fps, padded)
+        prefix = self.text_positions(0, sinks, torch.device("cpu"))
+        if strategy == "1d":
+            return self.text_positions(0, sinks + int((heads + 2 + self.visual_tokens).sum()) + text, device)
+        adv = self._advance(heads)
+        if strategy == "original":
+            every = self._advance(self.header_lengths(torch.arange(int(blocks.max()) + 1), fps, padded))
+            starts = sinks + (torch.cumsum(every, 0) - every)[blocks]
+        else:
+            starts = sinks + torch.cumsum(adv, 0) - adv
+        after = self.text_positions(int(starts[-1] + adv[-1]), text, torch.device("cpu"))
+        return torch.cat([prefix, self._rows(heads, starts), after], dim=1).to(device)
+
+
+class Qwen3VLMoeBackbone(Qwen3VLBackbone):
+    """ReKV adapter for ``Qwen3VLMoeForConditionalGeneration`` (Qwen3-VL with mixture-of-experts
+    MLPs: the attention, positions and vision side are Qwen3-VL's)."""
+
+    model_type = "qwen3_vl_moe"
+    model_class = "Qwen3VLMoeForConditionalGeneration"
+
+    def rotary_function(self):
+        from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import apply_rotary_pos_emb
+
+        return apply_rotary_pos_emb
