@@ -50,6 +50,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
         self._headers: Dict[str, List[int]] = {}
         self._lengths: Dict[float, torch.Tensor] = {}  # fps -> header tokens of blocks 0.. (unpadded)
+        self._ends: Dict[float, torch.Tensor] = {}  # fps -> stream token count at the end of blocks 0..
         self._lock = threading.Lock()
         self.tokenizer = tokenizer
         self.header_slots = self._header_bound()
@@ -132,6 +133,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
             size = max(need, 2 * table.shape[0], 64)
             new = [len(self.header_ids(self.block_seconds(g, fps))) for g in range(table.shape[0], size)]
             table = torch.cat([table, torch.tensor(new, dtype=torch.long)])
+            self._ends[fps] = torch.cumsum(table + 2 + self.visual_tokens, 0)
             self._lengths[fps] = table
         return table
 
@@ -242,14 +244,17 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         return self._rows(heads, torch.cumsum(adv, 0) - adv)
 
     def _stream_block_of(self, token: int, fps: float, padded: Optional[int]) -> Tuple[int, int]:
-        """(block, its first token) of stream token ``token`` (tokens counted without slots)."""
-        blocks = 64
+        """(block, its first token) of stream token ``token`` (tokens counted without slots;
+        a binary search in the cached block ends: no work that grows with the stream)."""
+        blocks = max(64, self._lengths[fps].shape[0] if fps in self._lengths else 0)
         while True:
-            n = self.header_lengths(torch.arange(blocks), fps, padded) + 2 + self.visual_tokens
-            ends = torch.cumsum(n, 0)
+            self.header_lengths(torch.tensor([blocks - 1]), fps)  # grows the cached table
+            ends = self._ends[fps]
             if int(ends[-1]) > token:
                 g = int(torch.searchsorted(ends, token, right=True))
-                return g, int(ends[g] - n[g])
+                if padded is not None:  # the padded block is a fork's last: its own length never moves a start
+                    g = min(g, padded)
+                return g, int(ends[g - 1]) if g else 0
             blocks *= 2
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
