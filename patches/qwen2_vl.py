@@ -1,6 +1,7 @@
 """Qwen2-VL (M-RoPE, sectioned): the family adapter.
 
-A block is one temporal patch: 2 frames -> ``(h / 28) * (w / 28)`` tokens for a frame of
+A block is one temporal patch (``temporal_patch_size`` frames: 2 in the released
+checkpoints): 2 frames -> ``(h / 28) * (w / 28)`` tokens for a frame of
 ``h x w`` (fixed once per engine: every frame is resized to ``frame_size``). The chat
 template renders ``<|vision_start|><|video_pad|><|vision_end|>``: the prefix (the sinks)
 ends with ``<|vision_start|>``, the text after the video starts with ``<|vision_end|>``.
@@ -40,6 +41,7 @@ class Qwen2VLBackbone(Backbone):
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
         vision = model.config.vision_config
         self.processor = processor
+        self.frames_per_block = vision.temporal_patch_size  # 2 in every released checkpoint
         self.unit = vision.patch_size * vision.spatial_merge_size
         self.frame_size = self._check_size(frame_size or self._default_size())
         self.grid = (self.frame_size[0] // self.unit, self.frame_size[1] // self.unit)

@@ -100,12 +100,11 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         longest = max(len(self.header_ids(p)) for p in probes)
         return max(longest, len(f"<{MAX_SECONDS:.1f} seconds>".encode()))
 
-    @staticmethod
-    def block_seconds(block: int, fps: float, padded: bool = False) -> float:
-        """The processor's timestamp of stream block ``block``: the mean of its two frames'
-        times (``padded``: the last frame repeated)."""
-        first = 2 * block
-        return (first / fps + (first if padded else first + 1) / fps) / 2
+    def block_seconds(self, block: int, fps: float, padded: bool = False) -> float:
+        """The processor's timestamp of stream block ``block``: the mean of its first and
+        last frames' times (``padded``: an incomplete 2-frame block, its frame repeated)."""
+        first = self.frames_per_block * block
+        return (first / fps + (first if padded else first + self.frames_per_block - 1) / fps) / 2
 
     def header_lengths(self, blocks: torch.Tensor, fps: float, padded: Optional[int] = None) -> torch.Tensor:
         """``(K,)`` timestamp tokens of stream blocks ``blocks`` (block ``padded``: incomplete)."""

@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from . import WEIGHTS, world
+from .families import FAMILIES
 
 
 def _table(results: dict) -> str:
@@ -33,10 +34,11 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig(minutes=args.minutes, seed=args.seed, threads=args.threads,
                       **({} if args.max_frames is None else {"max_frames": args.max_frames}))
-    model, tokenizer, log = train(cfg)
+    arch = build.Architecture(family=args.family)
+    model, tokenizer, log = train(cfg, arch)
     log["held_out_full_attention"] = evaluate(model, tokenizer, args.lengths, args.videos, seed=args.seed)
     log["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
-    build.save_checkpoint(args.out, model, tokenizer, build.Architecture(), log)
+    build.save_checkpoint(args.out, model, tokenizer, arch, log)
     print(f"trained {log['steps']} steps in {log['seconds']:.0f} s (final length {log['final_frames']} frames), wrote {args.out}")
     print("held-out accuracy, full attention (first answer token):")
     print(_table(log["held_out_full_attention"]))
@@ -45,11 +47,11 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     import torch
-    from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from .train import evaluate
 
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     results = evaluate(model, tokenizer, args.lengths, args.videos, seed=args.seed)
     print(f"held-out accuracy of {args.model}, full attention, {args.videos} videos per cell (seed {args.seed}):")
@@ -86,6 +88,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_p.add_argument("--out", required=True)
     train_p.add_argument("--max-frames", type=int, default=None, help="longest video the curriculum may reach (default: TrainConfig's)")
     train_p.add_argument("--threads", type=int, default=None)
+    train_p.add_argument("--family", default="llava_onevision", choices=FAMILIES,
+                         help="the model family's shape (Qwen families: real Qwen classes, one-frame temporal patches)")
     clip_p = sub.add_parser("clip", help="train the external embedder (a tiny open_clip model)")
     clip_p.add_argument("--minutes", type=float, default=3.0)
     clip_p.add_argument("--seed", type=int, default=0)

@@ -31,14 +31,21 @@ class Architecture:
     ffn: int = 256
     vocab_size: int = 640
     rope_theta: float = 10_000.0
+    family: str = "llava_onevision"  # or a Qwen family (see families.py)
 
 
-def build_tokenizer(vocab_size: int, seed: int = 0):
-    """A byte-level BPE tokenizer trained on the world's questions and answers; raises if an
-    object, colour or answer word is not one token in the places it is used."""
+def build_tokenizer(vocab_size: int, seed: int = 0, family: str = "llava_onevision"):
+    """A byte-level BPE tokenizer trained on the world's questions and answers (with the
+    family's special tokens); raises if an object, colour or answer word is not one token in
+    the places it is used."""
     from lmms_rekv.tools.tiny import build_tokenizer as byte_level_bpe
 
-    tokenizer = byte_level_bpe(vocab_size, corpus=world.corpus(world.rng_for(world.TRAIN, seed)))
+    from .families import special_tokens
+
+    corpus = world.corpus(world.rng_for(world.TRAIN, seed))
+    if family == "qwen3_vl":  # the timestamp text before every block: " seconds" one token, as in Qwen's vocabulary
+        corpus += [f"<{t / 2:.1f} seconds>" for t in range(2000)]
+    tokenizer = byte_level_bpe(vocab_size, corpus=corpus, special_tokens=special_tokens(family))
     word_ids(tokenizer)  # validates
     return tokenizer
 
@@ -62,6 +69,10 @@ def word_ids(tokenizer) -> Dict[str, Dict[str, int]]:
 
 def build_model(arch: Architecture, tokenizer, seed: int = 0):
     """A freshly initialised miniature (transformers' default init, seeded)."""
+    if arch.family != "llava_onevision":
+        from .families import build_qwen
+
+        return build_qwen(arch, tokenizer, seed)
     import torch
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
@@ -94,16 +105,19 @@ def build_model(arch: Architecture, tokenizer, seed: int = 0):
 def save_checkpoint(path: str, model, tokenizer, arch: Architecture, log: dict) -> str:
     """Write a llava-hf folder: weights, tokenizer, chat template, preprocessor config, the
     world's description (``world.json``) and the training log (``training_log.json``)."""
-    from lmms_rekv.tools.tiny import CHAT_TEMPLATE
+    from .families import chat_template, save_processor
 
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     os.chmod(os.path.join(path, "model.safetensors"), 0o644)  # readable by every user of an installed wheel
-    tokenizer.save_pretrained(path)
-    with open(os.path.join(path, "chat_template.jinja"), "w") as fh:
-        fh.write(CHAT_TEMPLATE)
-    size = {"height": arch.image_size, "width": arch.image_size}
-    _dump(os.path.join(path, "preprocessor_config.json"), {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": size})
+    if arch.family != "llava_onevision":  # a Qwen processor folder: tokenizer, chat template, image + video processors
+        save_processor(path, arch, tokenizer)
+    else:
+        tokenizer.save_pretrained(path)
+        with open(os.path.join(path, "chat_template.jinja"), "w") as fh:
+            fh.write(chat_template(arch.family))
+        size = {"height": arch.image_size, "width": arch.image_size}
+        _dump(os.path.join(path, "preprocessor_config.json"), {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": size})
     _dump(os.path.join(path, "world.json"), describe_world(arch))
     _dump(os.path.join(path, "training_log.json"), log)
     return path

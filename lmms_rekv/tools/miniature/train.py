@@ -68,14 +68,16 @@ class TrainConfig:
 
 
 class Layout:
-    """Token layout of the miniature's prompts: the chat template split at ``<video>``."""
+    """Token layout of the miniature's prompts: the family's chat template split at its video
+    placeholder; ``qwen``: the Qwen family's video part (``families.QwenVideo``), else LLaVA-OV's."""
 
-    def __init__(self, tokenizer, frame_tokens: int) -> None:
-        from lmms_rekv.tools.tiny import CHAT_TEMPLATE
+    def __init__(self, tokenizer, frame_tokens: int, family: str = "llava_onevision", qwen=None) -> None:
+        from .families import chat_template, video_token
 
-        self.tokenizer, self.frame_tokens, self.template = tokenizer, frame_tokens, CHAT_TEMPLATE
+        self.tokenizer, self.frame_tokens, self.template = tokenizer, frame_tokens, chat_template(family)
+        self.family, self.qwen, self.video_token = family, qwen, video_token(family)
         self.words = build.word_ids(tokenizer)
-        self.video_id = tokenizer.convert_tokens_to_ids("<video>")
+        self.video_id = tokenizer.convert_tokens_to_ids(self.video_token)
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.prefix = self._ids(self._split("?")[0])
@@ -89,13 +91,18 @@ class Layout:
     def _split(self, question: str):
         from lmms_rekv.io.prompt import split_prompt
 
-        return split_prompt(self.tokenizer, self.template, question)
+        return split_prompt(self.tokenizer, self.template, question, self.video_token)
+
+    def video_ids(self, frames: int) -> List[int]:
+        if self.qwen is not None:
+            return self.qwen.video_ids(frames)
+        return [self.video_id] * (frames * self.frame_tokens + 1)  # LLaVA-OV: + the newline
 
     def sequence(self, frames: int, question: world.Question):
         """(ids, index of the answer token, index of the question's last object word, index
         of its first object word)."""
         suffix = self._ids(self._split(question.text)[1])
-        ids = self.prefix + [self.video_id] * (frames * self.frame_tokens + 1) + suffix
+        ids = self.prefix + self.video_ids(frames) + suffix
         objects = {self.words["object_q"][w] for w in question.objects}
         at = [len(ids) - len(suffix) + i for i, t in enumerate(suffix) if t in objects]
         answer_at = len(ids)
@@ -145,11 +152,13 @@ def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int,
                  torch.tensor(needle_colors))
 
 
-def forward(model, batch: Batch, video_id: int, first_layer: bool = False):
-    """Vanilla LLaVA-OV computation, unrolled to expose the visual tokens:
-    ``(hidden (B, T, H), visual tokens (B, L, frame_tokens, H))``, plus with ``first_layer``
-    the frame tokens' hidden states after the first decoder layer ``(B, L, frame_tokens, H)``
-    and every token's hidden state after the second ``(B, T, H)``."""
+def forward(model, batch: Batch, video_id: int, first_layer: bool = False, layout: Optional[Layout] = None):
+    """Vanilla LLaVA-OV computation (a Qwen family's with ``layout.qwen``), unrolled to
+    expose the visual tokens: ``(hidden (B, T, H), visual tokens (B, L, frame_tokens, H))``,
+    plus with ``first_layer`` the frame tokens' hidden states after the first decoder layer
+    ``(B, L, frame_tokens, H)`` and every token's hidden state after the second ``(B, T, H)``."""
+    if layout is not None and layout.qwen is not None:
+        return layout.qwen.forward(model, batch.pixels, batch.ids, batch.mask, first_layer)
     inner = model.model
     feats = inner.get_video_features(pixel_values_videos=batch.pixels).pooler_output  # (B, L*ft+1, H)
     embeds = inner.language_model.embed_tokens(batch.ids)
@@ -175,7 +184,7 @@ def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = F
     last = model.model.language_model.layers[-1].self_attn
     handle = last.register_forward_hook(lambda module, args, output: attended.append(output[0])) if gather else None
     try:
-        hidden, visual, after_first, middle = forward(model, batch, layout.video_id, first_layer=True)
+        hidden, visual, after_first, middle = forward(model, batch, layout.video_id, first_layer=True, layout=layout)
     finally:
         if handle is not None:
             handle.remove()
@@ -232,19 +241,39 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * scale
 
 
+def _layout(arch: build.Architecture, tokenizer):
+    """(prompt layout, frames -> pixels) of the miniature's family."""
+    from lmms_rekv.io.preprocess import FrameProcessor
+
+    from .families import QwenVideo
+
+    if arch.family == "llava_onevision":
+        frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
+        return Layout(tokenizer, frame_tokens), FrameProcessor(size=arch.image_size)
+    qwen = QwenVideo(arch, tokenizer, frame_tokens=(arch.image_size // 8) ** 2)
+    return Layout(tokenizer, qwen.frame_tokens, arch.family, qwen), qwen.pixels
+
+
+def architecture_of(model) -> build.Architecture:
+    """The miniature ``Architecture`` fields that matter for prompts and pixels, read back
+    from a model (its family and frame size)."""
+    family = model.config.model_type
+    if family == "llava_onevision":
+        vision = model.config.vision_config
+        return build.Architecture(image_size=vision.image_size, patch_size=vision.patch_size)
+    return build.Architecture(family=family)
+
+
 def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_bar: bool = True):
     """Train a miniature from scratch; returns ``(model, tokenizer, log)``."""
     arch = arch or build.Architecture()
     from tqdm.auto import tqdm
 
-    from lmms_rekv.io.preprocess import FrameProcessor
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tokenizer = build.build_tokenizer(arch.vocab_size, seed=cfg.seed)
+    tokenizer = build.build_tokenizer(arch.vocab_size, seed=cfg.seed, family=arch.family)
     model = build.build_model(arch, tokenizer, seed=cfg.seed).train()
-    frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
-    layout, processor = Layout(tokenizer, frame_tokens), FrameProcessor(size=arch.image_size)
+    layout, processor = _layout(arch, tokenizer)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = world.rng_for(world.TRAIN, cfg.seed)
@@ -294,11 +323,7 @@ def evaluate(model, tokenizer, lengths: Sequence[int], videos: int, seed: int = 
              kinds: Sequence[str] = world.KINDS, noise: float = 6.0) -> Dict[str, Dict[str, float]]:
     """Held-out accuracy with full attention (plain forward, first answer token):
     ``{kind: {str(length): accuracy}}`` over ``videos`` episodes per kind and length."""
-    from lmms_rekv.io.preprocess import FrameProcessor
-
-    arch = model.config.vision_config
-    frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
-    layout, processor = Layout(tokenizer, frame_tokens), FrameProcessor(size=arch.image_size)
+    layout, processor = _layout(architecture_of(model), tokenizer)
     results: Dict[str, Dict[str, float]] = {k: {} for k in kinds}
     for kind in kinds:
         for length in lengths:
@@ -306,7 +331,7 @@ def evaluate(model, tokenizer, lengths: Sequence[int], videos: int, seed: int = 
             right = 0
             for first in range(0, videos, batch):
                 b = make_batch(rng, layout, processor, length, min(batch, videos - first), (kind,), None, noise)
-                hidden, _ = forward(model, b, layout.video_id)
+                hidden, _ = forward(model, b, layout.video_id, layout=layout)
                 rows = torch.arange(b.ids.shape[0])
                 guess = model.lm_head(hidden[rows, b.answer_at - 1]).argmax(-1)
                 right += int((guess == b.ids[rows, b.answer_at]).sum())

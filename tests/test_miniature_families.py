@@ -1,0 +1,50 @@
+"""The miniature in the Qwen families' shapes (real Qwen2-VL / Qwen2.5-VL / Qwen3-VL classes,
+one-frame temporal patches): training runs and lowers the loss, the saved folder loads
+through ``ReKV.from_pretrained``, and the training forward (the model's own
+``get_rope_index`` positions over the training prompt) gives the logits the engine gives
+with an unbounded window and every frame -- so what the training teaches is what the
+engine's exact path sees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmms_rekv.tools.miniature import build, world
+from lmms_rekv.tools.miniature.families import TRAIN_FPS
+from lmms_rekv.tools.miniature.train import Batch, TrainConfig, _layout, forward, train
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_shaped_miniature_trains_and_matches_the_engine(family, tmp_path):
+    from lmms_rekv import ReKV, ReKVConfig
+
+    arch = build.Architecture(family=family)
+    cfg = TrainConfig(minutes=5, max_steps=30, warmup_steps=5, batch=16, seed=3, threads=None)
+    model, tokenizer, log = train(cfg, arch, progress_bar=False)
+    losses = [h["loss"] for h in log["history"]]
+    assert log["steps"] == 30 and losses[-1] < 0.7 * losses[0], losses
+    path = build.save_checkpoint(str(tmp_path / family), model, tokenizer, arch, log)
+
+    engine = ReKV.from_pretrained(path, dtype=torch.float32, device="cpu").with_config(
+        ReKVConfig(window_tokens=None, topk_frames=None, chunk_frames=4))
+    assert engine.backbone.model_type == family and engine.backbone.frames_per_block == 1
+    layout, pixels = _layout(arch, tokenizer)
+    episode = world.make_episode(world.rng_for(world.HELD_OUT, 6), 6)
+    frames = world.render(episode.objects, episode.colors, world.rng_for(world.HELD_OUT, 7))
+    for q in episode.questions:
+        ids, answer_at, anchor, first = layout.sequence(6, q)
+        fps = {"fps": TRAIN_FPS} if family == "qwen3_vl" else {}
+        assert ids[:answer_at] == engine.backbone.vanilla_input_ids(q.text, 6, **fps)[0].tolist()
+        one = torch.tensor
+        batch = Batch(pixels(frames)[None], one([ids[:answer_at]]), torch.ones(1, answer_at, dtype=torch.long),
+                      one([answer_at]), one([anchor]), one([first]), one([episode.objects]), one([episode.colors]), [q.kind],
+                      one([[0, 0]]))
+        with torch.no_grad():
+            hidden, visual = forward(engine.model, batch, layout.video_id, layout=layout)
+            theirs = engine.model.lm_head(hidden[0, -1]).float()
+        assert visual.shape == (1, 6, layout.frame_tokens, hidden.shape[-1])
+        session = engine.new_session(fps=TRAIN_FPS)
+        session.add_frames(frames)
+        ours = session.answer(q.text, max_new_tokens=1, return_logits=True).logits[0]
+        assert (ours - theirs).abs().max().item() <= 1e-4
