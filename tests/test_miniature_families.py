@@ -48,3 +48,30 @@ def test_qwen_shaped_miniature_trains_and_matches_the_engine(family, tmp_path):
         session.add_frames(frames)
         ours = session.answer(q.text, max_new_tokens=1, return_logits=True).logits[0]
         assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_position_study_compares_strategies_on_the_same_retrieved_frames(tmp_path):
+    """One video through the position study on a (briefly trained) Qwen2.5-VL-shaped
+    miniature: every strategy the family supports, the references and the wrong-rate rows are
+    measured, and the strategies retrieved the same frames (they differ only in placement)."""
+    from lmms_rekv.tools.miniature.position_study import PositionSettings, markdown, run_video
+    from lmms_rekv.tools.miniature.accuracy import Bench
+
+    arch = build.Architecture(family="qwen2_5_vl")
+    model, tokenizer, log = train(TrainConfig(minutes=5, max_steps=3, warmup_steps=2, batch=4, seed=1), arch, progress_bar=False)
+    path = build.save_checkpoint(str(tmp_path / "m"), model, tokenizer, arch, log)
+    settings = PositionSettings(lengths=(12,), videos=1, clip_model=None)
+    bench = Bench(path, settings, str(tmp_path))
+    rng = world.rng_for(world.HELD_OUT, 3)
+    episode = world.make_episode(rng, 12)
+    tallies = {}
+    run_video(bench, episode, world.render(episode.objects, episode.colors, rng), tallies, 12)
+    modes = {m for m, _, _ in tallies}
+    strategies = ("layout", "original", "consecutive_t", "1d")
+    assert modes == {"full", "uniform/k4", "windowed_all", *strategies, *(f"{s} @0.25fps" for s in strategies)}
+    for kind in world.KINDS:
+        hits = {tuple(tallies[(s, 12, kind)].hits) for s in strategies}
+        assert len(hits) == 1, (kind, hits)
+    results = {"family": "qwen2_5_vl", "model": path, "seconds": 1.0, "settings": {**settings.__dict__, "lengths": [12]},
+               "cells": [{"mode": m, "length": n, "kind": k, **t.summary()} for (m, n, k), t in tallies.items()]}
+    assert "| consecutive_t @0.25fps |" in markdown(results)

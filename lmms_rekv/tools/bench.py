@@ -4,6 +4,7 @@
     rekv-bench --preset 0.5b --out bench_05b --frames 10 100 --dtype bfloat16 --window-tokens 980 --topk 8
     rekv-bench --preset accuracy --out acc_out      # answer quality: lmms_rekv.tools.miniature.accuracy
     rekv-bench --preset retrieval --out study_out   # retrieval variants: lmms_rekv.tools.miniature.retrieval_study
+    rekv-bench --preset positions --model DIR --out pos_out  # position strategies on M-RoPE: lmms_rekv.tools.miniature.position_study
     rekv-bench --preset live --out live_out         # question after a burst vs after idle: lmms_rekv.tools.bench_live
 
 One run measures, at several stream lengths, for
@@ -319,7 +320,8 @@ def run(args) -> Dict:
 
 
 #: presets with a module of their own: answer quality on the trained miniature, live latency
-OTHER_PRESETS = {"accuracy": ".miniature.accuracy", "retrieval": ".miniature.retrieval_study", "live": ".bench_live"}
+OTHER_PRESETS = {"accuracy": ".miniature.accuracy", "retrieval": ".miniature.retrieval_study",
+                 "positions": ".miniature.position_study", "live": ".bench_live"}
 
 
 def _other_preset(argv: List[str]):

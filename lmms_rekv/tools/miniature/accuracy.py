@@ -107,12 +107,14 @@ class Bench:
     """The miniature loaded once; engines with different settings share its weights."""
 
     def __init__(self, model_dir: str, settings: Settings, workdir: str) -> None:
-        from lmms_rekv.model import ReKVLlavaOneVision
+        from lmms_rekv.model import ReKV
         from lmms_rekv.tools.tiny import write_tiny_clip_config
 
-        self.settings = settings
+        from .families import TRAIN_FPS
+
+        self.settings, self.fps = settings, TRAIN_FPS  # the rate the miniatures' frames stand for
         clip = settings.clip_model or write_tiny_clip_config(workdir)
-        base = ReKVLlavaOneVision.from_pretrained(model_dir, config=ReKVConfig(window_tokens=None, topk_frames=None), dtype=torch.float32, device="cpu")
+        base = ReKV.from_pretrained(model_dir, config=ReKVConfig(window_tokens=None, topk_frames=None), dtype=torch.float32, device="cpu")
         self.base = base
         self.frame_tokens = base.frame_tokens
         self.clip = dict(clip_model=clip, clip_pretrained=None)
@@ -131,8 +133,10 @@ class Bench:
             self.engines[key] = engine
         return self.engines[key]
 
-    def encode(self, frames: np.ndarray, window_frames: Optional[int], kv_quant: Optional[str] = None, embed: bool = False):
-        session = self.engine(window_frames, kv_quant, embed).new_session()
+    def encode(self, frames: np.ndarray, window_frames: Optional[int], kv_quant: Optional[str] = None, embed: bool = False,
+               fps: Optional[float] = None):
+        """A session of ``frames`` sampled at ``fps`` (default: the miniatures' rate), flushed."""
+        session = self.engine(window_frames, kv_quant, embed).new_session(fps=fps or self.fps)
         session.add_frames(frames)
         session.flush()
         return session
