@@ -54,7 +54,7 @@ def test_position_study_compares_strategies_on_the_same_retrieved_frames(tmp_pat
     """One video through the position study on a (briefly trained) Qwen2.5-VL-shaped
     miniature: every strategy the family supports, the references and the wrong-rate rows are
     measured, and the strategies retrieved the same frames (they differ only in placement)."""
-    from lmms_rekv.tools.miniature.position_study import PositionSettings, markdown, run_video
+    from lmms_rekv.tools.miniature.position_study import PositionSettings, markdown, run_video, summary
     from lmms_rekv.tools.miniature.accuracy import Bench
 
     arch = build.Architecture(family="qwen2_5_vl")
@@ -75,3 +75,4 @@ def test_position_study_compares_strategies_on_the_same_retrieved_frames(tmp_pat
     results = {"family": "qwen2_5_vl", "model": path, "seconds": 1.0, "settings": {**settings.__dict__, "lengths": [12]},
                "cells": [{"mode": m, "length": n, "kind": k, **t.summary()} for (m, n, k), t in tallies.items()]}
     assert "| consecutive_t @0.25fps |" in markdown(results)
+    assert "| qwen2_5_vl | 1d @0.25fps |" in summary([results])

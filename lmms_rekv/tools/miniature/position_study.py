@@ -16,6 +16,7 @@ Nothing was trained with retrieval in the loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -162,10 +163,73 @@ def plot(results: dict, folder: str) -> str:
     return path
 
 
+def _mean(results: dict, mode: str, length: int, kinds: Sequence[str] = world.KINDS) -> Optional[float]:
+    cells = [c["accuracy"] for c in results["cells"] if c["mode"] == mode and c["length"] == length and c["kind"] in kinds]
+    return float(np.mean(cells)) if len(cells) == len(kinds) else None
+
+
+def summary(runs: Sequence[dict]) -> str:
+    """One table over families: mean accuracy of every mode per length, and the temporal-order
+    (``before``) and two-needle (``same``) accuracy at the longest length."""
+    lengths = runs[0]["settings"]["lengths"]
+    longest = lengths[-1]
+    head = " / ".join(f"{n}" for n in lengths)
+    out = [f"| family | mode | mean accuracy at {head} frames | before / same at {longest} |", "|---" * 4 + "|"]
+    for results in runs:
+        for mode in _modes(results):
+            means = [_mean(results, mode, n) for n in lengths]
+            kinds = [_mean(results, mode, longest, (k,)) for k in ("before", "same")]
+            out.append(f"| {results['family']} | {mode} | " + " / ".join("--" if m is None else f"{m:.0%}" for m in means)
+                       + " | " + " / ".join("--" if m is None else f"{m:.0%}" for m in kinds) + " |")
+    chance = ", ".join(f"{k} {world.CHANCE[k]:.1%}" for k in world.KINDS)
+    return "\n".join(out) + f"\n\nChance: {chance} (mean of kinds {np.mean([world.CHANCE[k] for k in world.KINDS]):.1%}).\n"
+
+
+def plot_families(runs: Sequence[dict], folder: str) -> str:
+    """``positions.png``: one panel per family, mean accuracy vs length per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 4.2), sharey=True)
+    axes = np.atleast_1d(axes)
+    colours = {m: f"C{i}" for i, m in enumerate(["full", "uniform/k4", "windowed_all", "layout", "original", "consecutive_t", "1d"])}
+    for ax, results in zip(axes, runs):
+        lengths = results["settings"]["lengths"]
+        for mode in _modes(results):
+            points = [(n, _mean(results, mode, n)) for n in lengths if _mean(results, mode, n) is not None]
+            ax.plot(*zip(*points), marker="o", label=mode, color=colours.get(mode.split(" @")[0], "k"),
+                    linestyle="--" if " @" in mode else "-")
+        ax.axhline(np.mean([world.CHANCE[k] for k in world.KINDS]), color="grey", linestyle=":", label="chance")
+        ax.set(xscale="log", xlabel="stream length (frames)", title=results["family"], ylim=(0, 1.02))
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("held-out accuracy, mean of kinds")
+    fig.tight_layout()
+    path = os.path.join(folder, "positions.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = common_parser("rekv-bench --preset positions", __doc__, PositionSettings())
+    parser.add_argument("--combine", nargs="+", default=None, metavar="DIR",
+                        help="only write OUT/summary.md and OUT/positions.png from earlier runs' results.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.combine:
+        runs = []
+        for folder in args.combine:
+            with open(os.path.join(folder, "results.json")) as fh:
+                runs.append(json.load(fh))
+        os.makedirs(args.out, exist_ok=True)
+        text = summary(runs)
+        with open(os.path.join(args.out, "summary.md"), "w") as fh:
+            fh.write(text)
+        plot_families(runs, args.out)
+        print(text)
+        return 0
     settings = PositionSettings(lengths=tuple(args.lengths), videos=args.questions, seed=args.seed, clip_model=None)
     results = run(settings, args.model)
     write_outputs(args.out, results, markdown(results), plot)
