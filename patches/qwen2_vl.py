@@ -37,6 +37,7 @@ class Qwen2VLBackbone(Backbone):
     strategies = ("layout", "original", "consecutive_t", "1d")
     model_class = "Qwen2VLForConditionalGeneration"
     default_side = 448
+    needs_fps: Optional[str] = None  # why a stream must give its sampling rate (None: it need not)
 
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
         vision = model.config.vision_config
@@ -68,6 +69,11 @@ class Qwen2VLBackbone(Backbone):
         from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
 
         return apply_rotary_pos_emb
+
+    def check_stream(self, fps: Optional[float], strategy: str) -> None:
+        super().check_stream(fps, strategy)
+        if fps is None and self.needs_fps:
+            raise ValueError(f"{self.needs_fps}: give the stream's sampling rate, new_session(fps=...)")
 
     # -- vision -----------------------------------------------------------------------------
     def _default_size(self) -> Tuple[int, int]:
@@ -211,10 +217,7 @@ class Qwen2_5_VLBackbone(Qwen2VLBackbone):
 
         return apply_rotary_pos_emb
 
-    def check_stream(self, fps: Optional[float], strategy: str) -> None:
-        super().check_stream(fps, strategy)
-        if fps is None:
-            raise ValueError("Qwen2.5-VL positions encode time: give the stream's sampling rate, new_session(fps=...)")
+    needs_fps = "Qwen2.5-VL positions encode time"
 
     def block_time(self, blocks: torch.Tensor, fps: Optional[float]) -> torch.Tensor:
         vision = self.model.config.vision_config

@@ -46,6 +46,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
     model_class = "Qwen3VLForConditionalGeneration"
     strategies = ("layout", "original", "1d")
     default_side = 448
+    needs_fps = "Qwen3-VL blocks carry their time as text"
 
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
         self._headers: Dict[str, List[int]] = {}
@@ -78,11 +79,6 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
         return apply_rotary_pos_emb
-
-    def check_stream(self, fps: Optional[float], strategy: str) -> None:
-        super().check_stream(fps, strategy)
-        if fps is None:
-            raise ValueError("Qwen3-VL blocks carry their time as text: give the stream's sampling rate, new_session(fps=...)")
 
     # -- timestamps -----------------------------------------------------------------------
     def header_ids(self, seconds: float) -> List[int]:

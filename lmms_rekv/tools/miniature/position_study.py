@@ -140,27 +140,7 @@ def markdown(results: dict) -> str:
 
 def plot(results: dict, folder: str) -> str:
     """``positions.png``: mean accuracy vs length, one line per strategy and reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lengths = results["settings"]["lengths"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, mode in enumerate(_modes(results)):
-        points = [(n, np.mean([c["accuracy"] for c in results["cells"] if c["mode"] == mode and c["length"] == n]))
-                  for n in lengths if any(c["mode"] == mode and c["length"] == n for c in results["cells"])]
-        if points:
-            ax.plot(*zip(*points), color=f"C{i}", marker="o", label=mode, linestyle="--" if "fps" in mode else "-")
-    ax.axhline(np.mean([world.CHANCE[k] for k in world.KINDS]), color="grey", linestyle=":", label="chance (mean of kinds)")
-    ax.set(xscale="log", xlabel="stream length (frames)", ylabel="held-out accuracy, mean of kinds", ylim=(0, 1.02),
-           title=f"{results['family']} miniature: position strategies")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(folder, "positions.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot_families([results], folder)
 
 
 def _mean(results: dict, mode: str, length: int, kinds: Sequence[str] = world.KINDS) -> Optional[float]:
