@@ -38,6 +38,7 @@ class Qwen2VLBackbone(Backbone):
     model_class = "Qwen2VLForConditionalGeneration"
     default_side = 448
     needs_fps: Optional[str] = None  # why a stream must give its sampling rate (None: it need not)
+    processor_kwargs: dict = {}  # extra video-processor arguments of the family
 
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
         vision = model.config.vision_config
@@ -112,19 +113,23 @@ class Qwen2VLBackbone(Backbone):
     def vision_inputs(self, frames: torch.Tensor) -> dict:
         """The video processor's ``pixel_values_videos`` / ``video_grid_thw`` for uint8
         ``(2k, h, w, 3)`` frames taken as one video (every frame kept)."""
-        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, return_tensors="pt")
+        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, return_tensors="pt",
+                             **self.processor_kwargs)
         return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
 
-    def block_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(2k, h, w, 3)`` -> ``(1, k * block_tokens, hidden)`` (blocks are encoded
-        independently by the vision tower: any split of the stream gives the same rows)."""
+    def video_features(self, frames: torch.Tensor):
+        """The vision tower's output (``get_video_features``) for uint8 ``(2k, h, w, 3)``
+        frames (blocks are encoded independently: any split of the stream gives the same rows)."""
         if frames.shape[0] % self.frames_per_block:
             raise ValueError(f"a chunk needs a multiple of {self.frames_per_block} frames, got {frames.shape[0]}")
         inputs = self.vision_inputs(frames)
         pixels = inputs["pixel_values_videos"].to(self.model.device, self.model.dtype)
         grid = inputs["video_grid_thw"].to(self.model.device)
-        out = self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid)
-        return torch.cat(list(out.pooler_output), dim=0)[None].to(self.model.dtype)
+        return self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid)
+
+    def block_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(2k, h, w, 3)`` -> ``(1, k * block_tokens, hidden)``."""
+        return torch.cat(list(self.video_features(frames).pooler_output), dim=0)[None].to(self.model.dtype)
 
     # -- prompt -----------------------------------------------------------------------------
     @property

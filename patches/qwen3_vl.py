@@ -47,6 +47,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
     strategies = ("layout", "original", "1d")
     default_side = 448
     needs_fps = "Qwen3-VL blocks carry their time as text"
+    processor_kwargs = {"do_resize": False, "cap_pixels_per_frame": False}  # see _check_budget
 
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
         self._headers: Dict[str, List[int]] = {}
@@ -146,20 +147,10 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         """Nothing to check: frames reach the processor at the fixed size with resizing off
         (its budget is per clip, so it would otherwise resize each chunk differently)."""
 
-    def vision_inputs(self, frames: torch.Tensor) -> dict:
-        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, do_resize=False,
-                             cap_pixels_per_frame=False, return_tensors="pt")
-        return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
-
     def _visual(self, frames: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """uint8 ``(2k, h, w, 3)`` -> ``(k * H'W', hidden)`` visual embeddings and the
         deepstack levels, each ``(k * H'W', hidden)``."""
-        if frames.shape[0] % self.frames_per_block:
-            raise ValueError(f"a chunk needs a multiple of {self.frames_per_block} frames, got {frames.shape[0]}")
-        inputs = self.vision_inputs(frames)
-        pixels = inputs["pixel_values_videos"].to(self.model.device, self.model.dtype)
-        grid = inputs["video_grid_thw"].to(self.model.device)
-        out = self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid)
+        out = self.video_features(frames)
         deepstack = [torch.cat(list(level), dim=0).to(self.model.dtype) for level in out.deepstack_features]
         return torch.cat(list(out.pooler_output), dim=0).to(self.model.dtype), deepstack
 
@@ -182,11 +173,10 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         token's slot (timestamps right-aligned in their slots)."""
         visual, deepstack = self._visual(pixels)
         k = pixels.shape[0] // self.frames_per_block
-        self.header_lengths(torch.arange(first_block, first_block + k), fps, padded)  # refuses an oversized timestamp
+        slots = self.block_rows(torch.arange(first_block, first_block + k), self.model.device, fps, padded)  # refuses an oversized timestamp
         ids = torch.tensor([self._block_ids(range(first_block, first_block + k), fps, padded)], device=self.model.device)
         mask = ids == self.model.config.video_token_id
         embeds = self.text_model.embed_tokens(ids).masked_scatter(mask[..., None], visual)
-        slots = self.block_rows(torch.arange(first_block, first_block + k), self.model.device, fps, padded)
         return ChunkInputs(embeds, {"visual_pos_masks": mask, "deepstack_visual_embeds": deepstack}, slots)
 
     def block_rows(self, blocks: torch.Tensor, device: torch.device, fps: Optional[float] = None,
