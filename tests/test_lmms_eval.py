@@ -50,7 +50,7 @@ def _requests(lm, docs, kind="generate_until", gen_kwargs=None):
 
 
 def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
-    import lmms_rekv.integrations.lmms_eval_model as module
+    import lmms_rekv.integrations.streams as streams_module
 
     path = _video(tmp_path, "a", _clip(0))
     other = _video(tmp_path, "b", _clip(1))
@@ -67,12 +67,12 @@ def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
 
     monkeypatch.setattr(lm.engine, "new_session", counting_session)
     streams = []
-    real_decode = module.iter_video_timed
-    monkeypatch.setattr(module, "iter_video_timed", lambda *a, **k: streams.append(a[0]) or real_decode(*a, **k))
+    real_decode = streams_module.iter_video_timed
+    monkeypatch.setattr(streams_module, "iter_video_timed", lambda *a, **k: streams.append(a[0]) or real_decode(*a, **k))
 
     before = lm.videos_decoded
     answers = lm.generate_until(_requests(lm, docs))
-    assert lm.videos_decoded - before == 2 and sorted(streams) == sorted([path, other])
+    assert lm.videos_decoded - before == 2 and set(streams) == {path, other}  # (b also read as a possible continuation of a)
     assert sum(encodes) == 2 * 12  # 6 s at 2 fps, each frame of each video encoded once
     monkeypatch.undo()
     for q, got in zip(questions, answers):
@@ -137,10 +137,10 @@ def test_a_hanging_decoder_fails_its_document_within_doc_timeout(lm, tmp_path, m
     import threading
     import time
 
-    import lmms_rekv.integrations.lmms_eval_model as module
+    import lmms_rekv.integrations.streams as streams_module
 
     stuck, good = _video(tmp_path, "stuck", _clip(4)), _video(tmp_path, "fine", _clip(5))
-    real, release = module.iter_video_timed, threading.Event()
+    real, release = streams_module.iter_video_timed, threading.Event()
 
     def hanging(path, *args, **kwargs):
         for i, item in enumerate(real(path, *args, **kwargs)):
@@ -148,7 +148,7 @@ def test_a_hanging_decoder_fails_its_document_within_doc_timeout(lm, tmp_path, m
                 release.wait(60)  # hangs (the test releases it at the end)
             yield item
 
-    monkeypatch.setattr(module, "iter_video_timed", hanging)
+    monkeypatch.setattr(streams_module, "iter_video_timed", hanging)
     monkeypatch.setattr(lm, "doc_timeout", 2.0)
     lm.failures.clear()
     start = time.perf_counter()
@@ -196,24 +196,6 @@ def test_loglikelihood_matches_session(lm, tmp_path):
     for (got, greedy), doc in zip(scores, docs):
         want = session.loglikelihood(doc["q"], doc["a"])
         assert abs(got - want[0]) < 1e-5 and greedy == want[1]
-
-
-def test_multi_round(lm, tmp_path):
-    path = _video(tmp_path, "m", _clip(5))
-
-    def doc_to_text(doc, previous_output, round_idx, previous_round_info):
-        if round_idx >= 3:
-            return None, None, True, [o.upper() for o in previous_output], None
-        return None, f"round {round_idx} question?", False, previous_output, previous_round_info
-
-    lm.task_dict = {"t": {"test": [{"visual": path}]}}
-    args = ("round 0 question?", {"max_new_tokens": 4}, lambda d: [d["visual"]], doc_to_text, 0, "t", "test")
-    request = Instance(request_type="generate_until_multi_round", arguments=args, idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})
-    (result,) = lm.generate_until_multi_round([request])
-    session = lm.engine.new_session()
-    session.add_frames(read_video(path, fps=2))
-    expected = tuple(session.ask(f"round {i} question?", max_new_tokens=4).strip().upper() for i in range(3))
-    assert result == expected
 
 
 def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(), expect=0, model_args=None):

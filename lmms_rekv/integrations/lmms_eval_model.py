@@ -18,7 +18,6 @@ installation, not a bad document) ends the run at once.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -35,7 +34,8 @@ from tqdm.auto import tqdm
 from lmms_rekv.config import ReKVConfig
 from lmms_rekv.integrations.llava_ov_args import translate
 from lmms_rekv.model import ReKV
-from lmms_rekv.io.video import VideoError, iter_video_timed
+from lmms_rekv.integrations.streams import Sampling, Stream, Streams, encode
+from lmms_rekv.io.video import VideoError
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +74,6 @@ def _maybe_float(value) -> Optional[float]:
     return None if value is None else float(value)
 
 
-def _sampled_fps(times: List[float], requested: float) -> float:
-    """The rate frames were actually sampled at (``max_frames`` makes sampling uniform over
-    the video): from the first frames' timestamps, else the requested rate."""
-    if len(times) >= 2 and times[-1] > times[0]:
-        return (len(times) - 1) / (times[-1] - times[0])
-    return requested
-
-
 def _none_or_int(value) -> Optional[int]:
     if value is None or str(value).lower() in ("none", "null", "all", ""):
         return None
@@ -102,7 +94,10 @@ class ReKVLlavaOV(lmms):
     per second, default 0.5), ``max_frames`` (cap; sampling becomes uniform over the video),
     ``window_tokens``, ``topk_frames``, ``retrieval``, ``score``, ``offload``, ``chunk_frames``
     (see ``ReKVConfig``; ``None`` accepted for window/topk), ``max_new_tokens`` (default when
-    a task gives none). lmms-eval ``llava_onevision``'s args (``conv_template``,
+    a task gives none), ``reuse_streams`` (default True: a video that continues the stream
+    answered before -- the same source cut later -- extends its session; see
+    ``lmms_rekv.integrations.streams``), ``stream_tolerance`` (pixel levels; default 0: such
+    frames must be bit-identical). lmms-eval ``llava_onevision``'s args (``conv_template``,
     ``max_frames_num``, ``device_map``, ...) are honoured or refused with the reason
     (``lmms_rekv.integrations.llava_ov_args``), so its ``--model_args`` string works here."""
 
@@ -119,11 +114,17 @@ class ReKVLlavaOV(lmms):
         cache_dir: Optional[str] = None,
         batch_size: Any = 1,
         doc_timeout: Optional[float] = 3600.0,
+        reuse_streams: Any = True,
+        stream_tolerance: float = 0.0,
         **rekv_args,
     ) -> None:
         super().__init__()
         if str(batch_size) not in ("1", "auto"):
             logger.warning("rekv_llava_ov answers one stream at a time; batch_size=%s ignored", batch_size)
+        self.reuse_streams = str(reuse_streams).lower() not in ("false", "0", "no", "none")
+        self.stream_tolerance = float(stream_tolerance or 0.0)  # see streams.FramePrints
+        if self.stream_tolerance < 0:
+            raise ValueError(f"stream_tolerance must be >= 0 (pixel levels), got {stream_tolerance}")
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
         ov = translate(rekv_args)  # llava_onevision's model_args (drop-in): honoured or refused
@@ -178,47 +179,53 @@ class ReKVLlavaOV(lmms):
             jobs.append(Job(index, args, doc, path, start, end))
         return jobs
 
+    def _streams(self) -> Streams:
+        sampling = Sampling(self.engine.new_session, self.fps, self.max_frames, self.engine.config.chunk_frames,
+                            self.doc_timeout, self.stream_tolerance)
+        return Streams(sampling, self._open, reuse=self.reuse_streams)
+
     def _run(self, requests, answer: Callable, failed: Any, desc: str) -> list:
-        """Answer every request through one session per (video, start), questions in time order."""
+        """Answer every request through one session per (video, start), questions in time order;
+        consecutive videos that continue one stream share its session (``Streams``)."""
         results = [failed] * len(requests)
         groups: "OrderedDict[tuple, List[Job]]" = OrderedDict()
         for job in self._jobs(requests):
             groups.setdefault((job.path, job.start), []).append(job)
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc=desc)
-        for (path, start), jobs in groups.items():
-            jobs.sort(key=lambda j: math.inf if j.end is None else j.end)
-            self._run_video(path, start, jobs, answer, results, bar)
-        bar.close()
-        logger.info("rekv_llava_ov: %d videos encoded, %d reopened from the cache", self.videos_decoded, self.videos_from_cache)
+        streams = self._streams()
+        try:
+            for jobs in groups.values():
+                jobs.sort(key=lambda j: math.inf if j.end is None else j.end)
+                self._run_video(streams, jobs, answer, results, bar)
+        finally:
+            streams.close()
+            bar.close()
+        self._log_streams(streams)
         return results
 
-    def _run_video(self, path: str, start: float, jobs: List[Job], answer: Callable, results: list, bar) -> None:
-        """Encode the video once, then answer its questions; a question at time ``t`` may
-        only retrieve frames sampled at or before ``t`` (``frame_limit``)."""
-        session, times = None, None
-        try:
-            for job in jobs:
-                try:
-                    if isinstance(job.doc, dict) and "__error__" in job.doc:
-                        raise job.doc["__error__"]
-                    if session is None:
-                        session, times = self._open(path, start)
-                    limit = None if job.end is None else bisect.bisect_right(times, job.end + 1e-6)
-                    if limit == 0:
-                        raise ValueError(f"no frame of {path} is sampled by t={job.end}s")
-                    results[job.index] = answer(session, job, limit)
-                except FATAL_ERRORS:  # a broken installation, not a bad document: stop now
-                    raise
-                except Exception as exc:  # one bad document must not end the run
-                    self._record_failure(job, exc)
-                bar.update(1)
-        finally:
-            if session is not None:
-                session.close()
+    def _log_streams(self, streams: Streams) -> None:
+        logger.info("rekv_llava_ov: %d videos encoded, %d reopened from the cache; %d extended a stream (%d frames), "
+                    "%d answered as an earlier cut of one", self.videos_decoded, self.videos_from_cache, streams.extended,
+                    streams.frames_encoded, streams.limited)
 
-    def _open(self, path: str, start: float):
-        """(session, frame timestamps) of a video: reopened from ``cache_dir`` when an intact
-        entry exists, else decoded and encoded once (and saved when a cache is set)."""
+    def _run_video(self, streams: Streams, jobs: List[Job], answer: Callable, results: list, bar) -> None:
+        """Answer the questions on one video; a question at time ``t`` may only retrieve
+        frames sampled at or before ``t`` (``frame_limit``)."""
+        for job in jobs:
+            try:
+                if isinstance(job.doc, dict) and "__error__" in job.doc:
+                    raise job.doc["__error__"]
+                session, limit = streams.visit(job.path, job.start, job.end)
+                results[job.index] = answer(session, job, limit)
+            except FATAL_ERRORS:  # a broken installation, not a bad document: stop now
+                raise
+            except Exception as exc:  # one bad document must not end the run
+                self._record_failure(job, exc)
+            bar.update(1)
+
+    def _open(self, path: str, start: float) -> Stream:
+        """A fresh stream of a video: reopened from ``cache_dir`` when an intact entry exists,
+        else decoded and encoded once (and saved when a cache is set)."""
         if not os.path.isfile(path):
             raise VideoError(f"video not found: {path}")
         folder = None
@@ -230,53 +237,18 @@ class ReKVLlavaOV(lmms):
                 try:
                     session = self.engine.open_session(folder)
                     self.videos_from_cache += 1
-                    return session, session.saved_meta["times"]
+                    times = list(session.saved_meta["times"])
+                    return Stream(session, path, start, times, covered={path: len(times)})
                 except Exception as exc:
                     logger.warning("rekv_llava_ov: cache entry %s for %s is unusable (%s); re-encoding", folder, path, exc)
-        session, times = self._encode_video(path, start)
+        self.videos_decoded += 1
+        stream = encode(self._streams().sampling, path, start)
         if folder is not None:
             try:
-                session.save(folder, video=path, times=times)
+                stream.session.save(folder, video=path, times=stream.times)
             except OSError as exc:
                 logger.warning("rekv_llava_ov: could not save %s to the cache: %s", path, exc)
-        return session, times
-
-    def _encode_video(self, path: str, start: float):
-        """Decode and encode one video within ``doc_timeout`` seconds (a decoder that hangs
-        on a damaged file fails this document, not the run)."""
-        from lmms_rekv.io.deadline import DeadlineExceeded, with_deadline
-
-        session, times, batch = None, [], []
-        self.videos_decoded += 1
-        timed = with_deadline(lambda: iter_video_timed(path, self.fps, self.max_frames, start_time=start), self.doc_timeout,
-                              f"reading and encoding {path}")
-        try:
-            for t, frame in timed:
-                session, batch = self._add_frame(session, times, batch, t, frame)
-            if batch:
-                session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
-                session.add_frames(np.stack(batch))
-            if session is None:
-                raise VideoError(f"no frames decoded from {path}")
-            session.flush()  # the end of the video closes its last chunk
-        except BaseException as exc:
-            if session is not None:
-                session.close()
-            if isinstance(exc, DeadlineExceeded):
-                raise VideoError(f"{exc} (model arg doc_timeout)") from None
-            raise
-        return session, times
-
-    def _add_frame(self, session, times: List[float], batch: list, t: float, frame):
-        """Collect one frame; every ``chunk_frames`` of them go to the session (created on
-        the first chunk, at the sampled rate). Returns ``(session, batch)``."""
-        times.append(t)
-        batch.append(frame)
-        if len(batch) == self.engine.config.chunk_frames:
-            session = session or self.engine.new_session(fps=_sampled_fps(times, self.fps))
-            session.add_frames(np.stack(batch))
-            batch = []
-        return session, batch
+        return stream
 
     def _record_failure(self, job: Job, exc: Exception) -> None:
         args = job.args if len(job.args) >= 6 else (None,) * 6
@@ -304,23 +276,37 @@ class ReKVLlavaOV(lmms):
 
         return self._run(requests, answer, (float("-inf"), False), "rekv_llava_ov loglikelihood")
 
-    def generate_until_multi_round(self, requests) -> list:
-        def answer(session, job: Job, limit: Optional[int]):
-            context, gen_kwargs, doc_to_text = job.args[0], dict(job.args[1] or {}), job.args[3]
-            gen_kwargs.pop("until", None)
-            settings = self._generation(gen_kwargs)
-            outputs, info, round_idx = [], None, 0
-            while True:
-                if round_idx > 0:
-                    _, context, terminal, round_res, info = doc_to_text(
-                        job.doc, previous_output=outputs, round_idx=round_idx, previous_round_info=info
-                    )
-                    if terminal:
-                        return tuple(round_res) if round_res is not None else tuple(outputs)
-                outputs.append(session.ask(clean_context(context), frame_limit=limit, **settings).strip())
-                round_idx += 1
+    def generate_until_multi_round(self, requests) -> List[List[str]]:
+        """Per document, the list of its rounds' answers in round order (what lmms-eval's
+        chat models return and upstream scorers index). Round 0 is about the document's
+        visual; round ``i`` about the visuals its ``doc_to_text`` returns (None or empty: the
+        same video as before). A round whose visual continues the stream so far (the same
+        source cut later) extends its session instead of encoding from zero (``Streams``).
+        A round that fails is answered with an empty string and the next rounds go on."""
+        from lmms_rekv.integrations.multi_round import answer_rounds
 
-        return self._run(requests, answer, ("",), "rekv_llava_ov multi-round")
+        results: List[List[str]] = [[] for _ in requests]
+        streams = self._streams()
+        bar = tqdm(total=len(requests), disable=self.rank != 0, desc="rekv_llava_ov multi-round")
+        try:
+            for index in sorted(range(len(requests)), key=lambda i: self._first_video(requests[i])):
+                results[index] = answer_rounds(self, streams, index, requests[index])
+                bar.update(1)
+        finally:
+            streams.close()
+            bar.close()
+        self._log_streams(streams)
+        return results
+
+    def _first_video(self, request) -> str:
+        """The path of a multi-round request's first visual ("" when unknown): documents are
+        answered grouped by it, so that those about one source share its encoding."""
+        try:
+            _, _, doc_to_visual, _, doc_id, task, split = request.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or [""]
+            return parse_visual(visuals[0])[0] if visuals[0] else ""
+        except Exception:  # reported when the document is answered
+            return ""
 
     def _generation(self, gen_kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """``ask`` keyword arguments from lmms-eval ``gen_kwargs`` (temperature 0 = greedy)."""

@@ -57,7 +57,7 @@ def with_deadline(make_items: Callable[[], Iterator[T]], seconds: Optional[float
         stop.set()
         _drain(items)
         if worker.is_alive():
-            worker.join(timeout=0.1)
+            worker.join(timeout=1.0)
             if worker.is_alive():
                 logger.warning("%s: abandoned a worker thread still running after the time limit", what)
 

@@ -131,17 +131,22 @@ def synthetic_frames(seconds: float, fps: int = 4, size: int = 96, seed: int = 0
     return frames
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 4) -> str:
-    """Encode ``(N, H, W, 3)`` uint8 frames to ``path`` (H.264/mp4 when available, else MPEG-4)."""
+def write_video(path: str, frames: np.ndarray, fps: int = 4, lossless: bool = False) -> str:
+    """Encode ``(N, H, W, 3)`` uint8 frames to ``path`` (H.264/mp4 when available, else MPEG-4).
+    ``lossless``: decoded frames equal ``frames`` exactly (RGB H.264 at qp 0 in .mp4/.mkv;
+    raw ``bgr24`` in .avi), so two files cut from one stream decode to identical frames."""
     import av
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp{os.path.splitext(path)[1]}"
+    codec, pix_fmt, options = ("libx264" if "libx264" in av.codecs_available else "mpeg4"), "yuv420p", {}
+    if lossless:
+        raw = path.lower().endswith(".avi")
+        codec, pix_fmt, options = ("rawvideo", "bgr24", {}) if raw else ("libx264rgb", "rgb24", {"qp": "0"})
     with av.open(tmp, mode="w") as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
