@@ -16,11 +16,22 @@ MC = {"question": "what does the man do?", "answer": "B"}
 DOCS = {
     "egoschema/egoschema.yaml": dict(MC, option=["A. cooks", "B. cleans", "C. reads", "D. sleeps", "E. runs"], video_idx="v"),
     "egoschema/egoschema_subset.yaml": dict(MC, option=["A. cooks", "B. cleans", "C. reads", "D. sleeps", "E. runs"], video_idx="v"),
-    "mlvu/mlvu_dev.yaml": dict(MC, video_name="v.mp4", task_type="plotQA", candidates=["x", "y"]),
-    "cgbench/cgbench.yaml": dict(MC, choices=["cooks", "cleans", "reads", "sleeps"]),
+    "mlvu/mlvu_dev.yaml": dict(MC, video_name="v.mp4", task_type="plotQA", candidates=["x", "y"], question_id="1"),
+    "cgbench/cgbench.yaml": dict(MC, choices=["cooks", "cleans", "reads", "sleeps"], right_answer="B", question_id=1, qid=1, video_uid="v", domain="d",
+                                 category="c", sub_category="s", duration=8),
     "activitynetqa/activitynetqa_generation.yaml": dict(MC, video_name="v", answer="cleaning"),
-    "videomme/videomme.yaml": dict(MC, options=["A. cooks", "B. cleans", "C. reads", "D. sleeps"], videoID="v"),
+    "videomme/videomme.yaml": dict(MC, options=["A. cooks", "B. cleans", "C. reads", "D. sleeps"], videoID="v", question_id="1", duration="short",
+                                   domain="d", sub_category="s", task_type="t"),
+    # the long-video tasks a ReKV user runs (lmms-eval 0.7.3), in their documents' own format
+    "lvbench/lvbench.yaml": dict(MC, options=["cooks", "cleans", "reads", "sleeps"], video_path="v.mp4", uid="1", question_type=["reasoning"],
+                                 time_reference="00:10"),
+    "longvideobench/longvideobench_val_v.yaml": dict(MC, option0="cooks", option1="cleans", option2="reads", option3="sleeps", option4="N/A",
+                                                     correct_choice=1, id="1", duration_group=600, question_category="E2O",
+                                                     video_path="v.mp4", duration=8.0),
+    "timescope/timescope.yaml": dict(MC, input="what does the man do?\nA. cooks\nB. cleans\nC. reads\nD. sleeps", type="QA", length=8,
+                                     video="v.mp4", id="1"),
 }
+JUDGED = {"activitynetqa/activitynetqa_generation.yaml"}  # scored by a GPT judge over the network
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +52,8 @@ def test_upstream_prompt_and_generation_kwargs(lm, video, yaml_path, monkeypatch
     config = load_yaml_config(os.path.join(TASKS, yaml_path), mode="full")
     kwargs = (config.get("lmms_eval_specific_kwargs") or {}).get("default", {})
     doc = DOCS[yaml_path]
-    context = config["doc_to_text"](doc, kwargs)
+    to_text = config["doc_to_text"]
+    context = doc[to_text] if isinstance(to_text, str) else to_text(doc, kwargs)  # a field name or a function
     assert doc["question"].split()[-1].rstrip("?") in context.lower()
     seen = []
     original = lm.engine.backbone.suffix_ids
@@ -55,8 +67,11 @@ def test_upstream_prompt_and_generation_kwargs(lm, video, yaml_path, monkeypatch
     (answer,) = lm.generate_until([request])
     assert not lm.failures and isinstance(answer, str) and answer
     assert seen == [context.strip()]
-    if kwargs.get("post_prompt"):
+    if kwargs.get("post_prompt") and not isinstance(to_text, str):
         assert kwargs["post_prompt"].strip() in seen[0]
+    if yaml_path not in JUDGED:
+        scored = config["process_results"](doc, [answer])  # the upstream scorer takes our output as it is
+        assert isinstance(scored, dict) and scored
 
 
 def test_egoschema_mcppl_loglikelihood(lm, video):

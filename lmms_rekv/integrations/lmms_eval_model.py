@@ -6,7 +6,10 @@
         --tasks egoschema
 
 Requests are grouped by video: each video is decoded once at ``fps`` and encoded once, and
-every question on it is answered from the same session. A visual may carry a temporal
+every question on it is answered from the same session; a video that continues the stream
+answered before (the same source cut later, as benchmarks hand streams over in chunk files)
+extends that session (``lmms_rekv.integrations.streams``). Multi-round documents answer
+each round about that round's visuals (``lmms_rekv.integrations.multi_round``). A visual may carry a temporal
 fragment, ``path#t=END`` or ``path#t=START,END`` (seconds): the stream then covers START..
 and the question is answered as of END: only frames sampled at or before END can be
 retrieved, and encoding is causal, so later frames cannot change the answer. A
