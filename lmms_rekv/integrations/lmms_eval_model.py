@@ -26,10 +26,8 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
@@ -37,45 +35,12 @@ from tqdm.auto import tqdm
 from lmms_rekv.config import ReKVConfig
 from lmms_rekv.integrations.llava_ov_args import translate
 from lmms_rekv.model import ReKV
+from lmms_rekv.integrations.multi_round import answer_rounds
+from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, clean_context, parse_visual  # noqa: F401  (public names)
 from lmms_rekv.integrations.streams import Sampling, Stream, Streams, encode
 from lmms_rekv.io.video import VideoError
 
 logger = logging.getLogger(__name__)
-
-PLACEHOLDERS = ("<video>", "<image>")
-# errors that say the installation is broken (e.g. a module missing from a wheel): every
-# document would fail the same way, so they end the run instead of being recorded per document
-FATAL_ERRORS = (ImportError,)
-
-
-@dataclass
-class Job:
-    """One request: its position, arguments, video and time span."""
-
-    index: int
-    args: tuple
-    doc: Any
-    path: str
-    start: float
-    end: Optional[float]
-
-
-def parse_visual(visual: Any) -> Tuple[str, float, Optional[float]]:
-    """``(path, start, end)`` of a visual: a video path with an optional ``#t=[START,]END``."""
-    if isinstance(visual, dict):
-        return str(visual["video"]), float(visual.get("start") or 0.0), _maybe_float(visual.get("end"))
-    if not isinstance(visual, (str, os.PathLike)):
-        raise ValueError(f"rekv_llava_ov answers about videos; got a {type(visual).__name__} visual")
-    path, _, fragment = str(visual).partition("#t=")
-    if not fragment:
-        return path, 0.0, None
-    start, _, end = fragment.partition(",")
-    return (path, 0.0, float(start)) if not end else (path, float(start or 0.0), float(end))
-
-
-def _maybe_float(value) -> Optional[float]:
-    return None if value is None else float(value)
-
 
 def _none_or_int(value) -> Optional[int]:
     if value is None or str(value).lower() in ("none", "null", "all", ""):
@@ -286,8 +251,6 @@ class ReKVLlavaOV(lmms):
         same video as before). A round whose visual continues the stream so far (the same
         source cut later) extends its session instead of encoding from zero (``Streams``).
         A round that fails is answered with an empty string and the next rounds go on."""
-        from lmms_rekv.integrations.multi_round import answer_rounds
-
         results: List[List[str]] = [[] for _ in requests]
         streams = self._streams()
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="rekv_llava_ov multi-round")
@@ -323,10 +286,3 @@ class ReKVLlavaOV(lmms):
         if do_sample:
             settings.update(do_sample=True, temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0))
         return settings
-
-
-def clean_context(context: str) -> str:
-    """The task's prompt without image/video placeholders (the template places the video)."""
-    for placeholder in PLACEHOLDERS:
-        context = context.replace(placeholder, "")
-    return context.strip() or context

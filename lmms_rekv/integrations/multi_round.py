@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, List, Optional, Tuple
 
+from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, clean_context, parse_visual
 from lmms_rekv.integrations.streams import Streams
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ MAX_BAD_ROUNDS = 3  # consecutive doc_to_text errors after which a document is g
 
 def answer_rounds(model, streams: Streams, index: int, request) -> List[str]:
     """Every round's answer of one multi-round request (failed rounds: ``""``)."""
-    from lmms_rekv.integrations.lmms_eval_model import FATAL_ERRORS, Job, clean_context, parse_visual
-
     context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
     job = Job(index, (context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split), None, "", 0.0, None)
     settings = model._generation({k: v for k, v in dict(gen_kwargs or {}).items() if k != "until"})
