@@ -145,13 +145,17 @@ class ReKV:
     def embedder(self, value) -> None:
         self._embedder = value
 
-    def new_session(self, fps: Optional[float] = None):
+    def new_session(self, fps: Optional[float] = None, frames: Optional[int] = None,
+                    frame_size: Optional[Tuple[int, int]] = None):
         """A new stream with its own KV store. ``fps``: the rate the stream's frames were
         sampled at (frames per second); families whose positions encode time (Qwen2.5-VL)
-        need it."""
+        need it. Qwen families size a stream's frames as their processor would, from its first
+        frame; ``frames``: how many frames the stream will have, when known (Qwen3-VL's
+        processor budgets pixels per clip); ``frame_size``: ``(height, width)`` for this stream
+        instead (``ReKVConfig.frame_size`` sets it for every stream)."""
         from .engine.session import ReKVSession
 
-        return ReKVSession(self, fps=fps)
+        return ReKVSession(self, fps=fps, frames=frames, frame_size=frame_size)
 
     def open_session(self, folder: str):
         """A session reopened from a folder written by ``session.save`` (checksums verified)."""

@@ -259,6 +259,20 @@ class Backbone:
         raise NotImplementedError
 
     # -- vision ---------------------------------------------------------------------------
+    #: whether the family sizes frames from the video (one size per stream; see ``for_stream``)
+    sizes_per_stream: bool = False
+
+    def for_stream(self, height: int, width: int, frames: Optional[int] = None) -> "Backbone":
+        """The adapter for a stream whose first frame is ``height x width`` (``frames``: how
+        many frames the stream has, when known). Families with one resolution: ``self``."""
+        return self
+
+    def sized(self, frame_size: Optional[Tuple[int, int]]) -> "Backbone":
+        """The adapter for streams of frames resized to ``frame_size`` (None: ``self``)."""
+        if frame_size is not None:
+            raise ValueError(f"frame_size is fixed by the {self.model_type} checkpoint; leave it unset")
+        return self
+
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` frames -> per-frame model inputs ``(N, ...)`` (what
         ``block_features`` takes; concatenated along dim 0 as frames wait for a chunk)."""

@@ -2,7 +2,10 @@
 
 A block is one temporal patch (``temporal_patch_size`` frames: 2 in the released
 checkpoints): 2 frames -> ``(h / 28) * (w / 28)`` tokens for a frame of
-``h x w`` (fixed once per engine: every frame is resized to ``frame_size``). The chat
+``h x w``. The frame size is fixed once per stream: by default what the family's processor
+gives the stream's first frame (aspect kept; ``for_stream``), resized by the processor's own
+operation so that the pixels are the vanilla model's; an explicit ``frame_size`` is used for
+every stream. The chat
 template renders ``<|vision_start|><|video_pad|><|vision_end|>``: the prefix (the sinks)
 ends with ``<|vision_start|>``, the text after the video starts with ``<|vision_end|>``.
 
@@ -18,7 +21,8 @@ block retrieved). While encoding, the window is re-based to the block of its old
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import copy
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -45,6 +49,9 @@ class Qwen2VLBackbone(Backbone):
         self.processor = processor
         self.frames_per_block = vision.temporal_patch_size  # 2 in every released checkpoint
         self.unit = vision.patch_size * vision.spatial_merge_size
+        self.sizes_per_stream = frame_size is None  # else every stream uses the given size
+        self.processor_resize = False  # frames resized by the processor's own operation (per-stream sizes)
+        self._views: Dict[Tuple[int, int], "Qwen2VLBackbone"] = {}
         self.frame_size = self._check_size(frame_size or self._default_size())
         self.grid = (self.frame_size[0] // self.unit, self.frame_size[1] // self.unit)
         self._check_budget(vision.spatial_merge_size)
@@ -85,6 +92,50 @@ class Qwen2VLBackbone(Backbone):
             side -= self.unit
         return side, side
 
+    def pixel_bounds(self) -> Tuple[int, int]:
+        """``(min_pixels, max_pixels)`` of the video processor (per frame; Qwen3-VL: per clip)."""
+        size = self.processor.size or {}
+        low = getattr(self.processor, "min_pixels", None) or size.get("shortest_edge")
+        high = getattr(self.processor, "max_pixels", None) or size.get("longest_edge")
+        return int(low), int(high)
+
+    def stream_size(self, height: int, width: int, frames: Optional[int] = None) -> Tuple[int, int]:
+        """The size the processor resizes a ``height x width`` video to: its own
+        ``smart_resize`` (multiples of 28, pixels within the processor's bounds, aspect kept;
+        per frame, so ``frames`` does not matter)."""
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
+
+        if getattr(self.processor, "do_resize", True) is False:  # a processor that keeps frames as they are
+            return self._check_size((height, width))
+        low, high = self.pixel_bounds()
+        return tuple(smart_resize(height, width, factor=self.unit, min_pixels=low, max_pixels=high))
+
+    def for_stream(self, height: int, width: int, frames: Optional[int] = None) -> "Qwen2VLBackbone":
+        """The adapter at the size the processor gives this stream (``stream_size``), or the
+        one explicit ``frame_size``; one adapter view per size, sharing the model."""
+        if not self.sizes_per_stream:
+            return self
+        return self._view(self.stream_size(height, width, frames), processor_resize=True)
+
+    def sized(self, frame_size: Optional[Tuple[int, int]]) -> "Qwen2VLBackbone":
+        if frame_size is None or (not self.sizes_per_stream and tuple(frame_size) == self.frame_size):
+            return self
+        return self._view(self._check_size(frame_size), processor_resize=self.sizes_per_stream or self.processor_resize)
+
+    def _view(self, size: Tuple[int, int], processor_resize: bool) -> "Qwen2VLBackbone":
+        key = (tuple(size), processor_resize)
+        view = self._views.get(key)
+        if view is None:
+            view = copy.copy(self)
+            view.frame_size, view.grid = tuple(size), (size[0] // self.unit, size[1] // self.unit)
+            view.sizes_per_stream, view.processor_resize, view._views = False, processor_resize, {}
+            view._reset_size_caches()
+            self._views[key] = view
+        return view
+
+    def _reset_size_caches(self) -> None:
+        """Forget what depends on the frame size (a view of another size starts empty)."""
+
     def _check_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         h, w = (int(v) for v in size)
         if h < self.unit or w < self.unit or h % self.unit or w % self.unit:
@@ -101,14 +152,28 @@ class Qwen2VLBackbone(Backbone):
                              f"(size={self.processor.size}): it would resize the frames to a {grid.tolist()} patch grid")
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, h, w, 3)`` at the engine's fixed frame size
-        (bicubic, only when the size differs)."""
+        """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, h, w, 3)`` at the stream's frame size, only
+        when the size differs: by the processor's own resize for a size the processor chose
+        (the vanilla model's pixels), else bicubic."""
         h, w = self.frame_size
         if tuple(frames.shape[1:3]) == (h, w):
             return frames
+        if self.processor_resize:
+            return self._processor_resize(frames, (h, w))
         x = frames.permute(0, 3, 1, 2).float()
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
         return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def _processor_resize(self, frames: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """The video processor's resize operation (its resampling, antialiasing and uint8
+        rounding) of uint8 ``(N, H, W, 3)`` frames to ``size``."""
+        from transformers.image_utils import SizeDict
+        from transformers.video_processing_utils import BaseVideoProcessor
+
+        x = frames.permute(0, 3, 1, 2)
+        out = super(BaseVideoProcessor, self.processor).resize(image=x, size=SizeDict(height=size[0], width=size[1]),
+                                                                resample=self.processor.resample)
+        return out.permute(0, 2, 3, 1).contiguous()
 
     def vision_inputs(self, frames: torch.Tensor) -> dict:
         """The video processor's ``pixel_values_videos`` / ``video_grid_thw`` for uint8

@@ -4,8 +4,10 @@ A block is one temporal patch (2 frames) laid out as the processor lays out each
 video: ``<{t:.1f} seconds><|vision_start|>`` + ``H' x W'`` pads + ``<|vision_end|>``, where
 ``t`` is the mean time of the block's two frames (``2g / fps`` and ``(2g + 1) / fps``; an
 incomplete last block repeats its frame, as the processor pads it). The chat template's own
-``<|vision_start|>``/``<|vision_end|>`` around the video stay (the prefix ends with one, the
-text after the video starts with the other), as in the processor's prompt. Deepstack
+``<|vision_start|>``/``<|vision_end|>`` around the whole video stay (the prefix ends with one,
+the text after the video starts with the other) when the installed processor keeps them
+(transformers <= 5.24) and go when it collapses them (5.25): read from the processor at load
+(``keeps_outer_wrapper``), so the prompt ids are the installed processor's. Deepstack
 features (rows of the visual tokens from intermediate vision layers) are added after the
 first decoder layers of each chunk, as the model adds them.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import threading
 from typing import Dict, List, Optional, Tuple
 
+import numpy
 import torch
 
 from .base import ChunkInputs
@@ -37,6 +40,32 @@ from .qwen2_vl import Qwen2VLBackbone
 
 #: longest stream (seconds) whose timestamps are sized into the header slots
 MAX_SECONDS = 999_999.9
+
+
+def keeps_outer_wrapper(tokenizer, video_processor, chat_template: str, vision_start_id: int, side: int, frames: int) -> bool:
+    """Whether the installed Qwen3-VL processor keeps the chat template's ``<|vision_start|>``
+    / ``<|vision_end|>`` around the whole video besides each block's own (transformers <=
+    5.24) or collapses them (5.25): read from the prompt ids it builds for a one-block video
+    of ``frames`` black ``side x side`` frames."""
+    import transformers
+
+    full = transformers.Qwen3VLProcessor(image_processor=transformers.Qwen2VLImageProcessor(), tokenizer=tokenizer,
+                                         video_processor=video_processor, chat_template=chat_template)
+    turn = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]}]
+    text = full.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    video = numpy.zeros((frames, side, side, 3), numpy.uint8)
+    meta = [{"fps": 1.0, "frames_indices": list(range(frames)), "total_num_frames": frames}]
+    ids = full(text=[text], videos=[video], video_metadata=meta, do_sample_frames=False, return_tensors="pt")["input_ids"]
+    starts = int((ids == vision_start_id).sum())
+    if starts not in (1, 2):
+        raise RuntimeError(f"unexpected Qwen3-VL prompt layout from the installed processor ({starts} vision starts for one block)")
+    return starts == 2
+
+
+def without_outer_wrapper(before: str, after: str, tokenizer, start_id: int, end_id: int) -> Tuple[str, str]:
+    """The template's text around the video without the outer vision start/end tokens."""
+    start, end = tokenizer.convert_ids_to_tokens(start_id), tokenizer.convert_ids_to_tokens(end_id)
+    return before[: -len(start)] if before.endswith(start) else before, after[len(end):] if after.startswith(end) else after
 
 
 class Qwen3VLBackbone(Qwen2VLBackbone):
@@ -57,6 +86,21 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         self.tokenizer = tokenizer
         self.header_slots = self._header_bound()
         super().__init__(model, tokenizer, chat_template, processor, frame_size)
+        self.outer_wrapper = self._processor_keeps_outer_wrapper()
+
+    def _processor_keeps_outer_wrapper(self) -> bool:
+        cfg = self.model.config
+        return keeps_outer_wrapper(self.tokenizer, self.processor, self.chat_template, cfg.vision_start_token_id,
+                                   2 * self.unit, self.frames_per_block)
+
+    def split_prompt(self, question: str) -> Tuple[str, str]:
+        """The template's text before and after the video, without the outer
+        ``<|vision_start|>``/``<|vision_end|>`` when the installed processor drops them."""
+        before, after = super().split_prompt(question)
+        if not getattr(self, "outer_wrapper", True):
+            cfg = self.model.config
+            before, after = without_outer_wrapper(before, after, self.tokenizer, cfg.vision_start_token_id, cfg.vision_end_token_id)
+        return before, after
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -142,6 +186,29 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         while budget and side > self.unit and self.frames_per_block * side * side > budget:
             side -= self.unit
         return side, side
+
+    #: frames assumed for a stream of unknown length (a live stream): one temporal patch
+    LIVE_FRAMES = 2
+
+    @property
+    def sizes_by_clip(self) -> bool:
+        """Whether a stream's frame size depends on its frame count (the processor's clip budget)."""
+        return self.sizes_per_stream
+
+    def stream_size(self, height: int, width: int, frames: Optional[int] = None) -> Tuple[int, int]:
+        """The size the processor gives a video of ``frames`` frames of ``height x width``:
+        its own ``smart_resize`` with the clip budget (``frames`` unknown: ``LIVE_FRAMES``)."""
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+        if getattr(self.processor, "do_resize", True) is False:  # a processor that keeps frames as they are
+            return self._check_size((height, width))
+        low, high = self.pixel_bounds()
+        count = max(int(frames or self.LIVE_FRAMES), self.frames_per_block)
+        return tuple(smart_resize(num_frames=count, height=height, width=width, temporal_factor=self.frames_per_block,
+                                  factor=self.unit, min_pixels=low, max_pixels=high))
+
+    def _reset_size_caches(self) -> None:
+        self._lengths, self._ends, self._lock = {}, {}, threading.Lock()  # block ends depend on the visual tokens
 
     def _check_budget(self, merge: int) -> None:
         """Nothing to check: frames reach the processor at the fixed size with resizing off

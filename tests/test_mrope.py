@@ -106,10 +106,46 @@ def test_unbounded_window_every_block_equals_vanilla_generate(load_qwen2, chunk,
     assert all(torch.equal(sel, torch.arange(6)) for sel in answer.selected)
 
 
-def test_frames_resized_to_the_engine_size(load_qwen2):
-    """Frames of another size are resized to the fixed frame size (the answer equals vanilla
-    run on the resized frames)."""
+@pytest.mark.parametrize("size", [(60, 60), (50, 120), (130, 70)])  # square, wide, tall: none a multiple of 28
+def test_default_config_equals_vanilla_on_the_raw_frames(load_qwen2, size):
+    """With the default config a stream's frames get the size the processor gives them (aspect
+    kept, its own resize): every block retrieved equals vanilla generate on the raw frames."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
+    video = _video(8, size=size, seed=2)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(video[:3])
+    session.add_frames(video[3:])
+    answer = session.answer(QUESTION, max_new_tokens=5, return_logits=True)
+    tokens, logits, inputs = _vanilla(engine, video, QUESTION, 5)
+    grid = inputs["video_grid_thw"][0].tolist()
+    assert [session.backbone.frame_size[0] // 14, session.backbone.frame_size[1] // 14] == grid[1:]
+    assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
+    assert max((a - b).abs().max().item() for a, b in zip(answer.logits, logits)) <= 1e-4
+    assert engine.backbone.frame_size == (56, 56)  # the engine's own adapter is untouched
+
+
+def test_streams_of_one_engine_have_their_own_sizes(load_qwen2):
+    """Two streams of one engine keep their own frame sizes; a later frame of another size
+    is resized to its stream's size; an explicit frame_size (per engine or per stream) wins."""
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
+    wide, tall = engine.new_session(fps=FPS), engine.new_session(fps=FPS)
+    wide.add_frames(_video(4, size=(50, 120)))
+    tall.add_frames(_video(4, size=(130, 70)))
+    wide.add_frames(_video(2, size=(60, 60), seed=3))  # another size: resized to the stream's
+    assert (wide.backbone.frame_size, tall.backbone.frame_size) == ((28, 84), (84, 28))
+    assert wide.stats()["frames"] == 6 and wide.ask(QUESTION, max_new_tokens=2) is not None
+    fixed = load_qwen2(window_tokens=None, topk_frames=None, frame_size=(56, 56)).new_session(fps=FPS)
+    fixed.add_frames(_video(4, size=(50, 120)))
+    assert fixed.backbone.frame_size == (56, 56)
+    chosen = engine.new_session(fps=FPS, frame_size=(28, 56))
+    chosen.add_frames(_video(4, size=(50, 120)))
+    assert chosen.backbone.frame_size == (28, 56)
+
+
+def test_explicit_frame_size_resizes_every_frame(load_qwen2):
+    """``frame_size`` set: frames of another size are resized to it (the answer equals vanilla
+    run on the resized frames)."""
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4, frame_size=(56, 56))
     video = _video(4, size=(70, 90), seed=2)
     session = engine.new_session(fps=FPS)
     session.add_frames(video)
@@ -337,3 +373,13 @@ def test_frame_size_outside_the_processor_budget_is_an_error(load_qwen2):
     with pytest.raises(ValueError, match="pixel budget"):
         load_qwen2(frame_size=(112, 112))
     assert load_qwen2(frame_size=(56, 84)).frame_tokens == 6
+
+
+def test_a_saved_stream_reopens_at_its_own_size(load_qwen2, tmp_path):
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(_video(7, size=(50, 120), seed=5))
+    session.save(str(tmp_path / "wide"))
+    reopened = engine.open_session(str(tmp_path / "wide"))
+    assert reopened.backbone.frame_size == session.backbone.frame_size == (28, 84)
+    assert reopened.ask(QUESTION, max_new_tokens=4) == session.ask(QUESTION, max_new_tokens=4)

@@ -334,3 +334,55 @@ def test_lmms_eval_model_answers_as_a_session_on_the_sampled_frames(family, tmp_
     session = lm.engine.new_session(fps=1.0)
     session.add_frames(np.stack([f for _, f in timed]))
     assert response == session.ask(QUESTION, max_new_tokens=5) and response
+
+
+@pytest.mark.parametrize("size", [(60, 60), (50, 120), (130, 70), (160, 120)])  # square, wide, tall; budget binds
+def test_default_config_sizes_by_the_clip_budget_and_equals_vanilla(qwen3_dir, size):
+    """No frame_size: a stream whose frame count is known (``new_session(frames=n)``, as in
+    lmms-eval) gets the size the processor's per-clip budget gives those n frames; every block
+    retrieved equals vanilla generate on the raw frames. A live stream (count unknown) is
+    sized as a clip of one temporal patch (``LIVE_FRAMES``)."""
+    from lmms_rekv import ReKV, ReKVConfig
+
+    engine = ReKV.from_pretrained(qwen3_dir, dtype=torch.float32, device="cpu", config=ReKVConfig(window_tokens=None, topk_frames=None,
+                                                                                                  chunk_frames=4))
+    video = _video(12, size=size, seed=4)
+    session = engine.new_session(fps=FPS, frames=len(video))
+    session.add_frames(video[:5])
+    session.add_frames(video[5:])
+    answer = session.answer(QUESTION, max_new_tokens=5, return_logits=True)
+    tokens, logits, inputs = _vanilla(engine, video, QUESTION, 5, fps=FPS)
+    unit = engine.backbone.unit // 2  # the vision patch: grids count patches
+    assert [s // unit for s in session.backbone.frame_size] == inputs["video_grid_thw"][0, 1:].tolist()
+    assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
+    assert max((a - b).abs().max().item() for a, b in zip(answer.logits, logits)) <= 1e-4
+    live = engine.new_session(fps=FPS)
+    live.add_frames(video[:2])
+    assert live.backbone.frame_size == engine.backbone.stream_size(*size, 2)
+    if size == (160, 120):  # 12 frames at full size exceed the clip budget: smaller than a 2-frame clip's
+        assert session.backbone.frame_size < live.backbone.frame_size
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_lmms_eval_model_default_config_equals_vanilla_on_a_wide_video(family, tmp_path):
+    """No frame_size: the lmms-eval model sizes each video as the family's processor would (Qwen3-VL:
+    from the frame count it will sample, read from the container before decoding) and, with
+    every block retrieved, answers exactly as vanilla generate on the frames it samples."""
+    from lmms_eval.api.instance import Instance
+
+    from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
+    from lmms_rekv.io.video import iter_video_timed, write_video
+    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen2_vl
+
+    path = build_tiny_qwen2_vl(str(tmp_path / family), family=family)
+    lm = ReKVLlavaOV(pretrained=path, dtype="float32", device="cpu", window_tokens="none", topk_frames="none", chunk_frames=4, fps=1)
+    video = write_video(str(tmp_path / "wide.mp4"), _video(32, size=(48, 112), seed=9), fps=4, lossless=True)  # 8 s
+    lm.task_dict = {"t": {"test": [{"visual": video}]}}
+    args = (QUESTION, {"max_new_tokens": 5, "until": []}, lambda d: [d["visual"]], 0, "t", "test")
+    [response] = lm.generate_until([Instance(request_type="generate_until", arguments=args, idx=0,
+                                             metadata={"task": "t", "doc_id": 0, "repeats": 1})])
+    frames = np.stack([f for _, f in iter_video_timed(video, 1.0)])
+    tokens, _, inputs = _vanilla(lm.engine, frames, QUESTION, 5, fps=1.0)
+    eos = lm.engine.generation_settings().eos_token_ids
+    assert response == lm.engine.tokenizer.decode([t for t in tokens if t not in eos]).strip()
+    assert inputs["video_grid_thw"][0, 2] > inputs["video_grid_thw"][0, 1]  # wide: the aspect is kept

@@ -34,3 +34,16 @@ def test_errors(tmp_path):
     clip = write_video(str(tmp_path / "c.mp4"), np.zeros((4, 16, 16, 3), np.uint8), fps=4)
     with pytest.raises(VideoError, match="no frames"):
         list(iter_video_timed(clip, start_time=50.0))  # nothing sampled after the end
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_sampled_frame_count_equals_the_frames_decoded(tmp_path, lossless):
+    """The count from packet timestamps (no decoding) equals what ``iter_video_timed`` yields
+    (H.264 with B-frames reorders packets; the count sorts their timestamps)."""
+    from lmms_rekv.io.video import sampled_frame_count
+
+    clip = write_video(str(tmp_path / "c.mp4"), synthetic_frames(9.25, fps=4, size=32), fps=4, lossless=lossless)
+    for fps, cap, start, end in [(0.5, None, 0.0, None), (1.5, None, 0.0, None), (4, None, 0.0, None), (4, 5, 0.0, None),
+                                 (2, None, 3.0, None), (2, None, 1.0, 6.0), (3, 4, 2.0, 8.0)]:
+        want = len(list(iter_video_timed(clip, fps, cap, start_time=start, end_time=end)))
+        assert sampled_frame_count(clip, fps, cap, start, end) == want, (fps, cap, start, end)

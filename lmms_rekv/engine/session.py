@@ -77,10 +77,13 @@ class ReKVSession:
     (a fork of the window plus a small store of its own) that questions use, and encoded
     again with their chunk once it is complete (``eager``; see ``ReKVConfig``)."""
 
-    def __init__(self, engine: Engine, fps: Optional[float] = None) -> None:
-        self.engine, self.backbone = engine, engine.backbone
+    def __init__(self, engine: Engine, fps: Optional[float] = None, frames: Optional[int] = None,
+                 frame_size: Optional[Tuple[int, int]] = None) -> None:
+        self.engine, self.backbone = engine, engine.backbone.sized(frame_size)
         self.config = engine.config
         self.fps = None if fps is None else float(fps)
+        self.expected_frames = frames  # how many frames the stream will have, when known (Qwen3-VL's clip budget)
+        self._sized = not self.backbone.sizes_per_stream  # else: sized from the first frame (``_size_from``)
         self.backbone.check_stream(self.fps, self.config.position_strategy)
         self._lock = threading.RLock()
         self.state = StreamState(store=self._new_store(self.config.offload), window=self.config.window_tokens)
@@ -150,6 +153,8 @@ class ReKVSession:
         """Preprocess ``batches`` of frames, commit complete chunks and (``eager``, when no
         more frames are waiting) extend the provisional tail. Call holding the lock."""
         frames = torch.cat(batches) if len(batches) > 1 else batches[0]
+        if not self._sized:
+            self._size_from(frames)
         pixels = self.backbone.preprocess(frames)
         if self.config.uses_embeddings:
             self._embed(frames)
@@ -161,6 +166,18 @@ class ReKVSession:
             exc.add_note(f"lmms-rekv: the session is unchanged and {self._pending_frames} added frames wait to be "
                          "encoded by the next add_frames, flush or question")
             raise
+
+    def _size_from(self, frames: torch.Tensor) -> None:
+        """Fix the stream's frame size from its first frames (``(N, H, W, 3)``): the size the
+        family's processor gives this video. Later frames of any size are resized to it."""
+        height, width = int(frames.shape[1]), int(frames.shape[2])
+        backbone = self.engine.backbone.for_stream(height, width, self.expected_frames)
+        if backbone is not self.backbone:
+            self.state.store.close()
+            self.backbone = backbone
+            self.state = StreamState(store=self._new_store(self.config.offload), window=self.config.window_tokens)
+        self._sized = True
+        logger.debug("stream frames %dx%d -> %s", height, width, getattr(backbone, "frame_size", None))
 
     def _encode_pending(self, more_waiting, tail: Optional[bool] = None) -> None:
         """Commit the complete chunks among the pending frames, then (``tail``, default

@@ -148,8 +148,12 @@ class ReKVLlavaOV(lmms):
         return jobs
 
     def _streams(self) -> Streams:
+        backbone = self.engine.backbone
+        size_for = None
+        if getattr(backbone, "sizes_by_clip", False):  # Qwen3-VL: the size depends on the frame count
+            size_for = lambda h, w, n: backbone.for_stream(h, w, n).frame_size  # noqa: E731
         sampling = Sampling(self.engine.new_session, self.fps, self.max_frames, self.engine.config.chunk_frames,
-                            self.doc_timeout, self.stream_tolerance)
+                            self.doc_timeout, self.stream_tolerance, size_for=size_for)
         return Streams(sampling, self._open, reuse=self.reuse_streams)
 
     def _run(self, requests, answer: Callable, failed: Any, desc: str) -> list:

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from lmms_rekv.io.deadline import DeadlineExceeded, with_deadline
-from lmms_rekv.io.video import VideoError, iter_video_timed
+from lmms_rekv.io.video import VideoError, iter_video_timed, sampled_frame_count
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Stream:
     times: List[float]
     prints: Optional[FramePrints] = None
     covered: Dict[str, int] = field(default_factory=dict)  # file -> how many of the frames it holds
+    shape: Optional[Tuple[int, int]] = None  # (height, width) of its first frame
 
     def limit(self, end: Optional[float]) -> Optional[int]:
         """The frame limit of a question asked at ``end`` seconds (None: every frame)."""
@@ -101,6 +102,13 @@ class Sampling:
     chunk_frames: int
     doc_timeout: Optional[float]
     tolerance: float = 0.0
+    #: (height, width, frame count or None) -> the frame size a stream gets, for families whose
+    #: processor budgets pixels per clip (Qwen3-VL); None: the size does not depend on the count
+    size_for: Optional[Callable[[int, int, Optional[int]], Tuple[int, int]]] = None
+
+    def count(self, path: str, start: float) -> Optional[int]:
+        """How many frames will be sampled from ``path`` (only when the size depends on it)."""
+        return None if self.size_for is None else sampled_frame_count(path, self.fps, self.max_frames, start)
 
     def frames(self, path: str, start: float) -> Iterator[Tuple[float, np.ndarray]]:
         """``(seconds, frame)`` of ``path`` within ``doc_timeout`` (a hanging decoder fails
@@ -121,8 +129,8 @@ class Feeder:
     ``[k*C, (k+1)*C)``, so no provisional tail is built between chunks); the session is
     created on the first chunk, at the rate the frames were sampled at."""
 
-    def __init__(self, sampling: Sampling, stream: Optional[Stream] = None) -> None:
-        self.sampling, self.stream, self.batch = sampling, stream, []
+    def __init__(self, sampling: Sampling, stream: Optional[Stream] = None, frames: Optional[int] = None) -> None:
+        self.sampling, self.stream, self.batch, self.frames = sampling, stream, [], frames
 
     def add(self, stream_times: List[float], t: float, frame: np.ndarray) -> None:
         """Collect frame ``t`` (``stream_times``: every frame of the stream so far)."""
@@ -135,8 +143,9 @@ class Feeder:
         """Add the collected frames; returns the session."""
         session = self.stream.session if self.stream is not None else None
         if session is None:
-            session = self.sampling.new_session(fps=self.sampling.sampled_fps(stream_times))
-            self.stream = Stream(session, "", 0.0, stream_times)
+            fps = self.sampling.sampled_fps(stream_times)
+            session = self.sampling.new_session(fps=fps) if self.frames is None else self.sampling.new_session(fps=fps, frames=self.frames)
+            self.stream = Stream(session, "", 0.0, stream_times, shape=tuple(self.batch[0].shape[:2]))
         if self.batch:
             session.add_frames(np.stack(self.batch))
             self.batch = []
@@ -146,7 +155,7 @@ class Feeder:
 def encode(sampling: Sampling, path: str, start: float) -> Stream:
     """Decode ``path`` from ``start`` and encode every sampled frame into a new session."""
     prints, times = FramePrints(sampling.tolerance), []
-    feeder = Feeder(sampling)
+    feeder = Feeder(sampling, frames=sampling.count(path, start))
     try:
         for t, frame in sampling.frames(path, start):
             prints.add(frame)
@@ -171,6 +180,7 @@ def prints_of(sampling: Sampling, stream: Stream) -> FramePrints:
         prints = FramePrints(sampling.tolerance)
         for _, frame in sampling.frames(stream.path, stream.start):
             prints.add(frame)
+            stream.shape = stream.shape or tuple(frame.shape[:2])
         stream.prints = prints
     return stream.prints
 
@@ -181,6 +191,9 @@ def continue_stream(sampling: Sampling, stream: Stream, path: str) -> Optional[T
     ``(frames of path, frames newly encoded)``, or None when ``path`` is another stream (the
     session is then unchanged)."""
     prints = prints_of(sampling, stream)
+    if sampling.size_for is not None:  # the processor sizes a clip by its frame count: is the size unchanged?
+        if sampling.size_for(*stream.shape, sampling.count(path, stream.start)) != stream.session.backbone.frame_size:
+            return None
     known, times, new = len(stream.times), list(stream.times), 0
     feeder = Feeder(sampling, stream)
     seen = 0

@@ -66,6 +66,41 @@ def _rgb(frame, source: str) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
 
 
+class _Sampler:
+    """The sampling rule: keep the first frame at or after each ``start_time + k / fps``,
+    never past ``end_time``, at most ``max_frames``."""
+
+    def __init__(self, fps: float, start_time: float, end_time: Optional[float], max_frames: Optional[int]) -> None:
+        self.fps, self.start, self.end, self.max_frames = fps, start_time, end_time, max_frames
+        self.count, self.next_time = 0, start_time
+
+    def offer(self, t: float) -> Optional[bool]:
+        """True: keep the frame at ``t``; False: skip it; None: stop (nothing more is kept)."""
+        if self.end is not None and t > self.end + 1e-6:
+            return None
+        if t + 1e-6 < self.next_time:
+            return False
+        self.count += 1
+        self.next_time = self.start + self.count / self.fps
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self.max_frames is not None and self.count >= self.max_frames
+
+
+def _sampling_rate(path: str, fps: float, max_frames: Optional[int], start_time: float, end_time: Optional[float]) -> float:
+    """``fps``, lowered so that ``max_frames`` frames cover the whole span when the duration is known."""
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames is not None:
+        duration = video_duration(path)
+        span = None if duration is None else (min(duration, end_time) if end_time is not None else duration) - start_time
+        if span is not None and span > 0 and span * fps > max_frames:
+            return max_frames / span
+    return fps
+
+
 def iter_video_timed(
     path: str,
     fps: float = 0.5,
@@ -77,29 +112,42 @@ def iter_video_timed(
     ``start_time + k / fps``), never past ``end_time``. With ``max_frames`` and a known
     duration the rate is lowered so that at most ``max_frames`` frames cover the whole span
     (uniform sampling); the count is capped in any case."""
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
     if not os.path.isfile(path):
         raise VideoError(f"video not found: {path}")
-    if max_frames is not None:
-        duration = video_duration(path)
-        span = None if duration is None else (min(duration, end_time) if end_time is not None else duration) - start_time
-        if span is not None and span > 0 and span * fps > max_frames:
-            fps = max_frames / span
-    count, next_time = 0, start_time
+    sampler = _Sampler(_sampling_rate(path, fps, max_frames, start_time, end_time), start_time, end_time, max_frames)
     for frame in _decoded(path):
-        t = float(frame.time) if frame.time is not None else next_time
-        if end_time is not None and t > end_time + 1e-6:
+        t = float(frame.time) if frame.time is not None else sampler.next_time
+        keep = sampler.offer(t)
+        if keep is None:
             break
-        if t + 1e-6 < next_time:
-            continue
-        yield t, _rgb(frame, path)
-        count += 1
-        next_time = start_time + count / fps
-        if max_frames is not None and count >= max_frames:
-            break
-    if count == 0:
+        if keep:
+            yield t, _rgb(frame, path)
+            if sampler.full:
+                break
+    if sampler.count == 0:
         raise VideoError(f"no frames decoded from {path}")
+
+
+def sampled_frame_count(path: str, fps: float = 0.5, max_frames: Optional[int] = None, start_time: float = 0.0,
+                        end_time: Optional[float] = None) -> int:
+    """How many frames ``iter_video_timed`` yields with these arguments, from the container's
+    packet timestamps (demuxed, not decoded: cheap). A family whose processor budgets pixels
+    per clip (Qwen3-VL) needs it before the first frame is encoded."""
+    import av
+
+    if not os.path.isfile(path):
+        raise VideoError(f"video not found: {path}")
+    sampler = _Sampler(_sampling_rate(path, fps, max_frames, start_time, end_time), start_time, end_time, max_frames)
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            times = sorted(float(p.pts * stream.time_base) for p in container.demux(stream) if p.pts is not None and p.size)
+    except Exception as exc:
+        raise VideoError(f"cannot read video {path}: {exc}") from exc
+    for t in times:
+        if sampler.offer(t) is None or sampler.full:
+            break
+    return sampler.count
 
 
 def iter_video(path: str, fps: float = 0.5, max_frames: Optional[int] = None, end_time: Optional[float] = None) -> Iterator[np.ndarray]:

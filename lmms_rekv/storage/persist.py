@@ -106,6 +106,7 @@ def _write_entry(session, store, tmp: str, meta: dict) -> None:
     extra = {
         "frames": store.frames, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
         "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
+        "frame_size": list(getattr(session.backbone, "frame_size", None) or []) or None,
     }
     write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
 
@@ -128,7 +129,8 @@ def load_session(engine, folder: str):
     from safetensors.torch import load_file
 
     manifest = read_manifest(folder)
-    session = engine.new_session(fps=manifest.get("fps"))
+    size = manifest.get("frame_size")
+    session = engine.new_session(fps=manifest.get("fps"), frame_size=tuple(size) if size else None)
     store, st = session.state.store, session.state
     fields = store.codec.fields()
     expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}

@@ -136,7 +136,9 @@ class Bench:
     def encode(self, frames: np.ndarray, window_frames: Optional[int], kv_quant: Optional[str] = None, embed: bool = False,
                fps: Optional[float] = None):
         """A session of ``frames`` sampled at ``fps`` (default: the miniatures' rate), flushed."""
-        session = self.engine(window_frames, kv_quant, embed).new_session(fps=fps or self.fps)
+        engine = self.engine(window_frames, kv_quant, embed)
+        size = tuple(frames.shape[1:3]) if engine.backbone.sizes_per_stream else None  # world frames as trained
+        session = engine.new_session(fps=fps or self.fps, frame_size=size)
         session.add_frames(frames)
         session.flush()
         return session

@@ -107,7 +107,7 @@ def video_processor(arch):
 
     size = {"shortest_edge": 8 * 8, "longest_edge": arch.image_size * arch.image_size}
     common = dict(size=size, patch_size=QWEN_PATCH, temporal_patch_size=1, merge_size=2, image_mean=[0.5] * 3,
-                  image_std=[0.5] * 3, do_sample_frames=False)
+                  image_std=[0.5] * 3, do_sample_frames=False, do_resize=False)
     if arch.family == "qwen3_vl":
         return transformers.Qwen3VLVideoProcessor(**common, cap_pixels_per_frame=False)
     return transformers.Qwen2VLVideoProcessor(**common, cap_pixels_per_frame=False)

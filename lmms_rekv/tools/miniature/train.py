@@ -80,6 +80,14 @@ class Layout:
         self.video_id = tokenizer.convert_tokens_to_ids(self.video_token)
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.outer_wrapper = True  # Qwen3-VL: whether the installed processor keeps the template's video wrapper
+        if family == "qwen3_vl" and qwen is not None:
+            from lmms_rekv.patches.qwen3_vl import keeps_outer_wrapper
+
+            from .families import QWEN_PATCH
+
+            start = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+            self.outer_wrapper = keeps_outer_wrapper(tokenizer, qwen.processor, self.template, start, qwen.grid * QWEN_PATCH, 1)
         self.prefix = self._ids(self._split("?")[0])
         self.object_ids = torch.tensor([self.words["object_q"][w] for w in world.OBJECTS])
         self.color_ids = torch.tensor([self.words["answer"][w] for w in world.COLORS])
@@ -91,7 +99,13 @@ class Layout:
     def _split(self, question: str):
         from lmms_rekv.io.prompt import split_prompt
 
-        return split_prompt(self.tokenizer, self.template, question, self.video_token)
+        before, after = split_prompt(self.tokenizer, self.template, question, self.video_token)
+        if not self.outer_wrapper:
+            from lmms_rekv.patches.qwen3_vl import without_outer_wrapper
+
+            ids = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")]
+            before, after = without_outer_wrapper(before, after, self.tokenizer, *ids)
+        return before, after
 
     def video_ids(self, frames: int) -> List[int]:
         if self.qwen is not None:
