@@ -143,8 +143,8 @@ class Feeder:
         """Add the collected frames; returns the session."""
         session = self.stream.session if self.stream is not None else None
         if session is None:
-            fps = self.sampling.sampled_fps(stream_times)
-            session = self.sampling.new_session(fps=fps) if self.frames is None else self.sampling.new_session(fps=fps, frames=self.frames)
+            count = {} if self.frames is None else {"frames": self.frames}  # the stream's length, when its size depends on it
+            session = self.sampling.new_session(fps=self.sampling.sampled_fps(stream_times), **count)
             self.stream = Stream(session, "", 0.0, stream_times, shape=tuple(self.batch[0].shape[:2]))
         if self.batch:
             session.add_frames(np.stack(self.batch))
