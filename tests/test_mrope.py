@@ -383,3 +383,15 @@ def test_a_saved_stream_reopens_at_its_own_size(load_qwen2, tmp_path):
     reopened = engine.open_session(str(tmp_path / "wide"))
     assert reopened.backbone.frame_size == session.backbone.frame_size == (28, 84)
     assert reopened.ask(QUESTION, max_new_tokens=4) == session.ask(QUESTION, max_new_tokens=4)
+
+
+def test_stats_count_blocks_and_frames_apart(load_qwen2):
+    """A Qwen block is 2 frames: per-block and per-frame KV differ by that factor (the GiB/h
+    figure, bytes per frame x fps x 3600, counts frames)."""
+    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(_video(8))
+    stats = session.stats()
+    assert (stats["frames"], stats["blocks"]) == (8, 4)
+    assert stats["kv_bytes_per_frame"] * 2 == stats["kv_bytes_per_block"] > 0
+    assert stats["summary_bytes_per_frame"] * 2 == stats["summary_bytes_per_block"] > 0

@@ -592,15 +592,18 @@ class ReKVSession:
         ``device_bytes`` is every byte the session holds on the model's device (allocated):
         ``device_kv_bytes`` (KV in use: sinks + window, plus the stored frames on the
         ``device`` tier; bounded once the window is full on the other tiers) + the arenas'
-        spare capacity on the ``device`` tier + ``summary_device_bytes`` (the fp32 per-frame retrieval
-        summaries, ``summary_bytes_per_frame`` each, growing with the stream in doubling
+        spare capacity on the ``device`` tier + ``summary_device_bytes`` (the fp32 per-block retrieval
+        summaries, ``summary_bytes_per_block`` each, growing with the stream in doubling
         steps) + ``pending_device_bytes`` (preprocessed frames waiting for a chunk) +
         ``tail_device_bytes`` (the provisional tail: its window copy, summaries and, on the
         ``device`` tier, its blocks; at most one window + one chunk) +
         ``embedding_device_bytes`` (external retrieval). With ``summary_tier="cpu"`` the
         summaries and embeddings are in host RAM instead (``index_host_bytes``) and
         ``device_bytes`` stays flat however long the stream. Bytes are counted by tier (on a
-        CPU-only machine the "device" is the CPU too)."""
+        CPU-only machine the "device" is the CPU too). ``blocks`` count stored blocks (a block
+        is ``frames_per_block`` frames: 1 on LLaVA-OV, 2 on Qwen); ``kv_bytes_per_block`` is
+        one block's KV and ``kv_bytes_per_frame`` a frame's share of it (KV per hour =
+        ``kv_bytes_per_frame`` x frames per second x 3600); likewise ``summary_bytes_per_*``."""
         st, store = self.state, self.state.store
         backend = store.backend
         device = self.engine.device
@@ -615,6 +618,7 @@ class ReKVSession:
         emb_device = emb_bytes if index_on_device else 0
         summaries = store.summary_allocated_bytes if index_on_device else 0
         tail = self._tail_device_bytes()
+        per_block = self.backbone.frames_per_block  # frames per stored block (2 on Qwen: a temporal patch)
         return {
             "frames": self.frames,
             "encoded_frames": store.frames * self.backbone.frames_per_block,
@@ -627,7 +631,8 @@ class ReKVSession:
             "device_kv_bytes": kv_device,
             "summary_device_bytes": summaries,
             "index_host_bytes": 0 if index_on_device else store.summary_allocated_bytes + emb_bytes,
-            "summary_bytes_per_frame": store.summary_bytes_per_frame,
+            "summary_bytes_per_block": store.summary_bytes_per_frame,
+            "summary_bytes_per_frame": store.summary_bytes_per_frame / per_block,
             "pending_device_bytes": pending,
             "tail_frames": self._tail_frames,
             "tail_device_bytes": tail,
@@ -637,7 +642,8 @@ class ReKVSession:
             "summary_bytes": store.summary_bytes,
             "disk_bytes": getattr(backend, "disk_bytes", 0),
             "embedding_bytes": 0 if self._embeddings is None else self._embeddings.nbytes,
-            "kv_bytes_per_frame": store.bytes_per_frame,
+            "kv_bytes_per_block": store.bytes_per_frame,
+            "kv_bytes_per_frame": store.bytes_per_frame / per_block,  # a frame's share of its block (GiB/h = this x fps x 3600)
         }
 
     def _tail_device_bytes(self) -> int:
