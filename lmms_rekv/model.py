@@ -73,10 +73,16 @@ class ReKV:
     #: model types this class accepts (``None``: every family in ``lmms_rekv.patches``)
     families: Optional[Tuple[str, ...]] = None
 
-    def __init__(self, model, tokenizer, chat_template: str, processor: Any, config: ReKVConfig, source: str = ""):
+    def __init__(self, model, tokenizer, chat_template: str, processor: Any, config: ReKVConfig, source: str = "",
+                 system_prompt: Optional[str] = None):
         from .patches import backbone_for
 
         self.backbone = backbone_for(model, tokenizer, chat_template, processor, frame_size=config.frame_size)
+        if system_prompt is not None:
+            if not hasattr(self.backbone, "system_prompt"):
+                raise ValueError(f"a system prompt is not supported for {self.backbone.model_type} (its chat template has none)")
+            self.backbone.system_prompt = system_prompt
+        self.system_prompt = system_prompt
         self.backbone.check_strategy(config.position_strategy)
         self.model, self.tokenizer, self.chat_template, self.processor = model, tokenizer, chat_template, processor
         self.source = source
@@ -94,6 +100,8 @@ class ReKV:
         device: Union[str, torch.device, None] = None,
         conv_template: Optional[str] = None,
         save_converted: Optional[str] = None,
+        processor_kwargs: Optional[dict] = None,
+        system_prompt: Optional[str] = None,
         **model_kwargs,
     ) -> "ReKV":
         """Load a checkpoint directory or hub id (config.json, safetensors, tokenizer files,
@@ -101,7 +109,10 @@ class ReKV:
         checkpoint's ``model_type``. lmms-lab (LLaVA-NeXT) LLaVA-OneVision checkpoints are
         converted first (``lmms_rekv.io.lmms_lab``; into ``save_converted``, default a cache
         folder, once). ``conv_template`` (``"qwen_1_5"``) replaces the checkpoint's chat
-        template with that conversation template (lmms-lab checkpoints get it by default)."""
+        template with that conversation template (lmms-lab checkpoints get it by default).
+        Qwen families: ``processor_kwargs`` go to ``AutoProcessor.from_pretrained`` (e.g.
+        ``min_pixels``/``max_pixels``), ``system_prompt`` is a system message before every
+        question (None: the template's default)."""
         from .io.lmms_lab import CONV_TEMPLATES, convert, is_lmms_lab
         from .patches import backbone_class
 
@@ -117,19 +128,22 @@ class ReKV:
         if cls.families is not None and model_type not in cls.families:
             raise ValueError(f"{cls.__name__} loads {', '.join(cls.families)} checkpoints, not model_type={model_type!r}; "
                              "use lmms_rekv.ReKV.from_pretrained for any supported family")
+        if processor_kwargs:
+            model_kwargs["processor_kwargs"] = processor_kwargs
         model, tokenizer, template, processor = backbone_class(model_type).load(path, dtype, **model_kwargs)
         if conv_template is not None:
             template = CONV_TEMPLATES[conv_template]
         model.to(device).eval()
         logger.info("loaded %s (%s, %s, %s)", path_or_id, model_type, dtype, device)
-        engine = cls(model, tokenizer, template, processor, config, source=path_or_id)
+        engine = cls(model, tokenizer, template, processor, config, source=path_or_id, system_prompt=system_prompt)
         if engine.config.uses_embeddings:
             engine.embedder  # load the open_clip model now: a missing extra fails here, not mid-stream
         return engine
 
     def with_config(self, config: ReKVConfig) -> "ReKV":
         """Another engine over the same loaded weights with different ReKV settings."""
-        return type(self)(self.model, self.tokenizer, self.chat_template, self.processor, config, source=self.source)
+        return type(self)(self.model, self.tokenizer, self.chat_template, self.processor, config, source=self.source,
+                          system_prompt=self.system_prompt)
 
     @property
     def embedder(self):

@@ -49,6 +49,7 @@ class Qwen2VLBackbone(Backbone):
         self.processor = processor
         self.frames_per_block = vision.temporal_patch_size  # 2 in every released checkpoint
         self.unit = vision.patch_size * vision.spatial_merge_size
+        self.system_prompt: Optional[str] = None  # a system message before the user turn (None: the template's default)
         self.sizes_per_stream = frame_size is None  # else every stream uses the given size
         self.processor_resize = False  # frames resized by the processor's own operation (per-stream sizes)
         self._views: Dict[Tuple[int, int], "Qwen2VLBackbone"] = {}
@@ -58,12 +59,14 @@ class Qwen2VLBackbone(Backbone):
         super().__init__(model, tokenizer, chat_template, processor)
 
     @classmethod
-    def load(cls, path: str, dtype: torch.dtype, **model_kwargs):
+    def load(cls, path: str, dtype: torch.dtype, processor_kwargs: Optional[dict] = None, **model_kwargs):
+        """``processor_kwargs``: passed to ``AutoProcessor.from_pretrained`` (e.g. the pixel
+        bounds ``min_pixels``/``max_pixels``, as lmms-eval's Qwen models load it)."""
         import transformers
         from transformers import AutoProcessor
 
         model = getattr(transformers, cls.model_class).from_pretrained(path, dtype=dtype, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, **(processor_kwargs or {}))
         if not processor.chat_template:
             raise ValueError(f"no chat template found in {path} (chat_template.jinja or chat_template.json)")
         return model, processor.tokenizer, processor.chat_template, processor.video_processor
@@ -94,9 +97,9 @@ class Qwen2VLBackbone(Backbone):
 
     def pixel_bounds(self) -> Tuple[int, int]:
         """``(min_pixels, max_pixels)`` of the video processor (per frame; Qwen3-VL: per clip)."""
-        size = self.processor.size or {}
-        low = getattr(self.processor, "min_pixels", None) or size.get("shortest_edge")
-        high = getattr(self.processor, "max_pixels", None) or size.get("longest_edge")
+        size = self.processor.size or {}  # what its resize reads (``min_pixels``/``max_pixels`` attributes can be stale)
+        low = size.get("shortest_edge") or getattr(self.processor, "min_pixels", None)
+        high = size.get("longest_edge") or getattr(self.processor, "max_pixels", None)
         return int(low), int(high)
 
     def stream_size(self, height: int, width: int, frames: Optional[int] = None) -> Tuple[int, int]:
@@ -146,7 +149,7 @@ class Qwen2VLBackbone(Backbone):
         """The processor must keep ``frame_size`` as it is (else it would re-budget the frames
         into other blocks): checked on one black block."""
         black = torch.zeros((self.frames_per_block, *self.frame_size, 3), dtype=torch.uint8)
-        grid = self.vision_inputs(black)["video_grid_thw"][0, 1:]
+        grid = self.vision_inputs(black, resize=True)["video_grid_thw"][0, 1:]
         if (int(grid[0]) // merge, int(grid[1]) // merge) != self.grid:
             raise ValueError(f"frame_size {self.frame_size} is outside the video processor's pixel budget "
                              f"(size={self.processor.size}): it would resize the frames to a {grid.tolist()} patch grid")
@@ -175,11 +178,14 @@ class Qwen2VLBackbone(Backbone):
                                                                 resample=self.processor.resample)
         return out.permute(0, 2, 3, 1).contiguous()
 
-    def vision_inputs(self, frames: torch.Tensor) -> dict:
+    def vision_inputs(self, frames: torch.Tensor, resize: bool = False) -> dict:
         """The video processor's ``pixel_values_videos`` / ``video_grid_thw`` for uint8
-        ``(2k, h, w, 3)`` frames taken as one video (every frame kept)."""
-        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, return_tensors="pt",
-                             **self.processor_kwargs)
+        ``(2k, h, w, 3)`` frames taken as one video (every frame kept). The frames are
+        already at the stream's size (``preprocess`` resized them as the processor would), so
+        the processor does not resize them again unless ``resize`` (its ``smart_resize`` need
+        not return a size it produced)."""
+        options = {**self.processor_kwargs, "do_resize": resize}
+        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, return_tensors="pt", **options)
         return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
 
     def video_features(self, frames: torch.Tensor):
@@ -204,7 +210,7 @@ class Qwen2VLBackbone(Backbone):
     def split_prompt(self, question: str) -> Tuple[str, str]:
         from lmms_rekv.io.prompt import split_prompt
 
-        return split_prompt(self.tokenizer, self.chat_template, question, self.video_token)
+        return split_prompt(self.tokenizer, self.chat_template, question, self.video_token, system=self.system_prompt)
 
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
         """``<|video_pad|>`` expanded to ``ceil(frames / 2) * block_tokens`` pads."""

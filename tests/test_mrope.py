@@ -395,3 +395,30 @@ def test_stats_count_blocks_and_frames_apart(load_qwen2):
     assert (stats["frames"], stats["blocks"]) == (8, 4)
     assert stats["kv_bytes_per_frame"] * 2 == stats["kv_bytes_per_block"] > 0
     assert stats["summary_bytes_per_frame"] * 2 == stats["summary_bytes_per_block"] > 0
+
+
+def test_a_system_prompt_is_the_processors_system_message(qwen_dirs):
+    """``system_prompt``: the prompt the processor builds for [system, user] messages, and the
+    answer vanilla generate gives on it."""
+    from transformers import AutoProcessor
+
+    from lmms_rekv import ReKV, ReKVConfig
+
+    path = qwen_dirs["qwen2_vl"]
+    engine = ReKV.from_pretrained(path, dtype=torch.float32, device="cpu", system_prompt="Answer briefly.",
+                                  config=ReKVConfig(window_tokens=None, topk_frames=None, chunk_frames=4))
+    video = _video(4, seed=8)
+    processor = AutoProcessor.from_pretrained(path)
+    messages = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], videos=[video], video_metadata=[{"fps": FPS, "frames_indices": list(range(4)), "total_num_frames": 4}],
+                       return_tensors="pt", do_sample_frames=False)
+    assert torch.equal(engine.backbone.vanilla_input_ids(QUESTION, 4), inputs["input_ids"])
+    with torch.inference_mode():
+        out = engine.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    session = engine.new_session(fps=FPS)
+    session.add_frames(video)
+    want = [t for t in out[0, inputs["input_ids"].shape[1]:].tolist() if t not in engine.generation_settings().eos_token_ids]
+    assert session.answer(QUESTION, max_new_tokens=4).token_ids == want
+    assert engine.with_config(ReKVConfig()).backbone.system_prompt == "Answer briefly."  # kept by with_config

@@ -632,7 +632,7 @@ class ReKVSession:
             "summary_device_bytes": summaries,
             "index_host_bytes": 0 if index_on_device else store.summary_allocated_bytes + emb_bytes,
             "summary_bytes_per_block": store.summary_bytes_per_frame,
-            "summary_bytes_per_frame": store.summary_bytes_per_frame / per_block,
+            "summary_bytes_per_frame": store.summary_bytes_per_frame // per_block,
             "pending_device_bytes": pending,
             "tail_frames": self._tail_frames,
             "tail_device_bytes": tail,
@@ -643,7 +643,7 @@ class ReKVSession:
             "disk_bytes": getattr(backend, "disk_bytes", 0),
             "embedding_bytes": 0 if self._embeddings is None else self._embeddings.nbytes,
             "kv_bytes_per_block": store.bytes_per_frame,
-            "kv_bytes_per_frame": store.bytes_per_frame / per_block,  # a frame's share of its block (GiB/h = this x fps x 3600)
+            "kv_bytes_per_frame": store.bytes_per_frame // per_block,  # a frame's share (K and V: always even); GiB/h = this x fps x 3600
         }
 
     def _tail_device_bytes(self) -> int:

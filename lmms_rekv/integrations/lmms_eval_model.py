@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 from lmms_rekv.config import ReKVConfig
 from lmms_rekv.integrations.llava_ov_args import translate
 from lmms_rekv.model import ReKV
+from lmms_rekv.integrations import qwen_args
 from lmms_rekv.integrations.multi_round import answer_rounds
+from lmms_rekv.integrations.qwen_frames import QwenSampling
 from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, clean_context, parse_visual  # noqa: F401  (public names)
 from lmms_rekv.integrations.streams import Sampling, Stream, Streams, encode
 from lmms_rekv.io.video import VideoError
@@ -95,13 +97,19 @@ class ReKVLlavaOV(lmms):
             raise ValueError(f"stream_tolerance must be >= 0 (pixel levels), got {stream_tolerance}")
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.qwen = qwen_args.translate(rekv_args) if qwen_args.wants_qwen(rekv_args) else None  # qwen2_5_vl's model_args
+        if self.qwen is not None and fps is not None:  # qwen2_5_vl's own `fps` (qwen-vl-utils' sampling rate)
+            self.qwen["qwen_frames"]["qwen_fps"] = float(fps)
         ov = translate(rekv_args)  # llava_onevision's model_args (drop-in): honoured or refused
-        self._device = self._pick_device(device if device is not None else ov.get("device"))
+        self._device = self._pick_device(device if device is not None else (self.qwen or ov).get("device"))
         config = ReKVConfig.from_strings(**rekv_args)
         load = {k: ov[k] for k in ("conv_template", "attn_implementation") if k in ov}
         if rekv_args.get("save_converted") is not None:  # where an lmms-lab checkpoint's conversion is kept
             load["save_converted"] = os.path.expanduser(str(rekv_args.pop("save_converted")))
+        if self.qwen is not None:
+            dtype = self._qwen_load(pretrained, dtype, load)
         self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device, **load)
+
         self.fps = float(fps if fps is not None else ov.get("fps", 0.5))
         self.max_frames = _none_or_int(max_frames if max_frames is not None else ov.get("max_frames"))
         self.max_new_tokens = int(max_new_tokens)
@@ -112,6 +120,20 @@ class ReKVLlavaOV(lmms):
         self.failures: List[Dict[str, Any]] = []
         self.videos_decoded = 0  # videos decoded and encoded by this process
         self.videos_from_cache = 0
+
+    def _qwen_load(self, pretrained: str, dtype: str, load: Dict[str, Any]) -> str:
+        """Loading arguments of lmms-eval's qwen2_5_vl (processor pixel bounds, system prompt,
+        bfloat16 unless ``dtype`` is given); refused before loading for another family."""
+        from lmms_rekv.model import model_type_of
+
+        if os.path.isdir(str(pretrained)) and model_type_of(str(pretrained)) not in qwen_args.FAMILIES:
+            raise ValueError(f"lmms-eval qwen2_5_vl model_args ({', '.join(qwen_args.MARKERS)}) need a Qwen2-VL or "
+                             f"Qwen2.5-VL checkpoint; {pretrained} is model_type={model_type_of(str(pretrained))!r}")
+        bounds = self.qwen["qwen_frames"]
+        load["processor_kwargs"] = {"min_pixels": bounds["min_pixels"], "max_pixels": bounds["max_pixels"]}
+        if "attn_implementation" in self.qwen:
+            load["attn_implementation"] = self.qwen["attn_implementation"]
+        return "bfloat16" if str(dtype) == "auto" else dtype  # lmms-eval's qwen2_5_vl loads bfloat16
 
     @staticmethod
     def _pick_device(device: Optional[str]) -> torch.device:
@@ -152,6 +174,11 @@ class ReKVLlavaOV(lmms):
         size_for = None
         if getattr(backbone, "sizes_by_clip", False):  # Qwen3-VL: the size depends on the frame count
             size_for = lambda h, w, n: backbone.for_stream(h, w, n).frame_size  # noqa: E731
+        if self.qwen is not None:  # frames as lmms-eval's qwen2_5_vl reads them; each file its own stream
+            frames = self.qwen["qwen_frames"]
+            sampling = QwenSampling(self.engine.new_session, self.fps, None, self.engine.config.chunk_frames, self.doc_timeout,
+                                    **frames)
+            return Streams(sampling, self._open, reuse=False)
         sampling = Sampling(self.engine.new_session, self.fps, self.max_frames, self.engine.config.chunk_frames,
                             self.doc_timeout, self.stream_tolerance, size_for=size_for)
         return Streams(sampling, self._open, reuse=self.reuse_streams)
@@ -204,7 +231,8 @@ class ReKVLlavaOV(lmms):
         if self.cache_dir:
             from lmms_rekv.storage.persist import cache_key
 
-            folder = os.path.join(self.cache_dir, cache_key(self.engine, path, self.fps, self.max_frames, start))
+            folder = os.path.join(self.cache_dir, cache_key(self.engine, path, self.fps, self.max_frames, start,
+                                                            sampling=(self.qwen or {}).get("qwen_frames")))
             if os.path.isdir(folder):
                 try:
                     session = self.engine.open_session(folder)
@@ -236,7 +264,7 @@ class ReKVLlavaOV(lmms):
     def generate_until(self, requests) -> List[str]:
         def answer(session, job: Job, limit: Optional[int]) -> str:
             context, gen_kwargs = job.args[0], dict(job.args[1] or {})
-            return session.ask(clean_context(context), frame_limit=limit, **self._generation(gen_kwargs)).strip()
+            return session.ask(self.question(context), frame_limit=limit, **self._generation(gen_kwargs)).strip()
 
         return self._run(requests, answer, "", "rekv_llava_ov generate")
 
@@ -244,7 +272,7 @@ class ReKVLlavaOV(lmms):
         def answer(session, job: Job, limit: Optional[int]) -> Tuple[float, bool]:
             context, target = job.args[0], job.args[1]
             continuation = target if isinstance(target, str) else target(job.doc)
-            return session.loglikelihood(clean_context(context), continuation, frame_limit=limit)
+            return session.loglikelihood(self.question(context), continuation, frame_limit=limit)
 
         return self._run(requests, answer, (float("-inf"), False), "rekv_llava_ov loglikelihood")
 
@@ -278,15 +306,22 @@ class ReKVLlavaOV(lmms):
         except Exception:  # reported when the document is answered
             return ""
 
+    def question(self, context: str) -> str:
+        """The question asked for a task's prompt: placeholders removed (the template places the video)."""
+        return clean_context(context)
+
     def _generation(self, gen_kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """``ask`` keyword arguments from lmms-eval ``gen_kwargs`` (temperature 0 = greedy)."""
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
+        if self.qwen is not None:  # lmms-eval's chat qwen2_5_vl does not cut at `until`
+            until = []
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
         do_sample = bool(gen_kwargs.get("do_sample", False)) and temperature > 0
         if int(gen_kwargs.get("num_beams", 1) or 1) > 1:
             logger.warning("rekv_llava_ov decodes without beam search; num_beams ignored")
-        settings = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens), "stop": until}
+        default = qwen_args.DEFAULT_MAX_NEW_TOKENS if self.qwen is not None else self.max_new_tokens
+        settings = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens") or default), "stop": until}
         if do_sample:
             settings.update(do_sample=True, temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0))
         return settings

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, List, Optional, Tuple
 
-from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, clean_context, parse_visual
+from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, parse_visual
 from lmms_rekv.integrations.streams import Streams
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def answer_rounds(model, streams: Streams, index: int, request) -> List[str]:
                 raise ValueError("no video for this round (rekv_llava_ov answers about videos)")
             job.path = visual[0]
             session, limit = streams.visit(*visual)
-            outputs.append(session.ask(clean_context(context), frame_limit=limit, **settings).strip())
+            outputs.append(session.ask(model.question(context), frame_limit=limit, **settings).strip())
         except FATAL_ERRORS:
             raise
         except Exception as exc:  # one bad round must not end the document, nor the run

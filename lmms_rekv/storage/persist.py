@@ -40,14 +40,17 @@ def video_digest(path: str, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: float = 0.0) -> str:
-    """Key of an encoded video: model, KV-relevant settings, video content, sampling."""
+def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: float = 0.0, sampling: Optional[dict] = None) -> str:
+    """Key of an encoded video: model, KV-relevant settings, video content, sampling
+    (``sampling``: another frame source's settings, e.g. qwen-vl-utils')."""
     cfg = engine.config
     relevant = {
         "model": engine.source or "", "dtype": str(engine.dtype), "frame_tokens": engine.frame_tokens,
         "window_tokens": cfg.window_tokens, "chunk_frames": cfg.chunk_frames, "kv_quant": cfg.kv_quant,
         "clip": [cfg.clip_model, cfg.clip_pretrained] if cfg.uses_embeddings else None,
         "video": video_digest(video), "fps": fps, "max_frames": max_frames, "start": start, "format": 1,
+        **({"sampling": sampling} if sampling else {}),
+        **({"system": engine.system_prompt} if getattr(engine, "system_prompt", None) else {}),  # it is in the sinks
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
 

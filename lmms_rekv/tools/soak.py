@@ -95,7 +95,7 @@ def run(out: str, frames: int = 18_000, question_every: int = 500, checkpoints: 
     if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
         build_tiny_model(model_dir)
     probe = ReKVLlavaOneVision.from_pretrained(model_dir, config=ReKVConfig(**dict(CONFIG, offload="cpu")), dtype="float32", device="cpu")
-    budget = RAM_FRAMES * probe.new_session().stats()["kv_bytes_per_frame"]
+    budget = RAM_FRAMES * probe.new_session().stats()["kv_bytes_per_block"]
     engine = probe.with_config(ReKVConfig(**CONFIG, ram_budget_bytes=budget, offload_dir=os.path.join(out, "scratch")))
     session, rows, checks = engine.new_session(), [], set(checkpoints) | {frames}
     start = time.perf_counter()
