@@ -7,7 +7,7 @@ processor: positions follow the metadata's sampled frame rate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -57,9 +57,7 @@ class QwenSampling(Sampling):
     max_pixels: int = 0
     max_num_frames: int = 32
     qwen_fps: Optional[float] = None  # lmms-eval's ``fps`` model arg (None: ``nframes``)
-
-    def __post_init__(self) -> None:
-        self._rates = {}  # path -> the sampled frame rate of its metadata
+    rate: Optional[float] = field(default=None, init=False)  # the sampled frame rate of the file read last
 
     def frames(self, path: str, start: float) -> Iterator[Tuple[float, np.ndarray]]:
         if start:
@@ -67,13 +65,13 @@ class QwenSampling(Sampling):
 
         def read():
             frames, times, rate = qwen_vl_utils_frames(path, self.min_pixels, self.max_pixels, self.max_num_frames, self.qwen_fps)
-            self._rates["current"] = rate
+            self.rate = rate
             yield from zip(times, frames)
 
         return with_deadline(read, self.doc_timeout, f"reading and encoding {path}")
 
     def sampled_fps(self, times: List[float]) -> float:
-        return self._rates.get("current", self.fps)
+        return self.rate if self.rate is not None else self.fps
 
     def count(self, path: str, start: float) -> Optional[int]:
         return None
