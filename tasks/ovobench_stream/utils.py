@@ -27,16 +27,13 @@ from lmms_eval.tasks.ovobench.utils import (  # noqa: F401  (the upstream prompt
     ovo_forward_process_results,
 )
 
+from lmms_rekv.tasks.common import data_dir
+
 ENV = "REKV_OVO_VIDEOS"
 
 
 def _root() -> str:
-    root = os.environ.get(ENV)
-    if not root:
-        raise RuntimeError(f"ovobench_stream: set {ENV} to the folder of OVO-Bench's source videos (see the README)")
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"ovobench_stream: {ENV}={root} is not a folder")
-    return root
+    return data_dir(ENV, "ovobench_stream")
 
 
 @lru_cache(maxsize=4)
