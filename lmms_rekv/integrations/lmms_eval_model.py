@@ -69,7 +69,9 @@ class ReKVLlavaOV(lmms):
     ``lmms_rekv.integrations.streams``), ``stream_tolerance`` (pixel levels; default 0: such
     frames must be bit-identical). lmms-eval ``llava_onevision``'s args (``conv_template``,
     ``max_frames_num``, ``device_map``, ...) are honoured or refused with the reason
-    (``lmms_rekv.integrations.llava_ov_args``), so its ``--model_args`` string works here."""
+    (``lmms_rekv.integrations.llava_ov_args``), so its ``--model_args`` string works here;
+    likewise lmms-eval ``qwen2_5_vl``'s (``min_pixels``, ``max_pixels``, ``max_num_frames``,
+    ...; ``lmms_rekv.integrations.qwen_args``)."""
 
     is_simple = True
 
@@ -109,7 +111,6 @@ class ReKVLlavaOV(lmms):
         if self.qwen is not None:
             dtype = self._qwen_load(pretrained, dtype, load)
         self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device, **load)
-
         self.fps = float(fps if fps is not None else ov.get("fps", 0.5))
         self.max_frames = _none_or_int(max_frames if max_frames is not None else ov.get("max_frames"))
         self.max_new_tokens = int(max_new_tokens)
@@ -122,8 +123,8 @@ class ReKVLlavaOV(lmms):
         self.videos_from_cache = 0
 
     def _qwen_load(self, pretrained: str, dtype: str, load: Dict[str, Any]) -> str:
-        """Loading arguments of lmms-eval's qwen2_5_vl (processor pixel bounds, system prompt,
-        bfloat16 unless ``dtype`` is given); refused before loading for another family."""
+        """Loading arguments of lmms-eval's qwen2_5_vl (the processor's pixel bounds, bfloat16
+        unless ``dtype`` is given); refused before loading for another family (a local folder)."""
         from lmms_rekv.model import model_type_of
 
         if os.path.isdir(str(pretrained)) and model_type_of(str(pretrained)) not in qwen_args.FAMILIES:
