@@ -178,10 +178,10 @@ class ReKVLlavaOV(lmms):
         if self.qwen is not None:  # frames as lmms-eval's qwen2_5_vl reads them; each file its own stream
             frames = self.qwen["qwen_frames"]
             sampling = QwenSampling(self.engine.new_session, self.fps, None, self.engine.config.chunk_frames, self.doc_timeout,
-                                    **frames)
+                                    keep_prints=False, **frames)
             return Streams(sampling, self._open, reuse=False)
         sampling = Sampling(self.engine.new_session, self.fps, self.max_frames, self.engine.config.chunk_frames,
-                            self.doc_timeout, self.stream_tolerance, size_for=size_for)
+                            self.doc_timeout, self.stream_tolerance, size_for=size_for, keep_prints=self.reuse_streams)
         return Streams(sampling, self._open, reuse=self.reuse_streams)
 
     def _run(self, requests, answer: Callable, failed: Any, desc: str) -> list:
