@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -27,10 +28,17 @@ POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")  # = lmms_re
 class ReKVConfig:
     """Settings of one ReKV engine; validated at construction.
 
+    A *block* is the unit stored, scored and retrieved: one temporal patch of the family --
+    1 frame on LLaVA-OneVision, 2 frames on the Qwen families. Settings named ``*_frames``
+    that select what is retrieved (``topk_frames``, ``recent_frames``, ``group_frames``,
+    ``adaptive_min_frames``) count blocks (the names are kept from ReKV, where a block is a
+    frame); ``chunk_frames`` counts frames.
+
     Attributes:
         window_tokens: tokens of the sliding window each encoded token attends to (besides
             the sinks). ``None`` = unbounded (full causal attention while encoding).
-        topk_frames: frames retrieved per layer for each question. ``None`` = every frame.
+        topk_frames: blocks retrieved per layer for each question (LLaVA-OV: frames; Qwen:
+            2-frame temporal patches). ``None`` = every block.
         retrieval: how frames are scored at question time: ``"internal"`` with the model's
             own pre-RoPE queries and keys, per layer; ``"external"`` by the cosine between
             open_clip embeddings of the question and of each frame (same frames on every
@@ -75,7 +83,8 @@ class ReKVConfig:
         query_block_tokens: queries per attention call while encoding (bounds the mask to
             block x (window + block); results do not depend on it). ``None`` = 128 on CPU
             (fastest measured there), 2048 on CUDA.
-        frame_tokens: visual tokens per frame of the model (196 for LLaVA-OneVision).
+        block_tokens: tokens per stored block of the model (196 for LLaVA-OneVision; formerly
+            ``frame_tokens``, still accepted with a DeprecationWarning).
             ``None`` (default) = not known yet: the loader sets the checkpoint's value and
             only then checks ``topk_frames`` against the QA budget (so a 4-token model may
             retrieve more frames than a 196-token one).
@@ -121,7 +130,8 @@ class ReKVConfig:
     ram_budget_bytes: int = 4 * 1024**3
     kv_quant: Optional[str] = None
     query_block_tokens: Optional[int] = None
-    frame_tokens: Optional[int] = None
+    block_tokens: Optional[int] = None
+    frame_tokens: dataclasses.InitVar[Optional[int]] = None  # deprecated name of block_tokens
     frame_size: Optional[Tuple[int, int]] = None
     position_strategy: str = "layout"
     qa_budget_tokens: Optional[int] = 32_768
@@ -138,14 +148,18 @@ class ReKVConfig:
     recent_frames: int = 0
     group_frames: int = 1
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, frame_tokens: Optional[int] = None) -> None:
+        if frame_tokens is not None:
+            warnings.warn("ReKVConfig(frame_tokens=...) is deprecated; use block_tokens (tokens per stored block)",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "block_tokens", frame_tokens if self.block_tokens is None else self.block_tokens)
         _positive("window_tokens", self.window_tokens, optional=True)
         _positive("topk_frames", self.topk_frames, optional=True)
         _positive("chunk_frames", self.chunk_frames)
         if not isinstance(self.eager, bool):
             raise ValueError(f"eager must be True or False, got {self.eager!r}")
         _positive("query_block_tokens", self.query_block_tokens, optional=True)
-        _positive("frame_tokens", self.frame_tokens, optional=True)
+        _positive("block_tokens", self.block_tokens, optional=True)
         _choice("position_strategy", self.position_strategy, POSITION_STRATEGIES)
         if self.frame_size is not None:
             size = tuple(self.frame_size)
@@ -181,11 +195,11 @@ class ReKVConfig:
             free = self.topk_frames - self.recent_frames
             if free and self.group_frames > free:
                 raise ValueError(f"group_frames={self.group_frames} does not fit the {free} frames topk_frames leaves after recent_frames")
-        if self.topk_frames is not None and self.qa_budget_tokens is not None and self.frame_tokens is not None:
-            need = self.topk_frames * self.frame_tokens + self.qa_reserve_tokens
+        if self.topk_frames is not None and self.qa_budget_tokens is not None and self.block_tokens is not None:
+            need = self.topk_frames * self.block_tokens + self.qa_reserve_tokens
             if need > self.qa_budget_tokens:
                 raise ValueError(
-                    f"topk_frames={self.topk_frames} frames x {self.frame_tokens} tokens + "
+                    f"topk_frames={self.topk_frames} blocks x {self.block_tokens} tokens + "
                     f"{self.qa_reserve_tokens} reserved = {need} tokens do not fit the QA budget "
                     f"of {self.qa_budget_tokens} tokens; lower topk_frames or raise qa_budget_tokens"
                 )
@@ -209,7 +223,7 @@ class ReKVConfig:
     def from_strings(cls, **values) -> "ReKVConfig":
         """Build from command-line style values ("none" -> None, "64" -> 64, ...), e.g. lmms-eval
         ``--model_args``; raises ValueError for unknown names or unparsable values."""
-        hints = typing.get_type_hints(cls)
+        hints = {k: v for k, v in typing.get_type_hints(cls).items() if not isinstance(v, dataclasses.InitVar)}
         unknown = sorted(set(values) - set(hints))
         if unknown:
             raise ValueError(f"unknown ReKVConfig fields: {unknown}")
@@ -219,12 +233,12 @@ class ReKVConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def for_model(self, frame_tokens: int, max_positions: Optional[int]) -> "ReKVConfig":
+    def for_model(self, block_tokens: int, max_positions: Optional[int]) -> "ReKVConfig":
         """This config checked against a loaded model's tokens per frame and position limit."""
         budget = self.qa_budget_tokens
         if max_positions is not None:
             budget = max_positions if budget is None else min(budget, max_positions)
-        return self.replace(frame_tokens=frame_tokens, qa_budget_tokens=budget)
+        return self.replace(block_tokens=block_tokens, qa_budget_tokens=budget)
 
 
 def _positive(name: str, value, optional: bool = False) -> None:
@@ -238,12 +252,12 @@ def _positive(name: str, value, optional: bool = False) -> None:
 def _parse(name: str, value, hint):
     """``value`` converted to the field type ``hint`` (int, float, str, an int pair,
     possibly Optional)."""
-    if not isinstance(value, str):
-        return value
     args = typing.get_args(hint)
+    target = next((a for a in args if a is not type(None)), hint) if args else hint
+    if not isinstance(value, str):  # lmms-eval's parser turns "-1" into -1.0: an int field keeps it an int
+        return int(value) if target is int and isinstance(value, float) and value.is_integer() else value
     if value.strip().lower() in ("none", "null") and type(None) in args:
         return None
-    target = next((a for a in args if a is not type(None)), hint) if args else hint
     if target is bool:
         word = value.strip().lower()
         if word not in ("true", "false", "1", "0", "yes", "no"):

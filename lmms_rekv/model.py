@@ -74,21 +74,22 @@ class ReKV:
     families: Optional[Tuple[str, ...]] = None
 
     def __init__(self, model, tokenizer, chat_template: str, processor: Any, config: ReKVConfig, source: str = "",
-                 system_prompt: Optional[str] = None):
+                 system_prompt: Optional[str] = None, chat_template_kwargs: Optional[dict] = None):
         from .patches import backbone_for
 
         self.backbone = backbone_for(model, tokenizer, chat_template, processor, frame_size=config.frame_size)
-        if system_prompt is not None:
-            if not hasattr(self.backbone, "system_prompt"):
-                raise ValueError(f"a system prompt is not supported for {self.backbone.model_type} (its chat template has none)")
-            self.backbone.system_prompt = system_prompt
-        self.system_prompt = system_prompt
+        for name, value in (("system_prompt", system_prompt), ("template_kwargs", chat_template_kwargs)):
+            if value:
+                if not hasattr(self.backbone, name):
+                    raise ValueError(f"{name} is not supported for {self.backbone.model_type} (its prompt is fixed)")
+                setattr(self.backbone, name, value)
+        self.system_prompt, self.chat_template_kwargs = system_prompt, chat_template_kwargs
         self.backbone.check_strategy(config.position_strategy)
         self.model, self.tokenizer, self.chat_template, self.processor = model, tokenizer, chat_template, processor
         self.source = source
-        self.frame_tokens = self.backbone.block_tokens
+        self.block_tokens = self.backbone.block_tokens  # tokens per stored block (a temporal patch)
         text = model.config.text_config
-        self.config = config.for_model(self.frame_tokens, getattr(text, "max_position_embeddings", None))
+        self.config = config.for_model(self.block_tokens, getattr(text, "max_position_embeddings", None))
         self._embedder = None
 
     @classmethod
@@ -102,6 +103,7 @@ class ReKV:
         save_converted: Optional[str] = None,
         processor_kwargs: Optional[dict] = None,
         system_prompt: Optional[str] = None,
+        chat_template_kwargs: Optional[dict] = None,
         **model_kwargs,
     ) -> "ReKV":
         """Load a checkpoint directory or hub id (config.json, safetensors, tokenizer files,
@@ -112,7 +114,8 @@ class ReKV:
         template with that conversation template (lmms-lab checkpoints get it by default).
         Qwen families: ``processor_kwargs`` go to ``AutoProcessor.from_pretrained`` (e.g.
         ``min_pixels``/``max_pixels``), ``system_prompt`` is a system message before every
-        question (None: the template's default)."""
+        question (None: the template's default), ``chat_template_kwargs`` go to the template
+        (e.g. ``enable_thinking``)."""
         from .io.lmms_lab import CONV_TEMPLATES, convert, is_lmms_lab
         from .patches import backbone_class
 
@@ -135,15 +138,24 @@ class ReKV:
             template = CONV_TEMPLATES[conv_template]
         model.to(device).eval()
         logger.info("loaded %s (%s, %s, %s)", path_or_id, model_type, dtype, device)
-        engine = cls(model, tokenizer, template, processor, config, source=path_or_id, system_prompt=system_prompt)
+        engine = cls(model, tokenizer, template, processor, config, source=path_or_id, system_prompt=system_prompt,
+                     chat_template_kwargs=chat_template_kwargs)
         if engine.config.uses_embeddings:
             engine.embedder  # load the open_clip model now: a missing extra fails here, not mid-stream
         return engine
 
+    @property
+    def frame_tokens(self) -> int:
+        """Deprecated name of ``block_tokens`` (a block is 2 frames on Qwen)."""
+        import warnings
+
+        warnings.warn("ReKV.frame_tokens is deprecated; use block_tokens (tokens per stored block)", DeprecationWarning, stacklevel=2)
+        return self.block_tokens
+
     def with_config(self, config: ReKVConfig) -> "ReKV":
         """Another engine over the same loaded weights with different ReKV settings."""
         return type(self)(self.model, self.tokenizer, self.chat_template, self.processor, config, source=self.source,
-                          system_prompt=self.system_prompt)
+                          system_prompt=self.system_prompt, chat_template_kwargs=self.chat_template_kwargs)
 
     @property
     def embedder(self):
@@ -160,16 +172,19 @@ class ReKV:
         self._embedder = value
 
     def new_session(self, fps: Optional[float] = None, frames: Optional[int] = None,
-                    frame_size: Optional[Tuple[int, int]] = None):
+                    frame_size: Optional[Tuple[int, int]] = None, frame_times: Optional[Sequence[float]] = None):
         """A new stream with its own KV store. ``fps``: the rate the stream's frames were
         sampled at (frames per second); families whose positions encode time (Qwen2.5-VL)
         need it. Qwen families size a stream's frames as their processor would, from its first
         frame; ``frames``: how many frames the stream will have, when known (Qwen3-VL's
         processor budgets pixels per clip); ``frame_size``: ``(height, width)`` for this stream
-        instead (``ReKVConfig.frame_size`` sets it for every stream)."""
+        instead (``ReKVConfig.frame_size`` sets it for every stream); ``frame_times``: the
+        seconds each frame was taken at, when not evenly spaced at ``fps`` (Qwen3-VL writes
+        block times into the prompt from them, as its processor does from video metadata;
+        frames past them continue at ``fps``)."""
         from .engine.session import ReKVSession
 
-        return ReKVSession(self, fps=fps, frames=frames, frame_size=frame_size)
+        return ReKVSession(self, fps=fps, frames=frames, frame_size=frame_size, frame_times=frame_times)
 
     def open_session(self, folder: str):
         """A session reopened from a folder written by ``session.save`` (checksums verified)."""

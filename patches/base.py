@@ -273,6 +273,12 @@ class Backbone:
             raise ValueError(f"frame_size is fixed by the {self.model_type} checkpoint; leave it unset")
         return self
 
+    def timed(self, frame_times: Optional[Tuple[float, ...]]) -> "Backbone":
+        """The adapter for a stream whose frames were taken at ``frame_times`` (seconds, one
+        per frame; None: evenly spaced at the stream's fps). Families that place frames by
+        index or by the stream's rate: ``self`` (the times do not change what they see)."""
+        return self
+
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` frames -> per-frame model inputs ``(N, ...)`` (what
         ``block_features`` takes; concatenated along dim 0 as frames wait for a chunk)."""

@@ -22,7 +22,7 @@ block retrieved). While encoding, the window is re-based to the block of its old
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -50,6 +50,7 @@ class Qwen2VLBackbone(Backbone):
         self.frames_per_block = vision.temporal_patch_size  # 2 in every released checkpoint
         self.unit = vision.patch_size * vision.spatial_merge_size
         self.system_prompt: Optional[str] = None  # a system message before the user turn (None: the template's default)
+        self.template_kwargs: Dict[str, Any] = {}  # the chat template's own variables (e.g. enable_thinking)
         self.sizes_per_stream = frame_size is None  # else every stream uses the given size
         self.processor_resize = False  # frames resized by the processor's own operation (per-stream sizes)
         self._views: Dict[Tuple[int, int], "Qwen2VLBackbone"] = {}
@@ -210,7 +211,8 @@ class Qwen2VLBackbone(Backbone):
     def split_prompt(self, question: str) -> Tuple[str, str]:
         from lmms_rekv.io.prompt import split_prompt
 
-        return split_prompt(self.tokenizer, self.chat_template, question, self.video_token, system=self.system_prompt)
+        return split_prompt(self.tokenizer, self.chat_template, question, self.video_token, system=self.system_prompt,
+                           template_kwargs=self.template_kwargs)
 
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
         """``<|video_pad|>`` expanded to ``ceil(frames / 2) * block_tokens`` pads."""

@@ -2,8 +2,10 @@
 
 A block is one temporal patch (2 frames) laid out as the processor lays out each group of a
 video: ``<{t:.1f} seconds><|vision_start|>`` + ``H' x W'`` pads + ``<|vision_end|>``, where
-``t`` is the mean time of the block's two frames (``2g / fps`` and ``(2g + 1) / fps``; an
-incomplete last block repeats its frame, as the processor pads it). The chat template's own
+``t`` is the mean time of the block's two frames (``2g / fps`` and ``(2g + 1) / fps``, or the
+frames' own times when the stream gives them -- ``new_session(frame_times=...)``, what the
+processor computes from a video's metadata ``frames_indices / fps``; an incomplete last
+block repeats its frame, as the processor pads it). The chat template's own
 ``<|vision_start|>``/``<|vision_end|>`` around the whole video stay (the prefix ends with one,
 the text after the video starts with the other) when the installed processor keeps them
 (transformers <= 5.24) and go when it collapses them (5.25): read from the processor at load
@@ -29,6 +31,7 @@ one amount so that the oldest window token's time row sits right after the sinks
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Dict, List, Optional, Tuple
 
@@ -83,6 +86,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         self._lengths: Dict[float, torch.Tensor] = {}  # fps -> header tokens of blocks 0.. (unpadded)
         self._ends: Dict[float, torch.Tensor] = {}  # fps -> stream token count at the end of blocks 0..
         self._lock = threading.Lock()
+        self.frame_times: Optional[Tuple[float, ...]] = None  # the stream's own frame times (``timed``)
         self.tokenizer = tokenizer
         self.header_slots = self._header_bound()
         super().__init__(model, tokenizer, chat_template, processor, frame_size)
@@ -141,11 +145,32 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         longest = max(len(self.header_ids(p)) for p in probes)
         return max(longest, len(f"<{MAX_SECONDS:.1f} seconds>".encode()))
 
+    def timed(self, frame_times: Optional[Tuple[float, ...]]) -> "Qwen3VLBackbone":
+        """This adapter for a stream whose frames were taken at ``frame_times`` (seconds, one
+        per frame): block timestamps come from them (frames past them continue at the
+        stream's fps). A view sharing the model, with its own timestamp tables."""
+        if frame_times is None:
+            return self
+        view = copy.copy(self)
+        view.frame_times = tuple(float(t) for t in frame_times)
+        view._lengths, view._ends, view._lock = {}, {}, threading.Lock()
+        return view
+
+    def frame_seconds(self, frame: int, fps: float) -> float:
+        """The time of stream frame ``frame``: its own (``timed``) or ``frame / fps``."""
+        times = self.frame_times
+        if times is None:
+            return frame / fps
+        if frame < len(times):
+            return times[frame]
+        return times[-1] + (frame - len(times) + 1) / fps
+
     def block_seconds(self, block: int, fps: float, padded: bool = False) -> float:
         """The processor's timestamp of stream block ``block``: the mean of its first and
         last frames' times (``padded``: an incomplete 2-frame block, its frame repeated)."""
         first = self.frames_per_block * block
-        return (first / fps + (first if padded else first + self.frames_per_block - 1) / fps) / 2
+        last = first if padded else first + self.frames_per_block - 1
+        return (self.frame_seconds(first, fps) + self.frame_seconds(last, fps)) / 2
 
     def header_lengths(self, blocks: torch.Tensor, fps: float, padded: Optional[int] = None) -> torch.Tensor:
         """``(K,)`` timestamp tokens of stream blocks ``blocks`` (block ``padded``: incomplete)."""

@@ -11,7 +11,7 @@ from lmms_rekv.tools.miniature import world
 
 def test_demo_rows_follow_the_world(tmp_path, monkeypatch):
     monkeypatch.setenv("LMMS_REKV_HOME", str(tmp_path))
-    result = run_miniature_demo(frames=24, burst=8, seed=3, topk=4, window_frames=4)
+    result = run_miniature_demo(frames=24, burst=8, seed=3)
     rng = world.rng_for(world.HELD_OUT, 100_000 + 3)
     episode = world.make_episode(rng, 24)
     assert [(r["question"], r["truth"], tuple(r["needle_seconds"])) for r in result["rows"]] == \

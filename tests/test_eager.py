@@ -18,7 +18,7 @@ def _blocks(session):
     store = session.state.store
     out = [store.all_summaries().clone()]
     for layer in range(store.layers):
-        for f in range(store.frames):
+        for f in range(store.blocks):
             out.extend(t.clone() for t in store.frame(layer, f))
     return out
 
@@ -48,7 +48,7 @@ def test_stored_blocks_do_not_depend_on_arrival_questions_or_threads(load, frame
     for step, ask_every, block in runs:
         session = _feed(engine.new_session(), video, step, ask_every, block)
         got = _blocks(session)
-        assert session.state.store.frames == 14 and session.state.stream_tokens == reference.state.stream_tokens
+        assert session.state.store.blocks == 14 and session.state.stream_tokens == reference.state.stream_tokens
         assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected)), (step, ask_every, block)
         for mine, theirs in zip(session.state.win_k + session.state.win_v, reference.state.win_k + reference.state.win_v):
             assert torch.equal(mine, theirs)
@@ -156,7 +156,7 @@ def test_session_context_manager_stops_the_encoder(load, frames):
     with engine.new_session().start() as session:
         assert threading.active_count() == before + 1
         session.add_frames(frames(5, seed=36), block=False)
-    assert threading.active_count() == before and session.state.store.frames == 4
+    assert threading.active_count() == before and session.state.store.blocks == 4
 
 
 def test_eager_is_a_config_field():

@@ -18,8 +18,8 @@ from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
         (dict(retrieval="magic"), "retrieval"),
         (dict(offload="tape"), "offload"),
         (dict(summary_tier="gpu"), "summary_tier"),
-        (dict(topk_frames=200, frame_tokens=196), "QA budget"),
-        (dict(topk_frames=10, qa_budget_tokens=1000, frame_tokens=196), "QA budget"),
+        (dict(topk_frames=200, block_tokens=196), "QA budget"),
+        (dict(topk_frames=10, qa_budget_tokens=1000, block_tokens=196), "QA budget"),
         (dict(window_tokens=1.5), "window_tokens"),
         (dict(qa_reserve_tokens=-1), "qa_reserve_tokens"),
     ],
@@ -31,15 +31,30 @@ def test_impossible_config(kwargs, match):
 
 def test_config_revalidated_for_the_model(load, tiny_dir):
     engine = load(topk_frames=64)
-    assert engine.config.frame_tokens == engine.frame_tokens == 16
+    assert engine.config.block_tokens == engine.block_tokens == 16
     with pytest.raises(ValueError, match="QA budget"):
-        ReKVConfig(topk_frames=64).for_model(frame_tokens=196, max_positions=4096)
+        ReKVConfig(topk_frames=64).for_model(block_tokens=196, max_positions=4096)
     # checked against the checkpoint's tokens per frame, not LLaVA-OV's 196: 200 frames x 16
     # tokens fit the default budget, so the config is accepted before the model is known
     big = load(topk_frames=200)
-    assert big.config.topk_frames == 200 and big.config.frame_tokens == 16
+    assert big.config.topk_frames == 200 and big.config.block_tokens == 16
     with pytest.raises(ValueError, match="QA budget"):
         load(topk_frames=2100)  # 2100 x 16 + 512 > 32768
+
+
+def test_old_frame_names_still_work_and_say_they_are_deprecated(load):
+    """A block is one temporal patch (2 frames on Qwen): ``block_tokens`` / ``BlockStore.blocks``
+    name it; the former ``frame_tokens`` / ``frames`` keep working with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match="block_tokens"):
+        assert ReKVConfig(frame_tokens=196).block_tokens == 196
+    engine = load()
+    with pytest.warns(DeprecationWarning, match="block_tokens"):
+        assert engine.frame_tokens == engine.block_tokens == 16
+    session = engine.new_session()
+    session.add_frames(np.zeros((3, 32, 32, 3), np.uint8))
+    session.flush()
+    with pytest.warns(DeprecationWarning, match="blocks"):
+        assert session.state.store.frames == session.state.store.blocks == 3
 
 
 @pytest.mark.parametrize(
@@ -78,7 +93,7 @@ def test_empty_question_and_bad_generation(load, frames):
 
 
 def test_question_over_budget(load, frames):
-    session = load(topk_frames=4, frame_tokens=16, qa_budget_tokens=100, qa_reserve_tokens=0).new_session()
+    session = load(topk_frames=4, block_tokens=16, qa_budget_tokens=100, qa_reserve_tokens=0).new_session()
     session.add_frames(frames(4))
     with pytest.raises(ValueError, match="QA budget"):
         session.ask("what happens " * 20, max_new_tokens=8)

@@ -196,7 +196,7 @@ def test_missing_open_clip_names_the_extra(load, tiny_dir, frames, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_open_clip)
     with pytest.raises(ImportError, match=r"lmms-rekv\[clip\]"):
-        ReKVLlavaOneVision.from_pretrained(tiny_dir, config=ReKVConfig(retrieval="external", topk_frames=4, frame_tokens=16), dtype="float32", device="cpu")
+        ReKVLlavaOneVision.from_pretrained(tiny_dir, config=ReKVConfig(retrieval="external", topk_frames=4, block_tokens=16), dtype="float32", device="cpu")
     session = load(topk_frames=3, window_tokens=48).new_session()  # internal still works
     session.add_frames(frames(4))
     assert isinstance(session.ask(QUESTION, max_new_tokens=2), str)

@@ -30,7 +30,7 @@ def _fail_once_at(engine, layer: int):
 
 def _same_stream(session, reference) -> None:
     got, expected = _blocks(session), _blocks(reference)
-    assert session.state.store.frames == reference.state.store.frames
+    assert session.state.store.blocks == reference.state.store.blocks
     assert session.state.stream_tokens == reference.state.stream_tokens
     assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
     for mine, theirs in zip(session.state.win_k + session.state.win_v, reference.state.win_k + reference.state.win_v):

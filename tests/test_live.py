@@ -48,7 +48,7 @@ def test_live_file_answers_at_the_stream_times(episode_video, tmp_path):
     blocks = [b for b in text.split("[") if "Q:" in b]
     assert len(blocks) == len(episode.questions)
     engine = ReKV.from_pretrained("miniature", dtype="float32", device="cpu")
-    engine = engine.with_config(ReKVConfig(window_tokens=4 * engine.frame_tokens, topk_frames=4, chunk_frames=2))
+    engine = engine.with_config(ReKVConfig(window_tokens=4 * engine.block_tokens, topk_frames=4, chunk_frames=2))
     frames = np.stack(list(iter_video(path, fps=1)))
     by_time = sorted(zip(times, episode.questions), key=lambda x: x[0])
     for block, (t, question) in zip(blocks, by_time):
@@ -106,20 +106,92 @@ def test_live_from_a_named_pipe_fed_by_a_writer(episode_video, tmp_path):
     assert out.getvalue().count("Q:") == len(episode.questions) and "A: " in out.getvalue()
 
 
-def test_typed_questions_and_bad_sources(episode_video, capsys):
+def test_piped_questions_on_a_file_are_about_the_whole_video(episode_video, tmp_path):
+    """``printf 'question' | rekv live clip.mp4``: a file read faster than real time is not live,
+    so a piped question is answered once the whole video is encoded (it says so first), about
+    frames after the first; then "end of stream"; equal to a session fed every frame."""
+    from lmms_rekv import ReKV, ReKVConfig
+    from lmms_rekv.io.video import iter_video
     from lmms_rekv.tools.live import main
 
     path, episode = episode_video
+    question = episode.questions[0].text
     out = io.StringIO()
-    assert main([path, "--fps", "1"], stdin=io.StringIO(episode.questions[0].text + "\n"), out=out) == 0
+    assert main([path, "--fps", "1"], stdin=io.StringIO(question + "\n"), out=out) == 0
+    text = out.getvalue()
+    assert text.index("faster than real time") < text.index("end of stream at 15.00 s (16 frames)") < text.index("Q: ")
+    retrieved = [float(x) for x in text.split("retrieved at ")[1].split(" s)")[0].split(", ")]
+    assert max(retrieved) > 0 and text.count("Q:") == 1
+    engine = ReKV.from_pretrained("miniature", dtype="float32", device="cpu")
+    engine = engine.with_config(ReKVConfig(window_tokens=4 * engine.block_tokens, topk_frames=4, chunk_frames=2))
+    fresh = engine.new_session(fps=1)
+    fresh.add_frames(np.stack(list(iter_video(path, fps=1))))
+    assert text.split("A: ")[1].split("   (frames")[0] == fresh.ask(question, max_new_tokens=16)
+
+
+def test_live_source_answers_as_of_now_and_after_the_end_until_stdin_closes(episode_video):
+    """On a live source a typed question is answered as of the frame it arrives at; one typed
+    after the end of the stream is answered about everything seen (the command waits for
+    stdin to close); the status line only moves forward and stays on screen at the end."""
+    import queue
+
+    from lmms_rekv import ReKV, ReKVConfig
+    from lmms_rekv.io.video import iter_video
+    from lmms_rekv.tools.live import run_live
+
+    path, episode = episode_video
+    frames = list(iter_video(path, fps=1))
+    typed: "queue.Queue" = queue.Queue()
+
+    def source():
+        for i, frame in enumerate(frames):
+            if i == 4:
+                typed.put(episode.questions[0].text)  # typed while frame 4 arrives
+            yield float(i), frame
+        typed.put(episode.questions[1].text)  # typed after the end of the stream...
+        typed.put(None)  # ...then stdin closes
+
+    engine = ReKV.from_pretrained("miniature", dtype="float32", device="cpu")
+    engine = engine.with_config(ReKVConfig(window_tokens=4 * engine.block_tokens, topk_frames=4, chunk_frames=2))
+    out, status = io.StringIO(), io.StringIO()
+    asked = run_live(engine, path, 1.0, typed=typed, out=out, status=status, frames=source(), live_source=True)
+    assert [a.t for a in asked] == [4.0, 15.0] and max(asked[0].retrieved) <= 4.0 and max(asked[1].retrieved) > 4.0
+    assert out.getvalue().index("end of stream at 15.00 s") < out.getvalue().index(episode.questions[1].text)
+    shown = [line.split(" encoded")[0].split("frames ")[1] for line in status.getvalue().split("\r") if line.startswith("frames ")]
+    encoded, received = zip(*[map(int, pair.split("/")) for pair in shown])
+    assert list(encoded) == sorted(encoded) and list(received) == sorted(received) and received[-1] == 16
+    assert status.getvalue().endswith("\n") and encoded[-1] == 16  # the final status stays, everything encoded
+
+
+def test_rekv_live_takes_every_rekv_setting_flag(episode_video, tmp_path):
+    """``--retrieval external`` (the miniature's embedder picked for it) and the other
+    ReKVConfig flags reach the engine."""
+    from lmms_rekv.tools import live
+
+    path, episode = episode_video
+    seen = {}
+    real = live.run_live
+
+    def spy(engine, *args, **kwargs):
+        seen["config"] = engine.config
+        return real(engine, *args, **kwargs)
+
+    live.run_live = spy
+    try:
+        out = io.StringIO()
+        args = [path, "--retrieval", "external", "--topk-frames", "3", "--kv-quant", "int8", "--questions",
+                _questions(tmp_path, episode, [15.0])]
+        assert live.main(args, out=out) == 0
+    finally:
+        live.run_live = real
+    config = seen["config"]
+    assert (config.retrieval, config.clip_model, config.topk_frames, config.kv_quant) == ("external", "miniature", 3, "int8")
     assert out.getvalue().count("Q:") == 1
-    assert main(["/nowhere/clip.mp4"], stdin=io.StringIO(), out=io.StringIO()) == 2
-    err = capsys.readouterr().err
-    assert "not found" in err and "Traceback" not in err
 
 
 def test_rekv_command_dispatches(capsys):
     from lmms_rekv.tools.cli import main
 
-    assert main([]) == 0 and "live" in capsys.readouterr().out
-    assert main(["no-such-command"]) == 2
+    assert main(["--help"]) == 0 and "live" in capsys.readouterr().out
+    assert main([]) == 2 and "missing command" in capsys.readouterr().err
+    assert main(["no-such-command"]) == 2 and "unknown command 'no-such-command'" in capsys.readouterr().err

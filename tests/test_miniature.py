@@ -191,10 +191,10 @@ def test_rekv_regression_guard(tmp_path):
 
 def test_layout_matches_the_engine_prompt(shipped):
     """The training layout is exactly the prompt the engine builds for vanilla LLaVA-OV."""
-    layout = Layout(shipped.tokenizer, shipped.frame_tokens)
+    layout = Layout(shipped.tokenizer, shipped.block_tokens)
     q = world.make_episode(world.rng_for(world.HELD_OUT, 0), 8).questions[0]
     ids, answer_at, *_ = layout.sequence(8, q)
     assert ids[:answer_at] == shipped.vanilla_input_ids(q.text, 8)[0].tolist()
     batch = make_batch(world.rng_for(world.HELD_OUT, 0), layout, shipped.processor, 8, 2, ("color",), None, 6.0)
     hidden, visual = forward(shipped.model, batch, layout.video_id)
-    assert visual.shape == (2, 8, shipped.frame_tokens, hidden.shape[-1])
+    assert visual.shape == (2, 8, shipped.block_tokens, hidden.shape[-1])

@@ -79,7 +79,7 @@ def test_family_picked_from_the_checkpoint(loader, qwen_dirs, load):
     for family, name in zip(FAMILIES, ("Qwen2VLBackbone", "Qwen2_5_VLBackbone")):
         engine = loader(family)()
         assert type(engine.backbone).__name__ == name and engine.backbone.model_type == family
-        assert engine.backbone.frame_size == (56, 56) and engine.frame_tokens == 4
+        assert engine.backbone.frame_size == (56, 56) and engine.block_tokens == 4
         with pytest.raises(ValueError, match="llava_onevision"):
             ReKVLlavaOneVision.from_pretrained(qwen_dirs[family], dtype=torch.float32, device="cpu")
         with pytest.raises(ValueError, match="multiples of 28"):
@@ -334,7 +334,7 @@ def test_odd_last_frame_is_padded_for_the_question_only(load_qwen2, tmp_path):
     fresh.add_frames(video)
     for s in (session, reopened):
         s.flush()
-        assert s.state.store.frames == fresh.state.store.frames == 4
+        assert s.state.store.blocks == fresh.state.store.blocks == 4
         for layer in range(fresh.state.store.layers):
             for block in range(4):
                 assert all(torch.equal(a, b) for a, b in zip(s.state.store.frame(layer, block), fresh.state.store.frame(layer, block)))
@@ -372,7 +372,7 @@ def test_frame_size_outside_the_processor_budget_is_an_error(load_qwen2):
     by the processor, so it is refused instead of silently giving other blocks."""
     with pytest.raises(ValueError, match="pixel budget"):
         load_qwen2(frame_size=(112, 112))
-    assert load_qwen2(frame_size=(56, 84)).frame_tokens == 6
+    assert load_qwen2(frame_size=(56, 84)).block_tokens == 6
 
 
 def test_a_saved_stream_reopens_at_its_own_size(load_qwen2, tmp_path):

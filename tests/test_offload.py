@@ -25,12 +25,12 @@ def test_blocks_bit_identical_to_computed_kv(load, frames, offload):
         for h in hooks:
             h.remove()
     store = session.state.store
-    t, hkv, d = store.frame_tokens, store.kv_heads, store.head_dim
+    t, hkv, d = store.block_tokens, store.kv_heads, store.head_dim
     for idx in range(store.layers):
         # first call is the prefix (sinks); the rest are the chunks, in order
         keys = torch.cat(captured[(idx, "k_proj")][1:]).view(-1, t, hkv, d)
         values = torch.cat(captured[(idx, "v_proj")][1:]).view(-1, t, hkv, d)
-        assert keys.shape[0] == store.frames == 8
+        assert keys.shape[0] == store.blocks == 8
         for f in range(8):
             k, v = store.frame(idx, f)
             assert k.device.type == ("cpu" if offload == "cpu" else engine.device.type)
@@ -46,7 +46,7 @@ def test_device_bytes_constant_while_cpu_grows_linearly(load, frames):
     video = frames(200, seed=8, size=(16, 16))
     text = engine.model.config.text_config
     head_dim = text.hidden_size // text.num_attention_heads
-    per_frame = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim * 4 * engine.frame_tokens
+    per_frame = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim * 4 * engine.block_tokens
     seen = []
     for lo in range(0, 200, 20):
         session.add_frames(video[lo : lo + 20])
@@ -77,7 +77,7 @@ def test_store_grows_by_doubling_and_keeps_data():
             store.write(layer, first, k, v)
             written.append((layer, first, k, v))
         store.commit(2)
-    assert store.frames == 10 and store.backend.capacity == 16
+    assert store.blocks == 10 and store.backend.capacity == 16
     for layer, first, k, v in written:
         for i in range(2):
             sk, sv = store.frame(layer, first + i)

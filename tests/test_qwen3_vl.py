@@ -286,6 +286,36 @@ def test_odd_last_frame_is_padded_for_the_question_only(load3, tmp_path):
         assert s.answer(QUESTION, max_new_tokens=3).token_ids == fresh.answer(QUESTION, max_new_tokens=3).token_ids
 
 
+def test_frames_at_their_own_times_equal_vanilla_with_that_metadata(load3, tmp_path):
+    """Frames sampled unevenly (qwen-vl-utils rounds ``linspace`` indices of a 30 fps file):
+    a session given their times equals ``generate`` on the processor given that metadata
+    (timestamps from ``frames_indices / fps``), also after save / open_session; 11 frames, so
+    the last block is padded and its time is its one frame's."""
+    engine = load3(window_tokens=None, topk_frames=None, chunk_frames=4)
+    indices = np.linspace(0, 449, 11).round().astype(int).tolist()  # 15 s at 30 fps: every block's time is uneven
+    times = [i / 30.0 for i in indices]
+    video = _frames(11, seed=5)
+    session = engine.new_session(fps=(len(indices) - 1) / (times[-1] - times[0]), frame_times=times)
+    session.add_frames(video)
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(engine.source)
+    turn = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    meta = [{"fps": 30.0, "frames_indices": indices, "total_num_frames": 450}]
+    inputs = processor(text=[text], videos=[video], video_metadata=meta, return_tensors="pt", do_sample_frames=False)
+    assert torch.equal(session.backbone.vanilla_input_ids(QUESTION, 11, fps=session.fps), inputs["input_ids"])
+    with torch.inference_mode():
+        out = engine.model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    session.save(str(tmp_path / "timed"))
+    for s in (session, engine.open_session(str(tmp_path / "timed"))):
+        answer = s.answer(QUESTION, max_new_tokens=4, return_logits=True)
+        assert all((a - b[0]).abs().max().item() <= 1e-4 for a, b in zip(answer.logits, out.logits))
+    evenly = engine.new_session(fps=session.fps)
+    evenly.add_frames(video)
+    assert not torch.equal(evenly.backbone.vanilla_input_ids(QUESTION, 11, fps=session.fps), inputs["input_ids"])
+
+
 def test_an_oversized_timestamp_is_refused(load3):
     bb = load3().backbone
     with pytest.raises(ValueError, match="slots"):

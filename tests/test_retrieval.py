@@ -16,7 +16,7 @@ def _brute_force(store, layer, query_tokens, score, topk, group):
     """Concatenate heads, repeat kv heads, average tokens -- the score straight from its definition."""
     q = query_tokens.float().mean(dim=0)  # (Hq * D,)
     scores = []
-    for f in range(store.frames):
+    for f in range(store.blocks):
         keys, _ = store.frame(layer, f)  # (T, Hkv, D)
         k = keys.float().repeat_interleave(group, dim=1).mean(dim=0).reshape(-1)
         s = torch.dot(q, k)
@@ -55,7 +55,7 @@ def _brute_force_pooled(store, layer, query_tokens, score, pool, heads, group):
     rows = []
     for q in query_tokens.float():  # (Hq * D,) per question token
         per_frame = []
-        for f in range(store.frames):
+        for f in range(store.blocks):
             keys, _ = store.frame(layer, f)
             k = keys.float().repeat_interleave(group, dim=1).mean(dim=0)  # (Hq, D)
             if pool == "max":

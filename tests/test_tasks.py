@@ -144,5 +144,7 @@ def test_rekv_demo_docs_are_the_world_episodes(tmp_path, monkeypatch):
     assert decoded.shape[0] == episode.length
     error = np.abs(decoded.astype(int) - frames.astype(int)).mean()
     assert error < 8, error  # H.264 keeps the tiles
-    assert utils.process_results(docs[0], [" " + docs[0]["answer"] + " ok"]) == {"accuracy": 1.0, "color_accuracy": 1.0}
+    assert utils.process_results(docs[0], [" " + docs[0]["answer"] + " ok"]) == {
+        "accuracy": 1.0, "color_accuracy": 1.0, "video": docs[0]["video"], "asked_at_seconds": docs[0]["time"]}  # the last two: logged only
+    assert utils.process_results(docs[1], [""])["asked_at_seconds"] == "end" and docs[1]["question"] == docs[0]["question"]
     assert utils.process_results(docs[0], ["nothing"])["accuracy"] == 0.0

@@ -33,7 +33,7 @@ def _stream(engine, video, step=5):
         for h in hooks:
             h.remove()
     store = session.state.store
-    shape = (-1, store.frame_tokens, store.kv_heads, store.head_dim)
+    shape = (-1, store.block_tokens, store.kv_heads, store.head_dim)
     exact = {
         layer: (torch.cat(captured[(layer, "k_proj")][1:]).view(shape), torch.cat(captured[(layer, "v_proj")][1:]).view(shape))
         for layer in range(store.layers)
@@ -85,8 +85,38 @@ def test_quantized_blocks_meet_the_bound(load, frames, kind, bits, tier, tmp_pat
             assert ((v - values[f]).abs() <= _bound(values[f], 2, bits)).all()  # per token: over channels
         # summaries (used for retrieval) stay exact
         assert torch.allclose(store.summaries(layer), keys.float().mean(1), atol=1e-6)
-    assert store.bytes_per_frame < make_codec(None, store.frame_tokens, store.kv_heads, store.head_dim, torch.float32).bytes_per_frame(store.layers) / (3 if bits == 8 else 5)
+    assert store.bytes_per_frame < make_codec(None, store.block_tokens, store.kv_heads, store.head_dim, torch.float32).bytes_per_frame(store.layers) / (3 if bits == 8 else 5)
     assert isinstance(session.ask(QUESTION, max_new_tokens=3), str)
+
+
+@pytest.mark.parametrize("kind", [None, "int8", "int4"])
+@pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
+def test_gather_all_layers_at_once_equals_per_layer_gather(load, frames, kind, tier, tmp_path):
+    """External retrieval reads one set of blocks for every layer in one batched read
+    (``gather_all``, stored fields with a leading layer dim): identical to per-layer reads,
+    also for quantized blocks (their ranges broadcast over the right dims)."""
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, kv_quant=kind, offload_dir=str(tmp_path), **tier)
+    session, _ = _stream(engine, frames(9, seed=24))
+    store, order = session.state.store, torch.tensor([8, 0, 3, 4])
+    keys, values = store.gather_all(order, torch.device("cpu"))
+    for layer in range(store.layers):
+        k, v = store.gather(layer, order, torch.device("cpu"))
+        assert torch.equal(keys[layer], k) and torch.equal(values[layer], v)
+
+
+def test_a_session_saved_before_its_first_chunk_reopens(load, frames, tmp_path):
+    """5 frames with chunk_frames=8: nothing committed yet (all provisional), saved and reopened
+    with the same answer; the stats say where the frames are."""
+    engine = load(window_tokens=40, topk_frames=3, chunk_frames=8)
+    session = engine.new_session()
+    session.add_frames(frames(5, seed=25))
+    stats = session.stats()
+    assert (stats["frames"], stats["encoded_frames"], stats["provisional_frames"], stats["waiting_frames"]) == (5, 0, 5, 0)
+    session.save(str(tmp_path / "early"))
+    reopened = engine.open_session(str(tmp_path / "early"))
+    assert reopened.ask(QUESTION, max_new_tokens=4) == session.ask(QUESTION, max_new_tokens=4)
+    with pytest.raises(FileNotFoundError, match="no saved session"):
+        engine.open_session(str(tmp_path / "never-saved"))
 
 
 def test_codec_bytes_for_the_real_7b():
@@ -176,7 +206,7 @@ def test_long_stream_on_disk_keeps_rss_bounded(wide_dir, tmp_path):
     from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
 
     def engine(**tier):
-        cfg = ReKVConfig(window_tokens=256, topk_frames=4, chunk_frames=50, frame_tokens=64, **tier)
+        cfg = ReKVConfig(window_tokens=256, topk_frames=4, chunk_frames=50, block_tokens=64, **tier)
         return ReKVLlavaOneVision.from_pretrained(wide_dir, config=cfg, dtype="float32", device="cpu")
 
     budget = 16 * 2**20

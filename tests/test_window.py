@@ -28,7 +28,7 @@ def test_windowed_encoding_matches_dense_mask(load, frames, window, chunk, block
     ref, _ = dense_forward(engine, video, window)
     assert hidden.shape == ref.shape
     assert (hidden - ref).abs().max().item() <= 1e-5
-    assert session.stats()["window_tokens"] == min(window, 11 * engine.frame_tokens)
+    assert session.stats()["window_tokens"] == min(window, 11 * engine.block_tokens)
 
 
 def test_window_without_sinks_is_a_sliding_window_mask(load, frames):
@@ -60,7 +60,7 @@ def test_blocks_identical_however_frames_arrive(load, frames, window):
         stores.append(session.state.store)
     first = stores[0]
     for other in stores[1:]:
-        assert other.frames == first.frames == 13
+        assert other.blocks == first.blocks == 13
         for layer in range(first.layers):
             for f in range(13):
                 for a, b in zip(first.frame(layer, f), other.frame(layer, f)):

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
@@ -78,8 +78,9 @@ class ReKVSession:
     again with their chunk once it is complete (``eager``; see ``ReKVConfig``)."""
 
     def __init__(self, engine: Engine, fps: Optional[float] = None, frames: Optional[int] = None,
-                 frame_size: Optional[Tuple[int, int]] = None) -> None:
-        self.engine, self.backbone = engine, engine.backbone.sized(frame_size)
+                 frame_size: Optional[Tuple[int, int]] = None, frame_times: Optional[Sequence[float]] = None) -> None:
+        self.frame_times = None if frame_times is None else tuple(float(t) for t in frame_times)
+        self.engine, self.backbone = engine, engine.backbone.sized(frame_size).timed(self.frame_times)
         self.config = engine.config
         self.fps = None if fps is None else float(fps)
         self.expected_frames = frames  # how many frames the stream will have, when known (Qwen3-VL's clip budget)
@@ -171,8 +172,8 @@ class ReKVSession:
         """Fix the stream's frame size from its first frames (``(N, H, W, 3)``): the size the
         family's processor gives this video. Later frames of any size are resized to it."""
         height, width = int(frames.shape[1]), int(frames.shape[2])
-        backbone = self.engine.backbone.for_stream(height, width, self.expected_frames)
-        if backbone is not self.backbone:
+        backbone = self.engine.backbone.for_stream(height, width, self.expected_frames).timed(self.frame_times)
+        if backbone is not self.backbone:  # nothing is stored yet: the store is made again at this size
             self.state.store.close()
             self.backbone = backbone
             self.state = StreamState(store=self._new_store(self.config.offload), window=self.config.window_tokens)
@@ -193,7 +194,7 @@ class ReKVSession:
             self._extend_tail()
 
     def _held_frames(self) -> int:
-        return self.state.store.frames * self.backbone.frames_per_block + self._pending_frames
+        return self.state.store.blocks * self.backbone.frames_per_block + self._pending_frames
 
     def _add_locked(self, batches: List[torch.Tensor], more_waiting) -> None:
         with self._lock:
@@ -326,7 +327,7 @@ class ReKVSession:
         if not self._prefix_done:
             self._encode_prefix()
         n = pixels.shape[0] // bb.frames_per_block  # blocks
-        inputs = bb.chunk_inputs(pixels, st.store.frames, fps=self.fps, padded=st.padded_block)
+        inputs = bb.chunk_inputs(pixels, st.store.blocks, fps=self.fps, padded=st.padded_block)
         features = inputs.embeds  # (1, L, hidden)
         first = st.store.reserve(n)
         length = features.shape[1]
@@ -344,7 +345,7 @@ class ReKVSession:
             raise
         st.store.commit(n)
         st.stream_tokens += length
-        logger.debug("encoded %d blocks (stream: %d blocks)", n, st.store.frames)
+        logger.debug("encoded %d blocks (stream: %d blocks)", n, st.store.blocks)
 
     def _encode_prefix(self) -> None:
         engine, bb = self.engine, self.backbone
@@ -373,8 +374,9 @@ class ReKVSession:
         ``frame_limit=n`` answers as of the ``n``-th frame: only frames ``0..n-1`` can be
         retrieved (their KV never depends on later frames: encoding is causal).
         ``generation`` takes the fields of ``GenerationSettings`` (do_sample, temperature,
-        top_p, stop, eos_token_ids, seed)."""
-        return self.answer(question, max_new_tokens=max_new_tokens, frame_limit=frame_limit, **generation).text
+        top_p, stop, eos_token_ids, seed). Returns the answer text without surrounding
+        whitespace (``answer(...).text`` is the decoded text as is)."""
+        return self.answer(question, max_new_tokens=max_new_tokens, frame_limit=frame_limit, **generation).text.strip()
 
     @_settled
     @torch.inference_mode()
@@ -423,11 +425,11 @@ class ReKVSession:
         self._encode_pending(lambda: False, tail=True)  # the tail (chunks only where an earlier encode failed)
         state = self._tail or self.state
         if frame_limit is not None and frame_limit < self.frames:  # the complete blocks before the limit
-            blocks = min(frame_limit // bb.frames_per_block, state.store.frames)
+            blocks = min(frame_limit // bb.frames_per_block, state.store.blocks)
         else:  # every block, an incomplete last one padded for this question
             if self._pending_frames > self._tail_frames:
                 state = self._padded_state(state)
-            blocks = state.store.frames
+            blocks = state.store.blocks
         if blocks < 1:
             raise RuntimeError(f"no complete block of {bb.frames_per_block} frames before frame_limit={frame_limit}")
         suffix = bb.suffix_ids(question)
@@ -457,7 +459,7 @@ class ReKVSession:
         missing = self.backbone.frames_per_block - partial.shape[0]
         pixels = torch.cat([partial, partial[-1:].expand(missing, *partial.shape[1:])])
         fork = self._fork(state)
-        fork.padded_block = fork.store.frames
+        fork.padded_block = fork.store.blocks
         self._encode(pixels, fork)
         return fork
 
@@ -589,6 +591,12 @@ class ReKVSession:
     def stats(self) -> dict:
         """Sizes of this stream: frames, tokens and bytes per tier.
 
+        Frames received (``frames``) = ``encoded_frames`` (committed to the block store) +
+        ``provisional_frames`` (encoded into the provisional tail, which questions use; encoded
+        again with their chunk once it is complete) + ``waiting_frames`` (not encoded yet: an
+        odd frame waiting for its block partner, or frames queued for the background encoder).
+        ``pending_frames`` = provisional + those waiting in the session (not yet committed).
+
         ``device_bytes`` is every byte the session holds on the model's device (allocated):
         ``device_kv_bytes`` (KV in use: sinks + window, plus the stored frames on the
         ``device`` tier; bounded once the window is full on the other tiers) + the arenas'
@@ -619,10 +627,13 @@ class ReKVSession:
         summaries = store.summary_allocated_bytes if index_on_device else 0
         tail = self._tail_device_bytes()
         per_block = self.backbone.frames_per_block  # frames per stored block (2 on Qwen: a temporal patch)
+        frames, encoded = self.frames, store.blocks * per_block
         return {
-            "frames": self.frames,
-            "encoded_frames": store.frames * self.backbone.frames_per_block,
-            "blocks": store.frames,
+            "frames": frames,
+            "encoded_frames": encoded,
+            "provisional_frames": self._tail_frames,
+            "waiting_frames": frames - encoded - self._tail_frames,
+            "blocks": store.blocks,
             "pending_frames": self._pending_frames,
             "tokens": st.stream_tokens,
             "sink_tokens": st.sinks,

@@ -70,8 +70,9 @@ class ReKVLlavaOV(lmms):
     frames must be bit-identical). lmms-eval ``llava_onevision``'s args (``conv_template``,
     ``max_frames_num``, ``device_map``, ...) are honoured or refused with the reason
     (``lmms_rekv.integrations.llava_ov_args``), so its ``--model_args`` string works here;
-    likewise lmms-eval ``qwen2_5_vl``'s (``min_pixels``, ``max_pixels``, ``max_num_frames``,
-    ...; ``lmms_rekv.integrations.qwen_args``)."""
+    likewise lmms-eval ``qwen2_5_vl``'s and ``qwen3_vl``'s (``min_pixels``, ``max_pixels``,
+    ``max_num_frames``, ``total_pixels``, ...; which one by the checkpoint's family;
+    ``lmms_rekv.integrations.qwen_args``)."""
 
     is_simple = True
 
@@ -95,21 +96,12 @@ class ReKVLlavaOV(lmms):
             logger.warning("rekv_llava_ov answers one stream at a time; batch_size=%s ignored", batch_size)
         self.reuse_streams = str(reuse_streams).lower() not in ("false", "0", "no", "none")
         self.stream_tolerance = float(stream_tolerance or 0.0)  # see streams.FramePrints
-        if self.stream_tolerance < 0:
-            raise ValueError(f"stream_tolerance must be >= 0 (pixel levels), got {stream_tolerance}")
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.qwen = qwen_args.translate(rekv_args) if qwen_args.wants_qwen(rekv_args) else None  # qwen2_5_vl's model_args
-        if self.qwen is not None and fps is not None:  # qwen2_5_vl's own `fps` (qwen-vl-utils' sampling rate)
-            self.qwen["qwen_frames"]["qwen_fps"] = float(fps)
-        ov = translate(rekv_args)  # llava_onevision's model_args (drop-in): honoured or refused
-        self._device = self._pick_device(device if device is not None else (self.qwen or ov).get("device"))
-        config = ReKVConfig.from_strings(**rekv_args)
-        load = {k: ov[k] for k in ("conv_template", "attn_implementation") if k in ov}
-        if rekv_args.get("save_converted") is not None:  # where an lmms-lab checkpoint's conversion is kept
-            load["save_converted"] = os.path.expanduser(str(rekv_args.pop("save_converted")))
+        self.qwen, ov, config, load = self.settings(pretrained, fps, stream_tolerance, rekv_args)
+        self._device = self._pick_device(device if device is not None else (self.qwen.device if self.qwen else ov.get("device")))
         if self.qwen is not None:
-            dtype = self._qwen_load(pretrained, dtype, load)
+            dtype = self._qwen_load(dtype, load)
         self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device, **load)
         self.fps = float(fps if fps is not None else ov.get("fps", 0.5))
         self.max_frames = _none_or_int(max_frames if max_frames is not None else ov.get("max_frames"))
@@ -122,19 +114,61 @@ class ReKVLlavaOV(lmms):
         self.videos_decoded = 0  # videos decoded and encoded by this process
         self.videos_from_cache = 0
 
-    def _qwen_load(self, pretrained: str, dtype: str, load: Dict[str, Any]) -> str:
-        """Loading arguments of lmms-eval's qwen2_5_vl (the processor's pixel bounds, bfloat16
-        unless ``dtype`` is given); refused before loading for another family (a local folder)."""
+    @classmethod
+    def settings(cls, pretrained: str, fps: Optional[float], stream_tolerance: Any, rekv_args: Dict[str, Any]):
+        """What the model args mean, without loading anything: ``(lmms-eval Qwen args or
+        None, llava_onevision args, ReKVConfig, loading kwargs)``; ``rekv_args`` (the args that
+        are not parameters of ``__init__``) are taken. Raises ValueError with a one-line reason."""
+        if float(stream_tolerance or 0.0) < 0:
+            raise ValueError(f"stream_tolerance must be >= 0 (pixel levels), got {stream_tolerance}")
+        if fps is not None and not float(fps) > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        qwen = cls._qwen_args(pretrained, rekv_args, fps)  # lmms-eval qwen2_5_vl / qwen3_vl model_args
+        ov = translate(rekv_args)  # llava_onevision's model_args (drop-in): honoured or refused
+        load = {k: ov[k] for k in ("conv_template", "attn_implementation") if k in ov}
+        if rekv_args.get("save_converted") is not None:  # where an lmms-lab checkpoint's conversion is kept
+            load["save_converted"] = os.path.expanduser(str(rekv_args.pop("save_converted")))
+        return qwen, ov, ReKVConfig.from_strings(**rekv_args), load
+
+    @classmethod
+    def check_args(cls, model_args: Dict[str, Any]) -> None:
+        """Raise ValueError (one line) when ``--model_args`` (parsed) cannot work; loads nothing."""
+        import inspect
+
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "rekv_args"}
+        rest = {k: v for k, v in model_args.items() if k not in own}
+        if "pretrained" not in model_args:
+            raise ValueError("pretrained= is required (a checkpoint folder, a hub id or 'miniature')")
+        cls.settings(str(model_args["pretrained"]), model_args.get("fps"), model_args.get("stream_tolerance"), rest)
+
+    @staticmethod
+    def _qwen_args(pretrained: str, rekv_args: Dict[str, Any], fps: Optional[float]) -> Optional[qwen_args.QwenArgs]:
+        """lmms-eval ``qwen2_5_vl`` / ``qwen3_vl`` arguments in ``rekv_args`` (taken out), for
+        the checkpoint's family (read before loading); None when there are none."""
+        if not qwen_args.wants_qwen(rekv_args):
+            return None
         from lmms_rekv.model import model_type_of
 
-        if os.path.isdir(str(pretrained)) and model_type_of(str(pretrained)) not in qwen_args.FAMILIES:
-            raise ValueError(f"lmms-eval qwen2_5_vl model_args ({', '.join(qwen_args.MARKERS)}) need a Qwen2-VL or "
-                             f"Qwen2.5-VL checkpoint; {pretrained} is model_type={model_type_of(str(pretrained))!r}")
-        bounds = self.qwen["qwen_frames"]
-        load["processor_kwargs"] = {"min_pixels": bounds["min_pixels"], "max_pixels": bounds["max_pixels"]}
-        if "attn_implementation" in self.qwen:
-            load["attn_implementation"] = self.qwen["attn_implementation"]
-        return "bfloat16" if str(dtype) == "auto" else dtype  # lmms-eval's qwen2_5_vl loads bfloat16
+        if os.path.isdir(str(pretrained)):
+            model_type = model_type_of(str(pretrained))
+        else:
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(str(pretrained)).model_type
+        args = qwen_args.translate(rekv_args, model_type)
+        if fps is not None:  # their own `fps` (qwen-vl-utils' sampling rate)
+            args.fps = float(fps)
+        return args
+
+    def _qwen_load(self, dtype: str, load: Dict[str, Any]) -> str:
+        """Loading arguments of lmms-eval's qwen2_5_vl / qwen3_vl (the processor's pixel bounds,
+        the system message and template variables, bfloat16 unless ``dtype`` is given)."""
+        args = self.qwen
+        load["processor_kwargs"] = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
+        load["system_prompt"], load["chat_template_kwargs"] = args.system_message, args.template_kwargs or None
+        if args.attn_implementation is not None:
+            load["attn_implementation"] = args.attn_implementation
+        return "bfloat16" if str(dtype) == "auto" else dtype  # both load bfloat16
 
     @staticmethod
     def _pick_device(device: Optional[str]) -> torch.device:
@@ -175,10 +209,9 @@ class ReKVLlavaOV(lmms):
         size_for = None
         if getattr(backbone, "sizes_by_clip", False):  # Qwen3-VL: the size depends on the frame count
             size_for = lambda h, w, n: backbone.for_stream(h, w, n).frame_size  # noqa: E731
-        if self.qwen is not None:  # frames as lmms-eval's qwen2_5_vl reads them; each file its own stream
-            frames = self.qwen["qwen_frames"]
+        if self.qwen is not None:  # frames as lmms-eval's qwen2_5_vl / qwen3_vl read them; each file its own stream
             sampling = QwenSampling(self.engine.new_session, self.fps, None, self.engine.config.chunk_frames, self.doc_timeout,
-                                    keep_prints=False, **frames)
+                                    keep_prints=False, args=self.qwen)
             return Streams(sampling, self._open, reuse=False)
         sampling = Sampling(self.engine.new_session, self.fps, self.max_frames, self.engine.config.chunk_frames,
                             self.doc_timeout, self.stream_tolerance, size_for=size_for, keep_prints=self.reuse_streams)
@@ -233,7 +266,7 @@ class ReKVLlavaOV(lmms):
             from lmms_rekv.storage.persist import cache_key
 
             folder = os.path.join(self.cache_dir, cache_key(self.engine, path, self.fps, self.max_frames, start,
-                                                            sampling=(self.qwen or {}).get("qwen_frames")))
+                                                            sampling=self.qwen.sampling if self.qwen else None))
             if os.path.isdir(folder):
                 try:
                     session = self.engine.open_session(folder)
@@ -265,7 +298,8 @@ class ReKVLlavaOV(lmms):
     def generate_until(self, requests) -> List[str]:
         def answer(session, job: Job, limit: Optional[int]) -> str:
             context, gen_kwargs = job.args[0], dict(job.args[1] or {})
-            return session.ask(self.question(context), frame_limit=limit, **self._generation(gen_kwargs)).strip()
+            text = session.ask(self.question(context), frame_limit=limit, **self._generation(gen_kwargs))
+            return (self.qwen.final_answer(text) if self.qwen else text).strip()
 
         return self._run(requests, answer, "", "rekv_llava_ov generate")
 
@@ -315,7 +349,7 @@ class ReKVLlavaOV(lmms):
         """``ask`` keyword arguments from lmms-eval ``gen_kwargs`` (temperature 0 = greedy)."""
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        if self.qwen is not None:  # lmms-eval's chat qwen2_5_vl does not cut at `until`
+        if self.qwen is not None:  # lmms-eval's chat qwen2_5_vl / qwen3_vl do not cut at `until`
             until = []
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
         do_sample = bool(gen_kwargs.get("do_sample", False)) and temperature > 0

@@ -24,6 +24,15 @@ from typing import List, Optional, Tuple
 
 ALLOW_FLAG = "--allow-failed-docs"
 LISTING = ("list", "list_groups", "list_subtasks", "list_tags")
+MODELS = ("rekv", "rekv_llava_ov")  # this plugin's model names (``plugin.py``)
+USAGE = f"""usage: rekv eval --model rekv --model_args pretrained=CHECKPOINT[,FIELD=VALUE...] --tasks TASKS [lmms-eval options] [{ALLOW_FLAG}]
+
+lmms-eval's command line (every lmms-eval option below), with failures that show:
+  {ALLOW_FLAG}   exit 0 even when documents failed (they are scored as empty answers)
+  --include_path      defaults to the tasks shipped with lmms-rekv
+  --output_path       defaults to a temporary folder
+--model_args of rekv are checked before lmms-eval starts (ReKVConfig fields, lmms-eval's
+llava_onevision / qwen2_5_vl / qwen3_vl arguments)."""
 
 
 def option(argv: List[str], name: str) -> Optional[str]:
@@ -81,10 +90,36 @@ def verdict(output: str, started: float, failures: List[dict], allow: bool) -> T
     return 0, f"rekv-eval: finished, no failed document; results: {sorted(results)[-1]}"
 
 
+def check_model_args(argv: List[str]) -> Optional[str]:
+    """Why ``--model_args`` of a rekv model cannot work (None: they can, or another model)."""
+    if option(argv, "--model") not in MODELS:
+        return None
+    from lmms_eval.utils import simple_parse_args_string
+
+    from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
+
+    try:
+        ReKVLlavaOV.check_args(simple_parse_args_string(option(argv, "--model_args") or ""))
+    except (ValueError, OSError) as exc:
+        return f"rekv eval: bad --model_args: {exc}"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """``rekv eval``; lmms-eval's exit status, or 1/2 as the module docstring says."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or {"-h", "--help"} & set(argv) or (option(argv, "--tasks") or "").startswith(LISTING):
+    if not argv:
+        print(f"rekv eval: missing arguments\n{USAGE}", file=sys.stderr)
+        return 2
+    if {"-h", "--help"} & set(argv):
+        print(USAGE + "\n\nlmms-eval's options:", flush=True)
         return subprocess.call([sys.executable, "-m", "lmms_eval", *argv])
+    if (option(argv, "--tasks") or "").startswith(LISTING):
+        return subprocess.call([sys.executable, "-m", "lmms_eval", *argv])
+    problem = check_model_args(argv)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     args, allow, scratch = prepare(argv)
     own_log = not os.environ.get("LMMS_REKV_FAILURES")
     log = os.path.join(tempfile.mkdtemp(prefix="rekv-failures-"), "failures.jsonl") if own_log else os.environ["LMMS_REKV_FAILURES"]

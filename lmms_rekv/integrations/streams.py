@@ -117,6 +117,10 @@ class Sampling:
         return with_deadline(lambda: iter_video_timed(path, self.fps, self.max_frames, start_time=start), self.doc_timeout,
                              f"reading and encoding {path}")
 
+    def session_args(self, stream_times: List[float]) -> Dict[str, object]:
+        """``new_session`` arguments for a stream whose first frames were taken at ``stream_times``."""
+        return {"fps": self.sampled_fps(stream_times)}
+
     def sampled_fps(self, times: List[float]) -> float:
         """The rate frames were actually sampled at (``max_frames`` makes sampling uniform over
         the video): from the first frames' timestamps, else the requested rate."""
@@ -145,7 +149,7 @@ class Feeder:
         session = self.stream.session if self.stream is not None else None
         if session is None:
             count = {} if self.frames is None else {"frames": self.frames}  # the stream's length, when its size depends on it
-            session = self.sampling.new_session(fps=self.sampling.sampled_fps(stream_times), **count)
+            session = self.sampling.new_session(**self.sampling.session_args(stream_times), **count)
             self.stream = Stream(session, "", 0.0, stream_times, shape=tuple(self.batch[0].shape[:2]))
         if self.batch:
             session.add_frames(np.stack(self.batch))

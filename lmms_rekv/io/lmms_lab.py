@@ -230,7 +230,9 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="rekv convert", description=convert.__doc__)
+    parser = argparse.ArgumentParser(prog="rekv convert", description="Convert an lmms-lab (LLaVA-NeXT format) LLaVA-OneVision "
+                                     "checkpoint into a transformers LLaVA-OneVision folder that ReKV and lmms-eval's llava_hf load.",
+                                     epilog="example: rekv convert lmms-lab/llava-onevision-qwen2-7b-ov ./llava-ov-7b-hf")
     parser.add_argument("source", help="lmms-lab checkpoint folder or hub id (e.g. lmms-lab/llava-onevision-qwen2-7b-ov)")
     parser.add_argument("out", help="folder for the transformers-format copy")
     parser.add_argument("--conv-template", default="qwen_1_5", choices=sorted(CONV_TEMPLATES))

@@ -26,19 +26,22 @@ def load_chat_template(path: str, tokenizer) -> str:
     raise ValueError(f"no chat template found in {path} (chat_template.jinja, chat_template.json or tokenizer)")
 
 
-def render_prompt(tokenizer, chat_template: str, question: str, system: Optional[str] = None) -> str:
+def render_prompt(tokenizer, chat_template: str, question: str, system: Optional[str] = None,
+                  template_kwargs: Optional[dict] = None) -> str:
     """A chat template rendered for one user turn ``[video, question]`` + generation prompt,
-    after a system message ``system`` when given (else the template's default, if any)."""
+    after a system message ``system`` when given (else the template's default, if any);
+    ``template_kwargs`` are the template's own variables (e.g. ``enable_thinking``)."""
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     if system is not None:
         conversation.insert(0, {"role": "system", "content": system})
-    return tokenizer.apply_chat_template(conversation, chat_template=chat_template, add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(conversation, chat_template=chat_template, add_generation_prompt=True, tokenize=False,
+                                   **(template_kwargs or {}))
 
 
 def split_prompt(tokenizer, chat_template: str, question: str, video_token: str = "<video>",
-                 system: Optional[str] = None) -> Tuple[str, str]:
+                 system: Optional[str] = None, template_kwargs: Optional[dict] = None) -> Tuple[str, str]:
     """(text before the video placeholder, text after it) of the rendered prompt."""
-    text = render_prompt(tokenizer, chat_template, question, system)
+    text = render_prompt(tokenizer, chat_template, question, system, template_kwargs)
     if text.count(video_token) != 1:
         raise ValueError(f"chat template must place exactly one {video_token} in the prompt: {text!r}")
     before, after = text.split(video_token)

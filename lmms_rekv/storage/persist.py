@@ -45,12 +45,13 @@ def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: 
     (``sampling``: another frame source's settings, e.g. qwen-vl-utils')."""
     cfg = engine.config
     relevant = {
-        "model": engine.source or "", "dtype": str(engine.dtype), "frame_tokens": engine.frame_tokens,
+        "model": engine.source or "", "dtype": str(engine.dtype), "frame_tokens": engine.block_tokens,
         "window_tokens": cfg.window_tokens, "chunk_frames": cfg.chunk_frames, "kv_quant": cfg.kv_quant,
         "clip": [cfg.clip_model, cfg.clip_pretrained] if cfg.uses_embeddings else None,
         "video": video_digest(video), "fps": fps, "max_frames": max_frames, "start": start, "format": 1,
         **({"sampling": sampling} if sampling else {}),
         **({"system": engine.system_prompt} if getattr(engine, "system_prompt", None) else {}),  # it is in the sinks
+        **({"template": engine.chat_template_kwargs} if getattr(engine, "chat_template_kwargs", None) else {}),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -86,7 +87,7 @@ def save_session(session, folder: str, **meta) -> None:
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved %d frames to %s", store.frames, folder)
+    logger.info("saved %d frames to %s", store.blocks, folder)
 
 
 def _write_entry(session, store, tmp: str, meta: dict) -> None:
@@ -102,14 +103,15 @@ def _write_entry(session, store, tmp: str, meta: dict) -> None:
             shutil.copyfile(os.path.join(backend.folder, segment.file), os.path.join(tmp, segment.file))
             segments.append(segment)
     else:
-        for index, first in enumerate(range(0, store.frames, SEGMENT_FRAMES)):
-            last = min(store.frames, first + SEGMENT_FRAMES)
+        for index, first in enumerate(range(0, store.blocks, SEGMENT_FRAMES)):
+            last = min(store.blocks, first + SEGMENT_FRAMES)
             segments.append(write_segment(tmp, index, first, backend.rows(first, last)))
     save_file(_state_tensors(session), os.path.join(tmp, STATE))
     extra = {
-        "frames": store.frames, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
+        "frames": store.blocks, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
         "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
         "frame_size": list(getattr(session.backbone, "frame_size", None) or []) or None,
+        "frame_times": None if session.frame_times is None else list(session.frame_times),
     }
     write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
 
@@ -127,13 +129,18 @@ def _remove_leftovers(folder: str) -> None:
 def load_session(engine, folder: str):
     """A new session of ``engine`` holding the stream saved in ``folder``.
 
-    Raises ``CorruptSegmentError`` when a file is missing, truncated or altered, and
-    ``ValueError`` when the entry was written with other settings."""
+    Raises ``FileNotFoundError`` when ``folder`` does not exist, ``CorruptSegmentError`` when
+    a file of it is missing, truncated or altered, and ``ValueError`` when the entry was
+    written with other settings."""
     from safetensors.torch import load_file
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no saved session at {folder} (no such folder)")
 
     manifest = read_manifest(folder)
     size = manifest.get("frame_size")
-    session = engine.new_session(fps=manifest.get("fps"), frame_size=tuple(size) if size else None)
+    session = engine.new_session(fps=manifest.get("fps"), frame_size=tuple(size) if size else None,
+                                 frame_times=manifest.get("frame_times"))
     store, st = session.state.store, session.state
     fields = store.codec.fields()
     expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}

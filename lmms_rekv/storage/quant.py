@@ -64,8 +64,10 @@ class QuantCodec(Codec):
         return {"k": k_codes, "k_min": k_min, "k_scale": k_scale, "v": v_codes, "v_min": v_min, "v_scale": v_scale}
 
     def decode(self, fields):
-        keys = self._dequantize(fields["k"], fields["k_min"].unsqueeze(1), fields["k_scale"].unsqueeze(1))
-        values = self._dequantize(fields["v"], fields["v_min"].unsqueeze(3), fields["v_scale"].unsqueeze(3))
+        """Fields of ``(..., blocks)`` stored blocks (any leading dims, e.g. layers) -> keys and
+        values ``(..., blocks, t, h, d)``: key ranges broadcast over tokens, value ranges over channels."""
+        keys = self._dequantize(fields["k"], fields["k_min"].unsqueeze(-3), fields["k_scale"].unsqueeze(-3))
+        values = self._dequantize(fields["v"], fields["v_min"].unsqueeze(-1), fields["v_scale"].unsqueeze(-1))
         return keys, values
 
     def _quantize(self, x: torch.Tensor, dim: int):

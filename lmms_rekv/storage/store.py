@@ -1,6 +1,7 @@
 """Block store: every frame's per-layer pre-RoPE keys and values.
 
-One block = one frame = ``frame_tokens`` tokens. A codec (``quant``: exact, int8, int4)
+One block = one temporal patch of the family (1 frame on LLaVA-OV, 2 on Qwen) =
+``block_tokens`` tokens. A codec (``quant``: exact, int8, int4)
 turns a chunk's keys/values into stored fields; a backend (``backends``: growing in-memory
 arenas ``(layers, capacity, *field_shape)`` on the CPU -- pinned when the model runs on
 CUDA -- or on the device; or RAM + segment files on disk) keeps them, one copy per layer and
@@ -31,7 +32,7 @@ class BlockStore:
     def __init__(
         self,
         layers: int,
-        frame_tokens: int,
+        block_tokens: int,
         kv_heads: int,
         head_dim: int,
         dtype: torch.dtype,
@@ -46,12 +47,12 @@ class BlockStore:
         from .backends import MemoryBackend
         from .quant import make_codec
 
-        self.layers, self.frame_tokens = layers, frame_tokens
+        self.layers, self.block_tokens = layers, block_tokens
         self.summary_tokens = slice(None) if summary_tokens is None else summary_tokens
         self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
         model_device = torch.device(model_device)
         self.summary_device = model_device if summary_device is None else torch.device(summary_device)
-        self.codec = make_codec(kv_quant, frame_tokens, kv_heads, head_dim, dtype)
+        self.codec = make_codec(kv_quant, block_tokens, kv_heads, head_dim, dtype)
         storage_device = torch.device(storage_device)
         pin = storage_device.type == "cpu" and model_device.type == "cuda"
         if backend_factory is not None:  # e.g. the disk tier: built for this codec's fields
@@ -61,8 +62,17 @@ class BlockStore:
         self._summaries = GrowingRows(kv_heads * head_dim, self.summary_device, layers=layers, capacity=initial_capacity)
 
     @property
-    def frames(self) -> int:
+    def blocks(self) -> int:
+        """Blocks stored (a block is one temporal patch: 1 frame on LLaVA-OV, 2 on Qwen)."""
         return self.backend.frames
+
+    @property
+    def frames(self) -> int:
+        """Deprecated name of ``blocks``."""
+        import warnings
+
+        warnings.warn("BlockStore.frames is deprecated; use blocks (a block is 2 frames on Qwen)", DeprecationWarning, stacklevel=2)
+        return self.blocks
 
     def reserve(self, n_frames: int) -> int:
         """Make room for ``n_frames`` more frames; returns the index of the first one.
@@ -81,9 +91,9 @@ class BlockStore:
     def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store frames ``first..first+n`` of ``layer``.
 
-        keys, values: ``(n * frame_tokens, kv_heads, head_dim)`` pre-RoPE, any device."""
-        n = keys.shape[0] // self.frame_tokens
-        shape = (n, self.frame_tokens, self.kv_heads, self.head_dim)
+        keys, values: ``(n * block_tokens, kv_heads, head_dim)`` pre-RoPE, any device."""
+        n = keys.shape[0] // self.block_tokens
+        shape = (n, self.block_tokens, self.kv_heads, self.head_dim)
         keys, values = keys.reshape(shape), values.reshape(shape)
         self._summaries.write(layer, first, keys[:, self.summary_tokens].float().mean(dim=1).reshape(n, -1))
         self.backend.write(layer, first, self.codec.encode(keys, values))
@@ -92,7 +102,7 @@ class BlockStore:
         """Append every block of ``other`` (a store with the same layout and codec) as it is
         stored: the fields are copied, not decoded and re-encoded, so the blocks are
         bit-identical to writing the same keys and values here."""
-        n = other.frames
+        n = other.blocks
         if not n:
             return
         first = self.reserve(n)
@@ -103,7 +113,10 @@ class BlockStore:
         self.commit(n)
 
     def load_summaries(self, summaries: torch.Tensor) -> None:
-        """Restore ``(layers, frames, kv_heads, head_dim)`` summaries of stored frames (reopened sessions)."""
+        """Restore ``(layers, blocks, kv_heads, head_dim)`` summaries of stored blocks (reopened
+        sessions; none when the stream was saved before its first chunk was committed)."""
+        if summaries.shape[1] == 0:
+            return
         for layer in range(self.layers):
             self._summaries.write(layer, 0, summaries[layer].reshape(summaries.shape[1], -1))
 
@@ -119,7 +132,7 @@ class BlockStore:
         """Keys and values of ``frames`` (1-D index, any order) on ``layer``, in one batched
         read; stored fields move to ``device`` and are decoded there.
 
-        Returns two ``(len(frames) * frame_tokens, kv_heads, head_dim)`` tensors on ``device``."""
+        Returns two ``(len(frames) * block_tokens, kv_heads, head_dim)`` tensors on ``device``."""
         fields = {k: v.to(device, non_blocking=True) for k, v in self.backend.read(layer, frames).items()}
         keys, values = self.codec.decode(fields)
         flat = (-1, self.kv_heads, self.head_dim)
@@ -127,7 +140,7 @@ class BlockStore:
 
     def gather_all(self, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``gather`` for every layer at once (one batched read and copy when the same frames
-        serve all layers): two ``(layers, len(frames) * frame_tokens, kv_heads, head_dim)``."""
+        serve all layers): two ``(layers, len(frames) * block_tokens, kv_heads, head_dim)``."""
         read_all = getattr(self.backend, "read_all", None)
         if read_all is None:
             pairs = [self.gather(layer, frames, device) for layer in range(self.layers)]
@@ -138,11 +151,11 @@ class BlockStore:
         return keys.reshape(flat), values.reshape(flat)
 
     def frame(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One stored block, decoded: two ``(frame_tokens, kv_heads, head_dim)`` tensors."""
-        if not 0 <= index < self.frames:
-            raise IndexError(f"frame {index} not stored (have {self.frames})")
+        """One stored block, decoded: two ``(block_tokens, kv_heads, head_dim)`` tensors."""
+        if not 0 <= index < self.blocks:
+            raise IndexError(f"frame {index} not stored (have {self.blocks})")
         keys, values = self.gather(layer, torch.tensor([index]), self.backend_device)
-        return keys.view(self.frame_tokens, self.kv_heads, self.head_dim), values.view(self.frame_tokens, self.kv_heads, self.head_dim)
+        return keys.view(self.block_tokens, self.kv_heads, self.head_dim), values.view(self.block_tokens, self.kv_heads, self.head_dim)
 
     @property
     def backend_device(self) -> torch.device:
@@ -152,12 +165,12 @@ class BlockStore:
     @property
     def bytes_per_frame(self) -> int:
         """Stored bytes of one frame over all layers (exact: layers * 2 * kv_heads * head_dim
-        * itemsize * frame_tokens; less with int8/int4)."""
+        * itemsize * block_tokens; less with int8/int4)."""
         return self.codec.bytes_per_frame(self.layers)
 
     @property
     def used_bytes(self) -> int:
-        return self.frames * self.bytes_per_frame
+        return self.blocks * self.bytes_per_frame
 
     @property
     def reserved_bytes(self) -> int:
@@ -232,34 +245,34 @@ class GrowingRows:
 class OverlayStore:
     """A read view of ``base`` followed by the blocks of ``extra`` (a small store of its own):
     blocks that exist for one question only (an incomplete last block padded as the vanilla
-    processor pads it) without touching the stream's store. Block ``i >= base.frames`` is
-    ``extra``'s block ``i - base.frames``; writes go to ``extra``."""
+    processor pads it) without touching the stream's store. Block ``i >= base.blocks`` is
+    ``extra``'s block ``i - base.blocks``; writes go to ``extra``."""
 
     def __init__(self, base: BlockStore, extra: BlockStore) -> None:
         self.base, self.extra = base, extra
-        self.layers, self.frame_tokens = base.layers, base.frame_tokens
+        self.layers, self.block_tokens = base.layers, base.block_tokens
         self.kv_heads, self.head_dim = base.kv_heads, base.head_dim
 
     @property
-    def frames(self) -> int:
-        return self.base.frames + self.extra.frames
+    def blocks(self) -> int:
+        return self.base.blocks + self.extra.blocks
 
     def reserve(self, n_frames: int) -> int:
-        return self.base.frames + self.extra.reserve(n_frames)
+        return self.base.blocks + self.extra.reserve(n_frames)
 
     def commit(self, n_frames: int) -> None:
         self.extra.commit(n_frames)
 
     def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.extra.write(layer, first - self.base.frames, keys, values)
+        self.extra.write(layer, first - self.base.blocks, keys, values)
 
     def summaries(self, layer: int) -> torch.Tensor:
         return torch.cat([self.base.summaries(layer), self.extra.summaries(layer)])
 
     def _split(self, frames: torch.Tensor):
         """``frames`` (time order) as (indices into base, indices into extra)."""
-        cut = int((frames < self.base.frames).sum())
-        return frames[:cut], frames[cut:] - self.base.frames
+        cut = int((frames < self.base.blocks).sum())
+        return frames[:cut], frames[cut:] - self.base.blocks
 
     def gather(self, layer: int, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         mine, theirs = self._split(frames)

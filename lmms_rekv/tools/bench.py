@@ -1,7 +1,7 @@
 """``rekv-bench``: ReKV side by side with full-attention streaming and uniform sampling.
 
     rekv-bench --preset tiny --out bench_out
-    rekv-bench --preset 0.5b --out bench_05b --frames 10 100 --dtype bfloat16 --window-tokens 980 --topk 8
+    rekv-bench --preset 0.5b --out bench_05b --frames 10 100 --dtype bfloat16 --window-tokens 980 --topk-frames 8
     rekv-bench --preset accuracy --out acc_out      # answer quality: lmms_rekv.tools.miniature.accuracy
     rekv-bench --preset retrieval --out study_out   # retrieval variants: lmms_rekv.tools.miniature.retrieval_study
     rekv-bench --preset positions --model DIR --out pos_out  # position strategies on M-RoPE: lmms_rekv.tools.miniature.position_study
@@ -83,7 +83,7 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
     from lmms_rekv.io.preprocess import FrameProcessor
     from .tiny import CHAT_TEMPLATE, build_tiny_model, build_tokenizer
 
-    rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, frame_tokens=16 if preset == "tiny" else 196)
+    rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, block_tokens=16 if preset == "tiny" else 196)
     if preset == "tiny":
         path = build_tiny_model(os.path.join(workdir, "tiny-model"))  # a temporary folder
         rekv = ReKVLlavaOneVision.from_pretrained(path, config=rekv_cfg, dtype=dtype, device=device)
@@ -116,7 +116,7 @@ def run_stream(engine, points: List[int], chunk: int, answer_tokens: int, repeat
     done, budget = 0, engine.config.qa_budget_tokens
     bar = tqdm(total=max(points), desc=desc, unit="frame")
     for point in sorted(points):
-        if budget is not None and engine.config.topk_frames is None and (point * engine.frame_tokens + 512) > budget:
+        if budget is not None and engine.config.topk_frames is None and (point * engine.block_tokens + 512) > budget:
             logger.info("%s: %d frames exceed the context; stopping", desc, point)
             break
         while done < point:
@@ -345,13 +345,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         name, rest = found
         return importlib.import_module(OTHER_PRESETS[name], __package__).main(rest)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="rekv bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS) + list(OTHER_PRESETS), default="tiny")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and the plots")
     parser.add_argument("--frames", type=int, nargs="+", help="stream lengths to measure at (the first and 10x it give the ratios)")
-    parser.add_argument("--window-tokens", type=int)
-    parser.add_argument("--topk", type=int)
-    parser.add_argument("--chunk", type=int, help="frames per add_frames call / encode forward")
+    parser.add_argument("--window-tokens", type=int, help="ReKVConfig.window_tokens (default: the preset's)")
+    parser.add_argument("--topk-frames", "--topk", dest="topk", type=int, help="ReKVConfig.topk_frames: blocks retrieved (default: the preset's)")
+    parser.add_argument("--chunk-frames", "--chunk", dest="chunk", type=int,
+                        help="ReKVConfig.chunk_frames, also the frames per add_frames call (default: the preset's)")
     parser.add_argument("--uniform-frames", type=int, help="frames the uniform-sampling baseline uses")
     parser.add_argument("--answer-tokens", type=int, help="fixed answer length for latency")
     parser.add_argument("--repeats", type=int, default=3)

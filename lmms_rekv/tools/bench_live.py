@@ -105,12 +105,12 @@ def write_markdown(path: str, results: Dict) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     from lmms_rekv.model import resolve_dtype
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="rekv bench --preset live", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
     parser.add_argument("--model-preset", choices=sorted(PRESETS), default="tiny", help="model size (random weights)")
-    parser.add_argument("--chunk", type=int, default=64, help="chunk_frames (default: the library default, 64)")
-    parser.add_argument("--window-tokens", type=int)
-    parser.add_argument("--topk", type=int)
+    parser.add_argument("--chunk-frames", "--chunk", dest="chunk", type=int, default=64, help="ReKVConfig.chunk_frames (default: the library default, 64)")
+    parser.add_argument("--window-tokens", type=int, help="ReKVConfig.window_tokens")
+    parser.add_argument("--topk-frames", "--topk", dest="topk", type=int, help="ReKVConfig.topk_frames")
     parser.add_argument("--prefill", type=int, help="frames before the burst (default: 2 chunks)")
     parser.add_argument("--burst", type=int, help="frames in the burst (default: chunk - 1)")
     parser.add_argument("--answer-tokens", type=int, default=8)
@@ -120,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     base = PRESETS[args.model_preset]
-    cfg = Preset(frames=base.frames, window_tokens=args.window_tokens or base.window_tokens, topk=args.topk or base.topk,
+    cfg = Preset(frames=base.blocks, window_tokens=args.window_tokens or base.window_tokens, topk=args.topk or base.topk,
                  chunk=args.chunk, uniform_frames=base.uniform_frames)
     prefill, burst = args.prefill or 2 * args.chunk, args.burst or args.chunk - 1
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

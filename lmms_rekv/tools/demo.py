@@ -10,18 +10,21 @@ import argparse
 import json
 import logging
 import os
+import sys
 from typing import List, Optional
 
 from .tiny import DEFAULT_HOME
 
-def run_demo(model: Optional[str], seconds: float, fps: float, burst: int, dtype: Optional[str], device: Optional[str], questions: List[str]) -> dict:
-    """A real checkpoint: a generated clip streamed at ``fps`` in bursts, free questions."""
+def run_demo(model: Optional[str], seconds: float, fps: float, burst: int, dtype: Optional[str], device: Optional[str],
+             questions: List[str], config=None) -> dict:
+    """A real checkpoint: a generated clip streamed at ``fps`` in bursts, free questions
+    (``config``: the ReKV settings; default a 15000-token window, 64 blocks retrieved)."""
     from tqdm.auto import tqdm
 
     from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
     from lmms_rekv.io.video import iter_video, synthetic_frames, write_video
 
-    config = ReKVConfig(window_tokens=15_000, topk_frames=64, chunk_frames=burst)
+    config = config or ReKVConfig(window_tokens=15_000, topk_frames=64, chunk_frames=burst)
     rekv = ReKVLlavaOneVision.from_pretrained(model, config=config, dtype=dtype, device=device)
     clip = os.path.join(os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), "demo_clip.mp4")
     write_video(clip, synthetic_frames(seconds, fps=4), fps=4)
@@ -43,37 +46,37 @@ def stream(session, frames, burst: int, total: int, tqdm) -> None:
         session.add_frames(_stack(batch))
 
 
-def run_miniature_demo(frames: int, burst: int, seed: int, topk: int, window_frames: int) -> dict:
+def run_miniature_demo(frames: int, burst: int, seed: int, settings: Optional[dict] = None) -> dict:
     """The trained miniature on a held-out world video of ``frames`` frames (1 fps): each
     question answered by ReKV with internal retrieval, by ReKV with external retrieval (the
-    embedder trained with the miniature) and by full attention, with the frames retrieved."""
+    embedder trained with the miniature) and by full attention, with the frames retrieved.
+    ``settings``: ReKVConfig fields over the defaults (a 4-block window, 4 blocks retrieved,
+    chunks of ``burst`` frames; ``retrieval`` is each mode's)."""
     from tqdm.auto import tqdm
 
     from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
-    from .miniature import shipped_path, world
-    from lmms_rekv.io.video import iter_video, write_video
+    from lmms_rekv.io.video import iter_video
+    from lmms_rekv.miniature import path, world_video
 
-    base = ReKVLlavaOneVision.from_pretrained(shipped_path(), dtype="float32", device="cpu")
-    rekv = ReKVConfig(window_tokens=window_frames * base.frame_tokens, topk_frames=topk, chunk_frames=burst)
-    engines = {"internal": base.with_config(rekv), "external": base.with_config(rekv.replace(retrieval="external", clip_model="miniature")),
-               "full": base.with_config(ReKVConfig(window_tokens=None, topk_frames=None, chunk_frames=burst))}
-    rng = world.rng_for(world.HELD_OUT, 100_000 + seed)
-    episode = world.make_episode(rng, frames)
-    clip = os.path.join(os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), f"miniature_demo_{seed}.mp4")
-    write_video(clip, world.render(episode.objects, episode.colors, rng, scale=8), fps=1)
+    base = ReKVLlavaOneVision.from_pretrained(path(), dtype="float32", device="cpu")
+    rekv = ReKVConfig(window_tokens=4 * base.block_tokens, topk_frames=4, chunk_frames=burst).replace(**(settings or {}))
+    engines = {"internal": base.with_config(rekv.replace(retrieval="internal")),
+               "external": base.with_config(rekv.replace(retrieval="external", clip_model="miniature")),
+               "full": base.with_config(ReKVConfig(window_tokens=None, topk_frames=None, chunk_frames=rekv.chunk_frames))}
+    clip = world_video(os.path.join(os.environ.get("LMMS_REKV_HOME", DEFAULT_HOME), f"miniature_demo_{seed}.mp4"), frames, seed)
     sessions = {name: engine.new_session() for name, engine in engines.items()}
     for name, session in sessions.items():
-        stream(session, iter_video(clip, fps=1), burst, frames, lambda it, **kw: tqdm(it, **{**kw, "desc": f"streaming ({name})"}))
+        stream(session, iter_video(clip.path, fps=1), burst, frames, lambda it, **kw: tqdm(it, **{**kw, "desc": f"streaming ({name})"}))
     rows = []
-    for q in episode.questions:
-        row = {"question": q.text, "kind": q.kind, "truth": q.answer, "needle_seconds": list(q.frames)}
+    for q in clip.questions:
+        row = {"question": q.text, "kind": q.kind, "truth": q.answer, "needle_seconds": list(q.seconds)}
         for name in ("internal", "external"):
             answer = sessions[name].answer(q.text, max_new_tokens=3)
             row[name] = {"answer": answer.text.strip(), "retrieved_seconds": sorted({int(i) for layer in answer.selected for i in layer}),
                          "per_layer": [[int(i) for i in layer] for layer in answer.selected]}
-        row["full_attention"] = sessions["full"].ask(q.text, max_new_tokens=3).strip()
+        row["full_attention"] = sessions["full"].ask(q.text, max_new_tokens=3)
         rows.append(row)
-    return {"video": clip, "frames": frames, "topk": topk, "rows": rows, "stats": sessions["internal"].stats()}
+    return {"video": clip.path, "frames": frames, "topk": rekv.topk_frames, "rows": rows, "stats": sessions["internal"].stats()}
 
 
 def print_miniature(result: dict) -> None:
@@ -96,25 +99,36 @@ def _stack(frames):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``rekv demo``; returns the exit status (0, or 2 with a one-line error)."""
+    from .flags import COMMON, add_config_flags, check_device, config_from
+
+    parser = argparse.ArgumentParser(prog="rekv demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="LLaVA-OneVision directory or hub id (default: the trained miniature)")
     parser.add_argument("--frames", type=int, default=60, help="miniature: frames of the held-out world video")
-    parser.add_argument("--seed", type=int, default=0, help="miniature: which held-out video")
-    parser.add_argument("--topk", type=int, default=4, help="miniature: frames retrieved per layer")
-    parser.add_argument("--window-frames", type=int, default=4, help="miniature: sliding window while encoding, in frames")
+    parser.add_argument("--seed", type=int, default=0, help="miniature: which held-out video (rekv world --seed writes the same)")
     parser.add_argument("--seconds", type=float, default=60.0, help="--model: length of the generated clip")
     parser.add_argument("--fps", type=float, default=1.0, help="--model: frames sampled per second of video")
-    parser.add_argument("--burst", type=int, default=8, help="frames per add_frames call (and per encode chunk)")
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--burst", type=int, default=8, help="frames per add_frames call")
+    parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", default=None)
     parser.add_argument("--question", action="append", dest="questions", help="--model: question to ask (repeatable)")
+    add_config_flags(parser, defaults={"window_tokens": "4 blocks (miniature) or 15000", "topk_frames": "4 (miniature) or 64",
+                                       "chunk_frames": "--burst"},
+                     aliases={"--topk": "topk_frames"})
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    try:
+        check_device(args.device)
+        config = config_from(args, **({} if args.chunk_frames is not None else {"chunk_frames": args.burst}))
+    except ValueError as exc:
+        print(f"rekv demo: {exc}", file=sys.stderr)
+        return 2
     if not args.model:
-        print_miniature(run_miniature_demo(args.frames, args.burst, args.seed, args.topk, args.window_frames))
+        given = {f: getattr(config, f) for f in COMMON if getattr(args, f) is not None}
+        print_miniature(run_miniature_demo(args.frames, args.burst, args.seed, given))
         return 0
     questions = args.questions or ["What is happening in the video?", "What color is the moving square?"]
-    result = run_demo(args.model, args.seconds, args.fps, args.burst, args.dtype, args.device, questions)
+    result = run_demo(args.model, args.seconds, args.fps, args.burst, args.dtype, args.device, questions, config)
     for question, answer in result["answers"].items():
         print(f"Q: {question}\nA: {answer!r}")
     print("stats:", json.dumps(result["stats"], indent=1))

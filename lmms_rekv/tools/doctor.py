@@ -194,7 +194,7 @@ def run_checks(lock_path: str = LOCK_FILE, version_of=installed_version) -> Repo
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmms_rekv.tools.doctor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rekv doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--lock", default=LOCK_FILE, help="lock file to compare against (default: the shipped one)")
     args = parser.parse_args(argv)
     report = run_checks(args.lock)

@@ -70,7 +70,7 @@ def _snapshot(session) -> List[torch.Tensor]:
     store, st = session.state.store, session.state
     out = [store.all_summaries()]
     for layer in range(store.layers):
-        for f in range(store.frames):
+        for f in range(store.blocks):
             out.extend(store.frame(layer, f))
     return out + list(st.sink_k) + list(st.sink_v) + list(st.win_k) + list(st.win_v)
 

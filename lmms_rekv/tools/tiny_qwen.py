@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
 
-#: The Qwen2-VL chat format (system turn omitted): "<|im_start|>user\n<|vision_start|>...".
+#: The Qwen2-VL chat format (no default system turn): "<|im_start|>user\n<|vision_start|>..."; with
+#: ``enable_thinking=False`` the empty think block of Qwen3 templates after the generation prompt.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -27,7 +28,8 @@ CHAT_TEMPLATE = (
     "{% elif item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
 
 

@@ -79,5 +79,8 @@ def first_word(text: str) -> str:
 
 
 def process_results(doc, results):
+    """The doc's score, per kind, and -- for the per-sample log only (not metrics) -- which
+    video and which stream time the question was asked at (``end``: after the whole video)."""
     right = float(first_word(results[0]) == doc["answer"])
-    return {"accuracy": right, f"{doc['kind']}_accuracy": right}
+    asked = doc["time"] if doc.get("time") is not None else "end"
+    return {"accuracy": right, f"{doc['kind']}_accuracy": right, "video": doc["video"], "asked_at_seconds": asked}

@@ -116,7 +116,7 @@ class Bench:
         clip = settings.clip_model or write_tiny_clip_config(workdir)
         base = ReKV.from_pretrained(model_dir, config=ReKVConfig(window_tokens=None, topk_frames=None), dtype=torch.float32, device="cpu")
         self.base = base
-        self.frame_tokens = base.frame_tokens
+        self.frame_tokens = base.block_tokens
         self.clip = dict(clip_model=clip, clip_pretrained=None)
         self.engines: Dict[tuple, object] = {}
 
@@ -126,7 +126,7 @@ class Bench:
         if key not in self.engines:
             window = None if window_frames is None else window_frames * self.frame_tokens
             cfg = ReKVConfig(window_tokens=window, topk_frames=None, chunk_frames=self.settings.chunk_frames, kv_quant=kv_quant,
-                                  retrieval="hybrid" if embed else "internal", frame_tokens=self.frame_tokens, **self.clip, **PUBLISHED)
+                                  retrieval="hybrid" if embed else "internal", block_tokens=self.frame_tokens, **self.clip, **PUBLISHED)
             engine = self.base.with_config(cfg)
             if embed:
                 engine.embedder  # noqa: B018  (load now)
