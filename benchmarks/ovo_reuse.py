@@ -12,7 +12,7 @@ chunks, reuse within a thumbnail tolerance; reported: wall time, frames encoded,
 the answers with the no-reuse run, accuracy (chance beside it), and how far the prefix frames
 of consecutive chunks are apart next to how far consecutive distinct frames are.
 
-    python benchmarks/ovo_reuse.py --out benchmarks/cpu-miniature-ovo-reuse
+    python -m benchmarks.ovo_reuse --out benchmarks/cpu-miniature-ovo-reuse
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FIRST_SEED, FRAMES, CUTS, SECONDS_PER_FRAME, SCALE = 9100, 40, (16, 28, 40), 2, 
 
 
 def episode(seed: int):
-    from lmms_rekv.tools.miniature import world
+    from lmms_rekv.miniature import world
 
     rng = world.rng_for(world.HELD_OUT, seed)
     ep = world.make_episode(rng, FRAMES, depth=0.2)

@@ -1,15 +1,15 @@
-"""lmms-rekv: ReKV streaming video question answering for LLaVA-OneVision.
+"""lmms-rekv: ReKV streaming video question answering for LLaVA-OneVision and the Qwen-VL families.
 
-    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
-    rekv = ReKVLlavaOneVision.from_pretrained(path, config=ReKVConfig(...))
-    session = rekv.new_session(); session.add_frames(frames); session.ask("...")
+    from lmms_rekv import ReKV, ReKVConfig
+    rekv = ReKV.from_pretrained(path_or_id, config=ReKVConfig(...))    # "miniature": the shipped one
+    session = rekv.new_session(fps=1); session.add_frames(frames); session.ask("...")
 
 Imports are lazy: importing the package loads neither torch nor transformers.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it)
 
 _EXPORTS = {
     "ReKV": "lmms_rekv.model",
@@ -19,6 +19,7 @@ _EXPORTS = {
     "Answer": "lmms_rekv.engine.session",
     "GenerationSettings": "lmms_rekv.engine.generation",
     "BlockStore": "lmms_rekv.storage.store",
+    "StreamStats": "lmms_rekv.engine.statistics",
 }
 
 __all__ = sorted(_EXPORTS)

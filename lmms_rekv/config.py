@@ -49,7 +49,7 @@ class ReKVConfig:
             over frames, max over tokens; default) or ``"head"`` (the same per query head);
             see ``lmms_rekv.retrieval.scoring``. ReKV as published: ``query_pool="mean",
             query_span="prompt", layer_frames="own"``; the defaults are the variant the
-            retrieval study measured best on the trained miniature (README).
+            retrieval study measured best on the trained miniature (docs/results/miniature.md).
         query_span: which prefill tokens' queries score frames: ``"prompt"`` (ReKV: the
             question and the rest of the chat template after it) or ``"question"`` (the
             question's own tokens).
@@ -208,16 +208,6 @@ class ReKVConfig:
     def uses_embeddings(self) -> bool:
         """Whether frames and questions are embedded with the open_clip model."""
         return self.retrieval in ("external", "hybrid")
-
-    def policy(self):
-        """The frame-selection policy these settings describe."""
-        from .retrieval.selection import SelectionPolicy
-
-        return SelectionPolicy(
-            topk=self.topk_frames, adaptive=self.adaptive, mass=self.adaptive_mass,
-            temperature=self.adaptive_temperature, min_frames=self.adaptive_min_frames,
-            recent=self.recent_frames, group=self.group_frames,
-        )
 
     @classmethod
     def from_strings(cls, **values) -> "ReKVConfig":

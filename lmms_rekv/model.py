@@ -4,16 +4,13 @@ and the ReKV settings; sessions (``lmms_rekv.engine``) are created from it."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .engine.attention import Rope
 from .config import ReKVConfig
 from .engine.generation import GenerationSettings
-from .io.preprocess import FrameProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +37,7 @@ def resolve_source(path_or_id: str) -> str:
     if os.path.isdir(path_or_id):
         return path_or_id
     if path_or_id == "miniature":  # the trained miniature shipped with the package
-        from .tools.miniature import shipped_path
+        from .miniature import shipped_path
 
         return shipped_path()
     if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1 or os.path.exists(path_or_id):

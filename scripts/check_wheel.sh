@@ -13,7 +13,7 @@ trap 'rm -rf "$WORK"' EXIT
 "$PYTHON" -m venv "$WORK/venv"
 LOCK=$ROOT/lmms_rekv/requirements-lock.txt
 "$WORK/venv/bin/python" -m pip install -q --upgrade pip
-"$WORK/venv/bin/pip" install -q -c "$LOCK" build "setuptools>=68" wheel
+"$WORK/venv/bin/pip" install -q -c "$LOCK" build "setuptools>=77" wheel
 "$WORK/venv/bin/python" -m build -q --no-isolation --wheel --sdist --outdir "$WORK/dist" . >/dev/null
 wheel=$(ls "$WORK"/dist/lmms_rekv-*.whl)
 echo "check_wheel: built $(basename "$wheel") and $(basename "$WORK"/dist/lmms_rekv-*.tar.gz)"

@@ -14,19 +14,32 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 LOCK=lmms_rekv/requirements-lock.txt
 TORCH_LINES='^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)=='
+LOG=${INSTALL_LOG:-$VENV/install.log}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
+: > "$LOG"
+# pip's own output (and setuptools' notices) go to the log; a failure prints its end
+step() {
+  echo "install: $1"
+  shift
+  if ! "$@" >> "$LOG" 2>&1; then
+    echo "install: FAILED -- the end of $LOG:" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
+step "pip up to date" "$VENV/bin/python" -m pip install -q --upgrade pip
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
   pins=$(grep -E '^(torch|torchvision)==' "$LOCK" | tr '\n' ' ')
   # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q --index-url "$TORCH_INDEX_URL" $pins
+  step "torch from $TORCH_INDEX_URL" "$VENV/bin/pip" install -q --index-url "$TORCH_INDEX_URL" $pins
   grep -v -E "$TORCH_LINES" "$LOCK" > "$constraints"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   grep -v -E "$TORCH_LINES" "$LOCK" > "$constraints"
 else
   cp "$LOCK" "$constraints"
 fi
-"$VENV/bin/pip" install -q -c "$constraints" -e ".[test,clip,bench]"
-"$VENV/bin/python" -m lmms_rekv.tools.doctor  # versions against the lock + functional checks; non-zero on a problem
+step "lmms-rekv (editable) and every dependency at its locked version -- a few minutes the first time" \
+  "$VENV/bin/pip" install -q -c "$constraints" -e ".[test,clip,bench]"
+"$VENV/bin/python" -m lmms_rekv.commands.doctor  # versions against the lock + functional checks; non-zero on a problem

@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 SCRATCH=${SCRATCH:-$(mktemp -d -t rekv-lock-XXXX)}
 LOCK=lmms_rekv/requirements-lock.txt
 "$PYTHON" -m venv "$SCRATCH/venv"
-"$SCRATCH/venv/bin/python" -m pip install -q --upgrade pip build "setuptools>=68" wheel
+"$SCRATCH/venv/bin/python" -m pip install -q --upgrade pip build "setuptools>=77" wheel
 "$SCRATCH/venv/bin/python" -m build -q --no-isolation --wheel --outdir "$SCRATCH/dist" . >/dev/null
 wheel=$(ls "$SCRATCH"/dist/lmms_rekv-*.whl)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

@@ -10,5 +10,5 @@ RUN=$(mktemp -d -t rekv-installed-XXXX)
 trap 'rm -rf "$RUN"' EXIT
 cd "$RUN"
 export REKV_EXPECT_INSTALLED=1 HF_HOME="${HF_HOME:-$RUN/hf}" HF_HUB_OFFLINE=1
-"$VENV/bin/python" -m lmms_rekv.tools.doctor
+"$VENV/bin/python" -m lmms_rekv.commands.doctor
 "$VENV/bin/python" -m pytest -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/pyproject.toml" "$ROOT/tests" "$@"

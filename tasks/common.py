@@ -22,7 +22,7 @@ def data_dir(env_var: str, what: str) -> str:
     """The folder named by ``env_var``; a clear error when unset or missing."""
     path = os.environ.get(env_var)
     if not path:
-        raise RuntimeError(f"{what}: set {env_var} to the folder holding its annotations and videos (see the README)")
+        raise RuntimeError(f"{what}: set {env_var} to the folder holding its annotations and videos (see docs/lmms-eval.md)")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{what}: {env_var}={path} is not a folder")
     return path

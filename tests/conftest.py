@@ -1,8 +1,13 @@
-"""Shared fixtures: a tiny random LLaVA-OneVision checkpoint built offline once per run."""
+"""Shared fixtures: tiny random checkpoints (LLaVA-OneVision; Qwen2-VL / Qwen2.5-VL / Qwen3-VL)
+built offline once per run, and random frames. The repository root is put on ``sys.path``
+*after* site-packages, so the tests import the random-model builders (``research.tiny``) and the
+benchmarks from the checkout while ``lmms_rekv`` itself comes from wherever it is installed (a
+wheel in ``scripts/test_installed.sh``)."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -13,11 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # lmms-eval task modules read HF_HOME at import; never touch the user's cache from tests
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="rekv-hf-"))
 torch.manual_seed(0)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> str:
-    from lmms_rekv.tools.tiny import build_tiny_model
+    from research.tiny import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -36,6 +44,22 @@ def load(tiny_dir):
         return model.with_config(ReKVConfig(**config))
 
     return _load
+
+
+@pytest.fixture(scope="session")
+def qwen_checkpoint(tmp_path_factory):
+    """``qwen_checkpoint(family)``: the folder of a tiny random ``qwen2_vl`` / ``qwen2_5_vl`` /
+    ``qwen3_vl`` checkpoint (``research.tiny_qwen`` defaults), built on first use, once per run."""
+    from research.tiny_qwen import build_tiny_qwen2_vl
+
+    built = {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            built[family] = build_tiny_qwen2_vl(str(tmp_path_factory.mktemp(f"tiny-{family}") / "model"), family=family)
+        return built[family]
+
+    return get
 
 
 def make_frames(n: int, seed: int = 0, size=(40, 48)) -> np.ndarray:

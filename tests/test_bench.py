@@ -1,15 +1,15 @@
-"""rekv-bench smoke run (tiny preset; no timing assertions) and the KV accounting."""
+"""python -m benchmarks.bench smoke run (tiny preset; no timing assertions) and the KV accounting."""
 
 import json
 import os
 
 import pytest
 
-from lmms_rekv.tools.accounting import preset_accounting
+from benchmarks.accounting import preset_accounting
 
 
 def test_bench_tiny_smoke(tmp_path):
-    from lmms_rekv.tools.bench import main
+    from benchmarks.bench import main
 
     out = tmp_path / "bench"
     assert main(["--preset", "tiny", "--out", str(out), "--frames", "20", "60", "200", "--repeats", "1", "--uniform-frames", "8"]) == 0

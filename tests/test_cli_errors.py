@@ -44,7 +44,7 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("argv,message", LIVE, ids=lambda x: " ".join(x) if isinstance(x, list) else None)
 def test_rekv_live_bad_input(argv, message, clip, no_model_loads, capsys):
-    from lmms_rekv.tools.live import main
+    from lmms_rekv.commands.live import main
 
     assert main([clip if a == "CLIP" else a for a in argv], stdin=io.StringIO(), out=io.StringIO()) == 2
     err = capsys.readouterr().err
@@ -57,7 +57,7 @@ def test_rekv_live_bad_input(argv, message, clip, no_model_loads, capsys):
     (["--window-tokens", "lots"], "--window-tokens: cannot read 'lots' as int"),
 ])
 def test_rekv_demo_bad_input(argv, message, no_model_loads, capsys):
-    from lmms_rekv.tools.demo import main
+    from lmms_rekv.commands.demo import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -90,24 +90,34 @@ def test_rekv_eval_without_arguments_says_so(capsys):
     assert err.startswith("rekv eval: missing arguments") and "--allow-failed-docs" in err
 
 
-@pytest.mark.parametrize("command", ["live", "demo", "world", "bench", "doctor", "convert"])
+@pytest.mark.parametrize("command", ["live", "demo", "world", "doctor", "convert"])
 def test_each_subcommand_help_names_itself(command, capsys):
-    from lmms_rekv.tools.cli import main
+    from lmms_rekv.commands.cli import main
 
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: rekv {command}")
-    if command in ("live", "demo", "bench"):  # one vocabulary: ReKVConfig field names
+    if command in ("live", "demo"):  # one vocabulary: ReKVConfig field names
         assert "--topk-frames" in out and "--window-tokens" in out and "--chunk-frames" in out
     if command in ("live", "demo"):
         assert "--retrieval" in out and "--kv-quant" in out
 
 
+def test_the_benchmark_uses_the_same_flag_names(capsys):
+    """``python -m benchmarks.bench`` (from a checkout) names the settings as the commands do."""
+    from benchmarks.bench import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--topk-frames" in out and "--window-tokens" in out and "--chunk-frames" in out
+
+
 def test_a_former_flag_maps_to_its_field(no_model_loads, capsys):
     """``rekv demo --topk`` (before the shared vocabulary) is ``--topk-frames``, hidden from the help."""
-    from lmms_rekv.tools.demo import main
+    from lmms_rekv.commands.demo import main
 
     assert main(["--topk", "0"]) == 2
     assert "--topk-frames must be a positive int or None, got 0" in capsys.readouterr().err

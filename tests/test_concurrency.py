@@ -21,7 +21,7 @@ def _script(session, video, log):
 
 @pytest.fixture(scope="module")
 def clip_json(tmp_path_factory):
-    from lmms_rekv.tools.tiny import write_tiny_clip_config
+    from research.tiny import write_tiny_clip_config
 
     return write_tiny_clip_config(str(tmp_path_factory.mktemp("clip")))
 

@@ -1,12 +1,12 @@
-"""The README's demo (`python -m lmms_rekv.tools.demo`) on the trained miniature: it runs, shows no
+"""The README's demo (`python -m lmms_rekv.commands.demo`) on the trained miniature: it runs, shows no
 traceback, and every line it prints about a question agrees with the world's ground truth."""
 
 import os
 import subprocess
 import sys
 
-from lmms_rekv.tools.demo import run_miniature_demo
-from lmms_rekv.tools.miniature import world
+from lmms_rekv.commands.demo import run_miniature_demo
+from lmms_rekv.miniature import world
 
 
 def test_demo_rows_follow_the_world(tmp_path, monkeypatch):
@@ -27,7 +27,7 @@ def test_demo_rows_follow_the_world(tmp_path, monkeypatch):
 
 def test_demo_entry_point_prints_no_traceback(tmp_path):
     env = dict(os.environ, LMMS_REKV_HOME=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "lmms_rekv.tools.demo", "--frames", "16"], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "lmms_rekv.commands.demo", "--frames", "16"], capture_output=True, text=True, env=env, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "Traceback" not in output

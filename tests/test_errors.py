@@ -109,16 +109,16 @@ def test_missing_model_directory(tmp_path):
         ReKVLlavaOneVision.from_pretrained(str(tmp_path / "empty"))
 
 
-def test_readme_config_table_gives_every_field_and_its_default():
-    """The README's ``ReKVConfig`` table lists every field with the default the code has."""
+def test_config_table_gives_every_field_and_its_default():
+    """The ``ReKVConfig`` table of docs/configuration.md lists every field with the default the code has."""
     import dataclasses
     import os
     import re
 
     from lmms_rekv import ReKVConfig
 
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
-    table = readme.split("### `ReKVConfig`", 1)[1].split("\n\n", 2)[1]
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "configuration.md")).read()
+    table = readme.split("## `ReKVConfig`", 1)[1].split("\n\n", 2)[1]
     listed = {}
     for row in table.splitlines()[2:]:
         names, default = row.split("|")[1:3]
@@ -126,7 +126,7 @@ def test_readme_config_table_gives_every_field_and_its_default():
         for name, value in zip(re.findall(r"`(\w+)`", names), values):
             listed[name] = value
     for field in dataclasses.fields(ReKVConfig):
-        assert field.name in listed, f"{field.name} missing from the README's ReKVConfig table"
+        assert field.name in listed, f"{field.name} missing from the ReKVConfig table of docs/configuration.md"
         value = field.default
         if value is None or field.name == "offload_dir":
             continue  # documented in words ("temp dir", "None = set by the loader")

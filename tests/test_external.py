@@ -5,11 +5,11 @@ import builtins
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import answer_capturing_queries
 
 from lmms_rekv.retrieval.scoring import frame_scores
 from lmms_rekv.retrieval.selection import SelectionPolicy, fuse, mass_count, select
-from lmms_rekv.tools.tiny import write_tiny_clip_config
-from reference import answer_capturing_queries
+from research.tiny import write_tiny_clip_config
 
 QUESTION = "where is the red cup?"
 

@@ -1,4 +1,4 @@
-"""Issue 16 (short version of ``python -m lmms_rekv.tools.faults``): a writer killed with
+"""Issue 16 (short version of ``python -m research.reliability.faults``): a writer killed with
 SIGKILL while encoding and saving never leaves an entry that loads torn; a full disk and
 denied permissions name the path and lose nothing."""
 
@@ -12,7 +12,7 @@ import pytest
 def test_kill_9_while_saving_never_loads_a_torn_entry(tmp_path):
     """Writers on the memory and the disk tier killed at random moments: nothing torn, no
     crash, the disk-tier folders of the killed writers removed by the next session."""
-    from lmms_rekv.tools.faults import run
+    from research.reliability.faults import run
 
     summary = run(str(tmp_path / "faults"), trials=4, seed=1, scenarios=False)
     assert summary["torn"] == summary["crash"] == 0 and summary["loaded"] + summary["refused"] == 4
@@ -35,14 +35,14 @@ def test_save_replaces_atomically_and_removes_a_dead_writers_leftovers(load, fra
 
 @pytest.mark.parametrize("scenario", ["full-disk", "permissions"])
 def test_full_disk_and_denied_permissions_name_the_path_and_lose_nothing(tiny_dir, tmp_path, scenario):
-    """In a child process (``lmms_rekv.tools.fault_scenarios``): a file-size limit (EFBIG,
+    """In a child process (``research.reliability.fault_scenarios``): a file-size limit (EFBIG,
     like ENOSPC) or a folder without write/read permission (root drops the capabilities
     that let it ignore permissions) while saving, creating the disk tier and spilling: the
     error names the path; a failed save leaves no partial entry and the session answers as
     before; after a failed spill no frame is lost and, once writing works again, the session
     ends bit-identical to one that never failed; lmms-eval answers past an unreadable,
     read-only cache."""
-    from lmms_rekv.tools.fault_scenarios import run_scenario
+    from research.reliability.fault_scenarios import run_scenario
 
     checks = run_scenario(scenario, tiny_dir, str(tmp_path / "work"), timeout=600)
     assert len(checks) == {"full-disk": 6, "permissions": 8}[scenario]

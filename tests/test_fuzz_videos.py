@@ -1,4 +1,4 @@
-"""Issue 16 (short version of ``python -m lmms_rekv.tools.fuzz_videos``): damaged and unusual
+"""Issue 16 (short version of ``python -m research.reliability.fuzz_videos``): damaged and unusual
 videos end in frames or a clear ``VideoError`` -- never another exception, a crash or a hang
 -- through ``read_video`` and through the lmms-eval model (one bad document never stops the run)."""
 
@@ -10,13 +10,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from lmms_rekv.tools.fuzz_videos import build_corpus
+    from research.reliability.fuzz_videos import build_corpus
 
     return build_corpus(str(tmp_path_factory.mktemp("fuzz")), flips=3)
 
 
 def test_every_case_ends_in_frames_or_a_video_error_within_the_limit(corpus):
-    from lmms_rekv.tools.fuzz_videos import read_case
+    from research.reliability.fuzz_videos import read_case
 
     outcomes = {name: read_case(name, path, limit_s=60) for name, path in corpus.items()}
     bad = {n: (o.result, o.detail) for n, o in outcomes.items() if not o.ok}
@@ -29,7 +29,7 @@ def test_every_case_ends_in_frames_or_a_video_error_within_the_limit(corpus):
 
 def test_rotated_video_is_returned_upright(tmp_path):
     from lmms_rekv.io.video import read_video, write_video
-    from lmms_rekv.tools.fuzz_videos import rotate_mp4
+    from research.reliability.fuzz_videos import rotate_mp4
 
     frames = np.zeros((4, 48, 64, 3), np.uint8)
     frames[:, :16, :16] = 255  # a white top-left corner

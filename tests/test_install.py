@@ -7,8 +7,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tomllib
 import zipfile
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import pytest
 
@@ -67,12 +71,35 @@ def test_wheel_holds_every_module_and_data_file(dists):
     expected = set(_source_tree())
     assert expected - names == set(), "missing from the wheel"
     for required in ("lmms_rekv/requirements-lock.txt", "lmms_rekv/storage/backends/disk.py", "lmms_rekv/patches/llava_onevision.py",
-                     "lmms_rekv/patches/base.py", "lmms_rekv/tools/miniature/weights/model.safetensors",
+                     "lmms_rekv/patches/base.py", "lmms_rekv/miniature/weights/model.safetensors",
                      "lmms_rekv/tasks/rekv_demo/rekv_demo.yaml", "lmms_rekv/tasks/rekv_demo/rekv_demo.json"):
         assert required in names
     assert not [n for n in names if n.startswith(("patches/", "tasks/", "tests/"))], "top-level packages leaked into the wheel"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "rekv_llava_ov = lmms_rekv.integrations.plugin:manifest" in entry_points and "rekv-eval" in entry_points
+
+
+def test_the_wheel_ships_the_library_commands_and_assets_only(dists):
+    """What users install: the library, the user commands and the runtime assets (the
+    miniature's weights and embedder, the task configs, the lock) -- not the research code
+    (miniature training and studies, reliability harnesses), the benchmarks and their
+    results, the random-model builders or the tests, which stay in the repository."""
+    wheel, _ = dists
+    names = set(zipfile.ZipFile(wheel).namelist())
+    code = {n for n in names if n.endswith(".py")}
+    for command in ("cli", "live", "demo", "world", "doctor", "convert", "flags"):
+        assert f"lmms_rekv/commands/{command}.py" in code
+    for asset in ("lmms_rekv/miniature/weights/model.safetensors", "lmms_rekv/miniature/weights/clip/open_clip_model.safetensors",
+                  "lmms_rekv/miniature/world.py", "lmms_rekv/py.typed", "lmms_rekv/requirements-lock.txt"):
+        assert asset in names
+    moved = {"tiny.py", "tiny_qwen.py", "soak.py", "faults.py", "fault_scenarios.py", "fuzz_videos.py", "quant_eval.py", "bench.py",
+             "bench_live.py", "presets.py", "accounting.py", "train.py", "accuracy.py", "position_study.py", "retrieval_study.py"}
+    leaked = [n for n in names if n.startswith(("research/", "benchmarks/", "lmms_rekv/tools/", "docs/", "scripts/"))
+              or n in code and os.path.basename(n) in moved]
+    assert leaked == []
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    scripts = {line.split(" = ")[0] for line in entry_points.splitlines() if " = lmms_rekv.commands." in line or "run_eval" in line}
+    assert scripts == {"rekv", "rekv-live", "rekv-demo", "rekv-doctor", "rekv-eval"}
 
 
 def test_sdist_rebuilds_the_same_package(dists):
@@ -95,7 +122,7 @@ def test_installed_package_is_the_one_under_test():
 
 
 def test_lock_pins_every_dependency_exactly():
-    from lmms_rekv.tools.doctor import LOCK_FILE, canonical, read_lock
+    from lmms_rekv.commands.doctor import LOCK_FILE, canonical, read_lock
 
     pins = read_lock()
     assert pins, LOCK_FILE
@@ -109,7 +136,7 @@ def test_lock_pins_every_dependency_exactly():
 
 # -- doctor -------------------------------------------------------------------------------
 def _doctor(*args):
-    return subprocess.run([sys.executable, "-m", "lmms_rekv.tools.doctor", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "lmms_rekv.commands.doctor", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_doctor_all_green_here():
@@ -128,7 +155,7 @@ def test_doctor_fails_without_its_lock(tmp_path):
 
 
 def test_doctor_flags_the_filelock_break():
-    from lmms_rekv.tools import doctor
+    from lmms_rekv.commands import doctor
 
     real = doctor.installed_version
     report = doctor.Report()
@@ -141,7 +168,7 @@ def test_doctor_flags_the_filelock_break():
 
 
 def test_doctor_failed_check_is_one_line_and_exit_1(monkeypatch, capsys):
-    from lmms_rekv.tools import doctor
+    from lmms_rekv.commands import doctor
 
     def broken():
         raise RuntimeError("operator torchvision::nms does not exist\nmore detail")

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from lmms_rekv.tools.miniature import world
+from lmms_rekv.miniature import world
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def _questions(tmp_path, episode, times):
 
 def test_live_file_answers_at_the_stream_times(episode_video, tmp_path):
     from lmms_rekv import ReKV, ReKVConfig
+    from lmms_rekv.commands.live import main
     from lmms_rekv.io.video import iter_video
-    from lmms_rekv.tools.live import main
 
     path, episode = episode_video
     times = [15.0, 9.5, 100.0][: len(episode.questions)]  # the last one after the end
@@ -80,14 +80,14 @@ def test_realtime_paces_a_file(episode_video):
 
 def test_live_from_a_named_pipe_fed_by_a_writer(episode_video, tmp_path):
     """A FIFO fed by another process (MPEG-TS, streamable): frames are encoded as they arrive."""
-    from lmms_rekv.tools.live import main
+    from lmms_rekv.commands.live import main
 
     _, episode = episode_video
     fifo = str(tmp_path / "camera.ts")
     os.mkfifo(fifo)
     writer_code = (
         "import sys, av, numpy as np\n"
-        "from lmms_rekv.tools.miniature import world\n"
+        "from lmms_rekv.miniature import world\n"
         "rng = world.rng_for(world.HELD_OUT, 4242); ep = world.make_episode(rng, 16)\n"
         "frames = world.render(ep.objects, ep.colors, rng, scale=4)\n"
         "with av.open(sys.argv[1], mode='w', format='mpegts') as c:\n"
@@ -111,8 +111,8 @@ def test_piped_questions_on_a_file_are_about_the_whole_video(episode_video, tmp_
     so a piped question is answered once the whole video is encoded (it says so first), about
     frames after the first; then "end of stream"; equal to a session fed every frame."""
     from lmms_rekv import ReKV, ReKVConfig
+    from lmms_rekv.commands.live import main
     from lmms_rekv.io.video import iter_video
-    from lmms_rekv.tools.live import main
 
     path, episode = episode_video
     question = episode.questions[0].text
@@ -136,8 +136,8 @@ def test_live_source_answers_as_of_now_and_after_the_end_until_stdin_closes(epis
     import queue
 
     from lmms_rekv import ReKV, ReKVConfig
+    from lmms_rekv.commands.live import run_live
     from lmms_rekv.io.video import iter_video
-    from lmms_rekv.tools.live import run_live
 
     path, episode = episode_video
     frames = list(iter_video(path, fps=1))
@@ -166,7 +166,7 @@ def test_live_source_answers_as_of_now_and_after_the_end_until_stdin_closes(epis
 def test_rekv_live_takes_every_rekv_setting_flag(episode_video, tmp_path):
     """``--retrieval external`` (the miniature's embedder picked for it) and the other
     ReKVConfig flags reach the engine."""
-    from lmms_rekv.tools import live
+    from lmms_rekv.commands import live
 
     path, episode = episode_video
     seen = {}
@@ -190,7 +190,7 @@ def test_rekv_live_takes_every_rekv_setting_flag(episode_video, tmp_path):
 
 
 def test_rekv_command_dispatches(capsys):
-    from lmms_rekv.tools.cli import main
+    from lmms_rekv.commands.cli import main
 
     assert main(["--help"]) == 0 and "live" in capsys.readouterr().out
     assert main([]) == 2 and "missing command" in capsys.readouterr().err

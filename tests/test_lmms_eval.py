@@ -7,14 +7,13 @@ import shutil
 import subprocess
 import sys
 
+import lmms_rekv.tasks
 import numpy as np
 import pytest
 import torch
 from lmms_eval.api.instance import Instance
 
 from lmms_rekv.io.video import iter_video, read_video, write_video
-
-import lmms_rekv.tasks
 
 TASKS_DIR = os.path.dirname(os.path.abspath(lmms_rekv.tasks.__file__))  # the installed copy
 MODEL_ARGS = "window_tokens=64,topk_frames=4,chunk_frames=4,fps=1"
@@ -338,7 +337,7 @@ LLAVA_OV_ARGS = ("conv_template=qwen_1_5,max_frames_num=8,mm_spatial_pool_stride
 def test_cli_llava_onevision_args_on_an_lmms_lab_checkpoint(tmp_path, tiny_dir):
     """The one-word switch: ``--model rekv_llava_ov`` with llava_onevision's model_args on an
     lmms-lab-format checkpoint answers exactly as on its transformers-format twin."""
-    from lmms_rekv.tools.tiny import write_lmms_lab_twin
+    from research.tiny import write_lmms_lab_twin
 
     twin = write_lmms_lab_twin(tiny_dir, str(tmp_path / "lmms-lab-tiny"))
     results, lab, output = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "lab", model_args=f"pretrained={twin},{LLAVA_OV_ARGS}")

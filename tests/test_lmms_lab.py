@@ -15,7 +15,7 @@ from lmms_rekv import ReKV, ReKVConfig
 
 @pytest.fixture(scope="module")
 def twin(tiny_dir, tmp_path_factory):
-    from lmms_rekv.tools.tiny import write_lmms_lab_twin
+    from research.tiny import write_lmms_lab_twin
 
     return write_lmms_lab_twin(tiny_dir, str(tmp_path_factory.mktemp("lmms-lab") / "llava-onevision-tiny"))
 
@@ -67,7 +67,7 @@ def test_unsupported_lmms_lab_checkpoints_are_refused_with_the_reason(twin, tmp_
 
 
 def test_rekv_convert_command(twin, tmp_path, tiny_dir, capsys):
-    from lmms_rekv.tools.cli import main
+    from lmms_rekv.commands.cli import main
 
     assert main(["convert", twin, str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmms_rekv.tools.miniature import WEIGHTS, build, shipped_path, world
-from lmms_rekv.tools.miniature.accuracy import Bench, ask, random_hit_rate
-from lmms_rekv.tools.miniature.train import Layout, TrainConfig, evaluate, forward, make_batch, train
+from lmms_rekv.miniature import WEIGHTS, shipped_path, world
+from research.miniature import build
+from research.miniature.accuracy import Bench, ask, random_hit_rate
+from research.miniature.train import Layout, TrainConfig, evaluate, forward, make_batch, train
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -90,7 +91,7 @@ def test_gather_loss_reads_the_answering_position_after_the_last_attention():
     import torch.nn.functional as F
 
     from lmms_rekv.io.preprocess import FrameProcessor
-    from lmms_rekv.tools.miniature.train import losses
+    from research.miniature.train import losses
 
     arch = build.Architecture()
     tokenizer = build.build_tokenizer(arch.vocab_size, seed=0)
@@ -172,8 +173,8 @@ def test_rekv_regression_guard(tmp_path):
     the retrieval study's own first held-out videos (64 frames) stays at or above the
     README's figure for the colour question minus 15 points."""
     from lmms_rekv import ReKVConfig
-    from lmms_rekv.tools.miniature.accuracy import TUNED
-    from lmms_rekv.tools.miniature.retrieval_study import StudySettings, video_rng
+    from research.miniature.accuracy import TUNED
+    from research.miniature.retrieval_study import StudySettings, video_rng
 
     settings = StudySettings(lengths=(64,), videos=10)
     bench = Bench(shipped_path(), settings, str(tmp_path))

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+from lmms_rekv.miniature import shipped_path, world
 from lmms_rekv.retrieval.embedder import ClipEmbedder
-from lmms_rekv.tools.miniature import shipped_path, world
-from lmms_rekv.tools.miniature.clip import needle_hit_rate, shipped_clip, train_clip
+from research.miniature.clip import needle_hit_rate, shipped_clip, train_clip
 
 pytest.importorskip("open_clip")
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmms_rekv.tools.miniature import build, world
-from lmms_rekv.tools.miniature.families import TRAIN_FPS
-from lmms_rekv.tools.miniature.train import Batch, TrainConfig, _layout, forward, train
+from lmms_rekv.miniature import world
+from research.miniature import build
+from research.miniature.families import TRAIN_FPS
+from research.miniature.train import Batch, TrainConfig, _layout, forward, train
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
@@ -54,8 +55,8 @@ def test_position_study_compares_strategies_on_the_same_retrieved_frames(tmp_pat
     """One video through the position study on a (briefly trained) Qwen2.5-VL-shaped
     miniature: every strategy the family supports, the references and the wrong-rate rows are
     measured, and the strategies retrieved the same frames (they differ only in placement)."""
-    from lmms_rekv.tools.miniature.position_study import PositionSettings, markdown, run_video, summary
-    from lmms_rekv.tools.miniature.accuracy import Bench
+    from research.miniature.accuracy import Bench
+    from research.miniature.position_study import PositionSettings, markdown, run_video, summary
 
     arch = build.Architecture(family="qwen2_5_vl")
     model, tokenizer, log = train(TrainConfig(minutes=5, max_steps=3, warmup_steps=2, batch=4, seed=1), arch, progress_bar=False)

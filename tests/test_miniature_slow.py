@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmms_rekv.tools.miniature.train import TrainConfig, evaluate, train
+from research.miniature.train import TrainConfig, evaluate, train
 
 
 @pytest.mark.slow

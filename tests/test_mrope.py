@@ -18,10 +18,8 @@ FPS = 3.0  # Qwen2.5-VL: 2 * 2 / 3 s per block -> time steps of 1.33 (floored): 
 
 
 @pytest.fixture(scope="session")
-def qwen_dirs(tmp_path_factory):
-    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen2_vl
-
-    return {f: build_tiny_qwen2_vl(str(tmp_path_factory.mktemp(f"tiny-{f}") / "model"), family=f) for f in FAMILIES}
+def qwen_dirs(qwen_checkpoint):
+    return {f: qwen_checkpoint(f) for f in FAMILIES}
 
 
 @pytest.fixture(scope="session")
@@ -352,7 +350,7 @@ def test_frame_limit_counts_complete_blocks(load_qwen2):
 
 def test_external_retrieval_scores_blocks(load_qwen2, tmp_path):
     """External retrieval on 2-frame blocks: each block scored by its frames' mean embedding."""
-    from lmms_rekv.tools.tiny import write_tiny_clip_config
+    from research.tiny import write_tiny_clip_config
 
     clip = write_tiny_clip_config(str(tmp_path))
     engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4, retrieval="external", clip_model=clip, clip_pretrained=None)

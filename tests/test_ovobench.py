@@ -8,9 +8,9 @@ import os
 import subprocess
 import sys
 
+import ovo_data
 import pytest
 
-import ovo_data
 from lmms_rekv.io.video import read_video
 
 FPS = 2

@@ -1,4 +1,4 @@
-"""The Python quickstart of the docs, run verbatim (the block after ``<!-- quickstart -->``) in a
+"""The Python quickstart of docs/python-api.md, run verbatim (the block after ``<!-- quickstart -->``) in a
 fresh folder by a fresh interpreter: it runs, its answers are stripped words of the world,
 its stats add up, and the reopened session answers as the original did."""
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "README.md")
+DOC = os.path.join(ROOT, "docs", "python-api.md")
 
 
 def quickstart_code() -> str:

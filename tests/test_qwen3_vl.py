@@ -18,10 +18,8 @@ SIZE = (64, 64)  # 2 x 2 = 4 visual tokens per block
 
 
 @pytest.fixture(scope="session")
-def qwen3_dir(tmp_path_factory):
-    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen3_vl
-
-    return build_tiny_qwen3_vl(str(tmp_path_factory.mktemp("tiny-qwen3_vl") / "model"))
+def qwen3_dir(qwen_checkpoint):
+    return qwen_checkpoint("qwen3_vl")
 
 
 @pytest.fixture(scope="session")
@@ -325,7 +323,7 @@ def test_an_oversized_timestamp_is_refused(load3):
 def test_qwen3_vl_moe_equals_vanilla_generate(tmp_path):
     """Qwen3-VL-MoE (expert MLPs, the same attention and layout): exact on its own tiny checkpoint."""
     from lmms_rekv import ReKV, ReKVConfig
-    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen3_vl
+    from research.tiny_qwen import build_tiny_qwen3_vl
 
     path = build_tiny_qwen3_vl(str(tmp_path / "moe"), moe=True)
     engine = ReKV.from_pretrained(path, dtype=torch.float32, device="cpu").with_config(
@@ -341,16 +339,14 @@ def test_qwen3_vl_moe_equals_vanilla_generate(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_lmms_eval_model_answers_as_a_session_on_the_sampled_frames(family, tmp_path):
+def test_lmms_eval_model_answers_as_a_session_on_the_sampled_frames(family, tmp_path, qwen_checkpoint):
     """The lmms-eval model (``rekv``) on an M-RoPE checkpoint: its answer to a video document
     equals a session fed the frames it samples, at the rate it sampled them."""
     from lmms_eval.api.instance import Instance
 
     from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
     from lmms_rekv.io.video import iter_video_timed, write_video
-    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen2_vl
-
-    path = build_tiny_qwen2_vl(str(tmp_path / family), family=family)
+    path = qwen_checkpoint(family)
     size = "64x64" if family == "qwen3_vl" else "56x56"
     lm = ReKVLlavaOV(pretrained=path, dtype="float32", device="cpu", window_tokens=16, topk_frames=2, chunk_frames=4,
                      fps=1, frame_size=size)
@@ -394,7 +390,7 @@ def test_default_config_sizes_by_the_clip_budget_and_equals_vanilla(qwen3_dir, s
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_lmms_eval_model_default_config_equals_vanilla_on_a_wide_video(family, tmp_path):
+def test_lmms_eval_model_default_config_equals_vanilla_on_a_wide_video(family, tmp_path, qwen_checkpoint):
     """No frame_size: the lmms-eval model sizes each video as the family's processor would (Qwen3-VL:
     from the frame count it will sample, read from the container before decoding) and, with
     every block retrieved, answers exactly as vanilla generate on the frames it samples."""
@@ -402,9 +398,7 @@ def test_lmms_eval_model_default_config_equals_vanilla_on_a_wide_video(family, t
 
     from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
     from lmms_rekv.io.video import iter_video_timed, write_video
-    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen2_vl
-
-    path = build_tiny_qwen2_vl(str(tmp_path / family), family=family)
+    path = qwen_checkpoint(family)
     lm = ReKVLlavaOV(pretrained=path, dtype="float32", device="cpu", window_tokens="none", topk_frames="none", chunk_frames=4, fps=1)
     video = write_video(str(tmp_path / "wide.mp4"), _video(32, size=(48, 112), seed=9), fps=4, lossless=True)  # 8 s
     lm.task_dict = {"t": {"test": [{"visual": video}]}}

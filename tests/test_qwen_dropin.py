@@ -21,7 +21,7 @@ SIZES = [(48, 64), (96, 64), (64, 64), (40, 128), (72, 64)]  # wide, tall, squar
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from lmms_rekv.tools.tiny_qwen import build_tiny_qwen2_vl, build_tiny_qwen3_vl
+    from research.tiny_qwen import build_tiny_qwen2_vl, build_tiny_qwen3_vl
 
     root = tmp_path_factory.mktemp("qwen-dropin")
     # lmms-eval's Qwen models always load bfloat16; checkpoints with confident logits (init_std
@@ -81,9 +81,9 @@ def test_rekv_with_every_block_equals_lmms_eval_qwen(setup, reference, sampling)
     assert ours == theirs
 
 
-def test_every_argument_of_lmms_eval_qwen_classes_is_in_the_readme_table():
+def test_every_argument_of_lmms_eval_qwen_classes_is_in_the_docs_table():
     """Each constructor argument of lmms-eval's qwen2_5_vl and qwen3_vl is honoured or refused
-    (``ARGS``), and the README's table lists exactly ``ARGS`` with its accepted values."""
+    (``ARGS``), and the table of docs/lmms-eval.md lists exactly ``ARGS`` with its accepted values."""
     import inspect
     import re
 
@@ -95,7 +95,7 @@ def test_every_argument_of_lmms_eval_qwen_classes_is_in_the_readme_table():
     for cls in (Qwen2_5_VL, Qwen3_VL):
         names = {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")}
         assert names <= set(ARGS), f"{cls.__name__}: {sorted(names - set(ARGS))} neither honoured nor refused"
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "lmms-eval.md")).read()
     section = readme.split("### Drop-in for lmms-eval's `qwen2_5_vl` and `qwen3_vl`")[1].split("\n### ")[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", section, flags=re.M))
     assert set(rows) == set(ARGS)

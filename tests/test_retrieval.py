@@ -3,9 +3,9 @@ stored blocks and independently captured question queries; time order preserved.
 
 import pytest
 import torch
+from reference import answer_capturing_queries
 
 from lmms_rekv.retrieval.scoring import frame_scores
-from reference import answer_capturing_queries
 from lmms_rekv.retrieval.selection import SelectionPolicy, select
 
 QUESTION = "where is the red cup after the door opens?"
@@ -125,7 +125,8 @@ def test_defaults_are_the_measured_best_variant():
     """The defaults are the variant the retrieval study measured best (README); ReKV's own
     scoring stays one setting away."""
     from lmms_rekv import ReKVConfig
-    from lmms_rekv.tools.miniature.accuracy import PUBLISHED as BENCH_PUBLISHED, TUNED
+    from research.miniature.accuracy import PUBLISHED as BENCH_PUBLISHED
+    from research.miniature.accuracy import TUNED
 
     cfg = ReKVConfig()
     assert {k: getattr(cfg, k) for k in TUNED} == TUNED and BENCH_PUBLISHED == PUBLISHED

@@ -1,11 +1,11 @@
-"""Issue 16, short version of ``python -m lmms_rekv.tools.soak`` (the README runs 18,000
+"""Issue 16, short version of ``python -m research.reliability.soak`` (the README runs 18,000
 frames): one session on the disk tier with a small RAM budget, questions along the way."""
 
 from __future__ import annotations
 
 
 def test_short_soak_keeps_memory_bounded_and_answers_like_a_fresh_session(tiny_dir, tmp_path):
-    from lmms_rekv.tools.soak import run
+    from research.reliability.soak import run
 
     result = run(str(tmp_path / "soak"), frames=480, question_every=120, checkpoints=[240], model_dir=tiny_dir, progress=False)
     rows, summary = result["rows"], result["summary"]

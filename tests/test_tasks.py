@@ -9,13 +9,12 @@ import os
 import subprocess
 import sys
 
+import lmms_rekv.tasks
 import numpy as np
 import pytest
-
 from lmms_rekv.tasks import common, judge
-from lmms_rekv.io.video import write_video
 
-import lmms_rekv.tasks
+from lmms_rekv.io.video import write_video
 
 TASKS_DIR = os.path.dirname(os.path.abspath(lmms_rekv.tasks.__file__))  # the installed copy
 

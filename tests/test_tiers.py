@@ -1,11 +1,14 @@
 """Memory tiers: disk offload under a RAM budget, quantized blocks, persisted sessions."""
 
+import json
 import os
+import typing
 
 import numpy as np
 import pytest
 import torch
 
+from lmms_rekv.engine.statistics import StreamStats
 from lmms_rekv.storage.backends import CorruptSegmentError
 from lmms_rekv.storage.quant import make_codec
 
@@ -112,6 +115,7 @@ def test_a_session_saved_before_its_first_chunk_reopens(load, frames, tmp_path):
     session.add_frames(frames(5, seed=25))
     stats = session.stats()
     assert (stats["frames"], stats["encoded_frames"], stats["provisional_frames"], stats["waiting_frames"]) == (5, 0, 5, 0)
+    assert set(stats) == set(typing.get_type_hints(StreamStats)) and json.loads(json.dumps(stats)) == stats  # typed, plain JSON
     session.save(str(tmp_path / "early"))
     reopened = engine.open_session(str(tmp_path / "early"))
     assert reopened.ask(QUESTION, max_new_tokens=4) == session.ask(QUESTION, max_new_tokens=4)
@@ -181,7 +185,7 @@ def test_disk_tier_rejects_a_truncated_segment_while_streaming(load, frames, tmp
 @pytest.fixture(scope="module")
 def wide_dir(tmp_path_factory):
     """A tiny model with 64 tokens per frame and 4 kv heads: 128 KiB of KV per frame."""
-    from lmms_rekv.tools.tiny import build_tiny_model
+    from research.tiny import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("wide") / "model"), hidden=128, heads=4, kv_heads=4, image_size=128)
 

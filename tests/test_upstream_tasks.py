@@ -3,12 +3,12 @@ default lmms_eval_specific_kwargs and generation kwargs drive rekv_llava_ov."""
 
 import os
 
+import lmms_eval.tasks as tasks_pkg
 import numpy as np
 import pytest
 from lmms_eval.api.instance import Instance
 from lmms_eval.utils import load_yaml_config
 
-import lmms_eval.tasks as tasks_pkg
 from lmms_rekv.io.video import write_video
 
 TASKS = os.path.dirname(tasks_pkg.__file__)

@@ -3,7 +3,6 @@ and the stored blocks do not depend on how frames are split across add_frames ca
 
 import pytest
 import torch
-
 from reference import dense_forward
 
 

@@ -1,7 +1,7 @@
 """lmms-eval ``llava_onevision`` model_args, as ``rekv_llava_ov`` takes them.
 
 Each of ``llava_onevision``'s arguments is either honoured (translated to ours) or refused
-with a one-line reason; none is silently ignored. ``ARGS`` is the table the README shows.
+with a one-line reason; none is silently ignored. ``ARGS`` is the table docs/lmms-eval.md shows.
 """
 
 from __future__ import annotations

@@ -33,14 +33,14 @@ from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
 from lmms_rekv.config import ReKVConfig
-from lmms_rekv.integrations.llava_ov_args import translate
-from lmms_rekv.model import ReKV
 from lmms_rekv.integrations import qwen_args
+from lmms_rekv.integrations.llava_ov_args import translate
 from lmms_rekv.integrations.multi_round import answer_rounds
 from lmms_rekv.integrations.qwen_frames import QwenSampling
 from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, clean_context, parse_visual  # noqa: F401  (public names)
 from lmms_rekv.integrations.streams import Sampling, Stream, Streams, encode
 from lmms_rekv.io.video import VideoError
+from lmms_rekv.model import ReKV
 
 logger = logging.getLogger(__name__)
 

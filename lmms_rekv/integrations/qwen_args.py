@@ -10,7 +10,7 @@ qwen-vl-utils as that class asks (``lmms_rekv.integrations.qwen_frames``); the p
 chat template's own -- ``qwen2_5_vl`` sends no system message, ``qwen3_vl`` sends
 ``system_prompt`` and passes ``enable_thinking`` to the template (and keeps only the text after
 ``</think>`` when it is true); answers are not cut at ``until`` and default to 128 new tokens.
-``ARGS`` is the table the README shows.
+``ARGS`` is the table docs/lmms-eval.md shows.
 """
 
 from __future__ import annotations

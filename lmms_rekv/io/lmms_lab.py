@@ -183,7 +183,9 @@ def _tokenizer(path: str, out: str, rows: int):
 
 def default_cache(path: str) -> str:
     """Where a converted copy of ``path`` is kept (one conversion per checkpoint folder)."""
-    home = os.environ.get("LMMS_REKV_HOME", os.path.join(os.path.expanduser("~"), ".cache", "lmms-rekv"))
+    from .home import cache_home
+
+    home = cache_home()
     digest = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:12]
     return os.path.join(home, "converted", f"{os.path.basename(os.path.normpath(path))}-{digest}")
 
@@ -223,28 +225,3 @@ def convert(path: str, out: Optional[str] = None, conv_template: str = "qwen_1_5
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     os.replace(tmp, out)
     return out
-
-
-def main(argv=None) -> int:
-    """``rekv convert SRC OUT``: write the transformers-format copy of an lmms-lab checkpoint."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="rekv convert", description="Convert an lmms-lab (LLaVA-NeXT format) LLaVA-OneVision "
-                                     "checkpoint into a transformers LLaVA-OneVision folder that ReKV and lmms-eval's llava_hf load.",
-                                     epilog="example: rekv convert lmms-lab/llava-onevision-qwen2-7b-ov ./llava-ov-7b-hf")
-    parser.add_argument("source", help="lmms-lab checkpoint folder or hub id (e.g. lmms-lab/llava-onevision-qwen2-7b-ov)")
-    parser.add_argument("out", help="folder for the transformers-format copy")
-    parser.add_argument("--conv-template", default="qwen_1_5", choices=sorted(CONV_TEMPLATES))
-    args = parser.parse_args(argv)
-    from ..model import resolve_source
-
-    try:
-        path = resolve_source(args.source)
-        if not is_lmms_lab(path):
-            raise ValueError(f"{args.source} is not an lmms-lab LLaVA-OneVision checkpoint (no llava/llava_qwen config with mm_vision_tower)")
-        print(convert(path, args.out, args.conv_template))
-    except (OSError, ValueError) as exc:
-        print(f"rekv convert: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -3,8 +3,9 @@
 ``ClipEmbedder.embed_frames`` maps uint8 frames ``(N, H, W, 3)`` to L2-normalised fp32
 embeddings ``(N, E)`` in batches on the model's device; ``embed_text`` maps a question to
 ``(E,)``. Any open_clip model name works, a path to an open_clip model-config JSON (its
-file name is the model name), or ``"miniature"`` (the embedder trained with the miniature); ``pretrained`` is an open_clip tag, a local checkpoint file,
-or None for random weights (tests, benchmarks).
+file name is the model name), or ``"miniature"`` (the embedder trained with the miniature);
+``pretrained`` is an open_clip tag, a local checkpoint file, or None for random weights
+(tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ class ClipEmbedder:
     def __init__(self, model: str, pretrained: Optional[str], device: torch.device, batch_size: int = 32) -> None:
         open_clip = import_open_clip()
         if model == "miniature":  # the embedder trained on the miniature's world, shipped with it
-            from lmms_rekv.tools.miniature.clip import shipped_clip
+            from ..miniature import embedder_files
 
-            model, pretrained = shipped_clip()
+            model, pretrained = embedder_files()
         name = model
         if model.endswith(".json") and os.path.isfile(model):
             open_clip.add_model_config(model)

@@ -17,12 +17,18 @@ import json
 import logging
 import os
 import shutil
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 
 from .backends.segments import (
-    CorruptSegmentError, Segment, file_crc, read_manifest, verify, write_manifest, write_segment,
+    CorruptSegmentError,
+    Segment,
+    file_crc,
+    read_manifest,
+    verify,
+    write_manifest,
+    write_segment,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,19 +60,6 @@ def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: 
         **({"template": engine.chat_template_kwargs} if getattr(engine, "chat_template_kwargs", None) else {}),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _state_tensors(session) -> Dict[str, torch.Tensor]:
-    st = session.state
-    tensors = {"summaries": st.store.all_summaries().contiguous().cpu()}
-    for name in ("sink_k", "sink_v", "win_k", "win_v"):
-        for layer, tensor in enumerate(getattr(st, name)):
-            tensors[f"{name}.{layer}"] = tensor.contiguous().cpu()
-    if session.embeddings is not None:
-        tensors["embeddings"] = session.embeddings.contiguous().cpu()
-    if session._pending:  # the incomplete last chunk, as pixels
-        tensors["pending"] = torch.cat(session._pending).contiguous().cpu()
-    return tensors
 
 
 def save_session(session, folder: str, **meta) -> None:
@@ -106,7 +99,7 @@ def _write_entry(session, store, tmp: str, meta: dict) -> None:
         for index, first in enumerate(range(0, store.blocks, SEGMENT_FRAMES)):
             last = min(store.blocks, first + SEGMENT_FRAMES)
             segments.append(write_segment(tmp, index, first, backend.rows(first, last)))
-    save_file(_state_tensors(session), os.path.join(tmp, STATE))
+    save_file(session.export_state(), os.path.join(tmp, STATE))
     extra = {
         "frames": store.blocks, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
         "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
@@ -141,7 +134,7 @@ def load_session(engine, folder: str):
     size = manifest.get("frame_size")
     session = engine.new_session(fps=manifest.get("fps"), frame_size=tuple(size) if size else None,
                                  frame_times=manifest.get("frame_times"))
-    store, st = session.state.store, session.state
+    store = session.state.store
     fields = store.codec.fields()
     expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}
     if manifest["fields"] != expected or manifest["layers"] != store.layers:
@@ -154,15 +147,7 @@ def load_session(engine, folder: str):
     state = load_file(state_path, device=str(engine.device))
     for segment in manifest["segments"]:
         _load_segment(store, folder, segment, fields)
-    store.load_summaries(state["summaries"])
-    for name in ("sink_k", "sink_v", "win_k", "win_v"):
-        getattr(st, name).extend(state[f"{name}.{layer}"] for layer in range(store.layers))
-    st.stream_tokens = manifest["stream_tokens"]
-    if "embeddings" in state:
-        session._embed_rows(state["embeddings"])
-    if "pending" in state:
-        session._pending, session._pending_frames = [state["pending"]], state["pending"].shape[0]
-    session._prefix_done = True
+    session.restore_state(state, manifest["stream_tokens"])
     session.saved_meta = manifest.get("meta", {})
     return session
 

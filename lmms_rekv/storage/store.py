@@ -198,7 +198,8 @@ class GrowingRows:
     """Rows appended in batches to preallocated ``(layers, capacity, width)`` storage whose
     capacity doubles (``layers=None``: one ``(capacity, width)`` table)."""
 
-    def __init__(self, width: int, device: torch.device, dtype: torch.dtype = torch.float32, capacity: int = 64, layers: Optional[int] = None) -> None:
+    def __init__(self, width: int, device: torch.device, dtype: torch.dtype = torch.float32, capacity: int = 64,
+                 layers: Optional[int] = None) -> None:
         self._flat = layers is None
         self._data = torch.empty((1 if self._flat else layers, capacity, width), dtype=dtype, device=device)
         self.rows = 0

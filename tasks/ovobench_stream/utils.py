@@ -26,7 +26,6 @@ from lmms_eval.tasks.ovobench.utils import (  # noqa: F401  (the upstream prompt
     ovo_forward_acc,
     ovo_forward_process_results,
 )
-
 from lmms_rekv.tasks.common import data_dir
 
 ENV = "REKV_OVO_VIDEOS"

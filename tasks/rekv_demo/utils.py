@@ -1,6 +1,6 @@
 """rekv_demo: streaming video QA in the miniature's world, offline.
 
-Each video is a held-out episode of ``lmms_rekv.tools.miniature.world`` (objects in colours, a few
+Each video is a held-out episode of ``lmms_rekv.miniature.world`` (objects in colours, a few
 needle objects shown exactly once), regenerated from its seed at first use and written
 with PyAV under ``$LMMS_REKV_HOME/rekv_demo`` (default ``~/.cache/lmms-rekv/rekv_demo``):
 every world frame lasts ``SECONDS_PER_FRAME`` seconds, so lmms-eval's default 0.5 fps
@@ -22,13 +22,14 @@ VIDEOS, FRAMES, FIRST_SEED, NEEDLE_DEPTH = 4, 40, 9000, 0.2
 
 
 def video_dir() -> str:
-    home = os.environ.get("LMMS_REKV_HOME", os.path.join(os.path.expanduser("~"), ".cache", "lmms-rekv"))
-    return os.path.join(home, "rekv_demo")
+    from lmms_rekv.io.home import cache_home
+
+    return cache_home("rekv_demo")
 
 
 def episode(doc):
     """``(episode, frames)`` of a doc's video, regenerated from its held-out seed."""
-    from lmms_rekv.tools.miniature import world
+    from lmms_rekv.miniature import world
 
     rng = world.rng_for(world.HELD_OUT, doc["seed"])
     ep = world.make_episode(rng, doc["frames"], depth=NEEDLE_DEPTH)

@@ -24,6 +24,7 @@ import torch
 
 from lmms_rekv.storage.leftovers import remove_dead
 from lmms_rekv.storage.quant import Fields
+
 from .memory import MemoryBackend
 from .segments import Segment, SegmentReader, write_segment
 

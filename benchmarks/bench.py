@@ -1,0 +1,370 @@
+"""``python -m benchmarks.bench`` (from a checkout): ReKV side by side with full-attention streaming and uniform sampling.
+
+    python -m benchmarks.bench --preset tiny --out bench_out
+    python -m benchmarks.bench --preset 0.5b --out bench_05b --frames 10 100 --dtype bfloat16 --window-tokens 980 --topk-frames 8
+    python -m benchmarks.bench --preset accuracy --out acc_out      # answer quality: research.miniature.accuracy
+    python -m benchmarks.bench --preset retrieval --out study_out   # retrieval variants: research.miniature.retrieval_study
+    python -m benchmarks.bench --preset positions --model DIR --out pos_out  # position strategies on M-RoPE: research.miniature.position_study
+    python -m benchmarks.bench --preset live --out live_out         # question after a burst vs after idle: benchmarks.bench_live
+
+One run measures, at several stream lengths, for
+  * ``rekv``: windowed encoding, KV offloaded, top-k retrieval;
+  * ``full``: full-attention streaming (unbounded window, every frame in context, all KV on
+    the device) -- measured while its context fits the model's positions;
+  * ``uniform``: vanilla ``generate`` on N frames sampled uniformly from the stream so far
+    (re-encoded for every question);
+encode frames/s, per-frame encode time, question latency (time to first token and total for
+a fixed answer length), device KV bytes and process memory, and KV bytes per hour against the
+formula. Writes ``results.json``, ``results.md`` and ``latency.png`` / ``memory.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+QUESTION = "What is the person doing with the object on the table?"
+
+
+@dataclass
+class Preset:
+    frames: List[int]
+    window_tokens: int
+    topk: int
+    chunk: int
+    uniform_frames: int
+    answer_tokens: int = 8
+
+
+PRESETS: Dict[str, Preset] = {
+    "tiny": Preset(frames=[40, 100, 200, 400], window_tokens=256, topk=8, chunk=4, uniform_frames=16),
+    "0.5b": Preset(frames=[180, 450, 900, 1800], window_tokens=15_000, topk=64, chunk=64, uniform_frames=32),
+    "7b": Preset(frames=[180, 450, 900, 1800], window_tokens=15_000, topk=64, chunk=64, uniform_frames=32),
+}
+
+
+def synthetic_frames(first: int, count: int, size: int = 96) -> np.ndarray:
+    """Frames ``first..first+count-1`` of a reproducible noise stream (any frame can be regenerated)."""
+    out = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        out[i] = np.random.default_rng(first + i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _memory(device: torch.device) -> Dict[str, float]:
+    import psutil
+
+    out = {"rss_bytes": psutil.Process().memory_info().rss}
+    if device.type == "cuda":
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.dtype, cfg: Preset):
+    """One model, wrapped three times (rekv, full attention); tiny goes through from_pretrained."""
+    from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
+    from lmms_rekv.io.preprocess import FrameProcessor
+    from research.tiny import CHAT_TEMPLATE, build_tiny_model, build_tokenizer
+
+    rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, block_tokens=16 if preset == "tiny" else 196)
+    if preset == "tiny":
+        path = build_tiny_model(os.path.join(workdir, "tiny-model"))  # a temporary folder
+        rekv = ReKVLlavaOneVision.from_pretrained(path, config=rekv_cfg, dtype=dtype, device=device)
+    else:
+        from transformers import LlavaOnevisionForConditionalGeneration
+
+        from .presets import real_config
+
+        tokenizer = build_tokenizer()
+        ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (("video_token_id", "<video>"), ("image_token_id", "<image>"), ("eos_token_id", "<|im_end|>"))}
+        with torch.device(device):
+            torch.set_default_dtype(dtype)
+            try:
+                model = LlavaOnevisionForConditionalGeneration(real_config(preset, **ids)).eval()
+            finally:
+                torch.set_default_dtype(torch.float32)
+        rekv = ReKVLlavaOneVision(model, tokenizer, CHAT_TEMPLATE, FrameProcessor(size=384), rekv_cfg)
+    full_cfg = rekv_cfg.replace(window_tokens=None, topk_frames=None, offload="device", qa_budget_tokens=None)
+    full = rekv.with_config(full_cfg)
+    return rekv, full
+
+
+def run_stream(engine, points: List[int], chunk: int, answer_tokens: int, repeats: int, desc: str) -> Dict:
+    """Stream up to ``max(points)`` frames; at each point ask the question ``repeats`` times."""
+    from tqdm.auto import tqdm
+
+    device = engine.device
+    session = engine.new_session()
+    encode, at_points = [], []
+    done, budget = 0, engine.config.qa_budget_tokens
+    bar = tqdm(total=max(points), desc=desc, unit="frame")
+    for point in sorted(points):
+        if budget is not None and engine.config.topk_frames is None and (point * engine.block_tokens + 512) > budget:
+            logger.info("%s: %d frames exceed the context; stopping", desc, point)
+            break
+        while done < point:
+            n = min(chunk, point - done)
+            frames = synthetic_frames(done, n)
+            _sync(device)
+            start = time.perf_counter()
+            session.add_frames(frames)
+            session.flush()
+            _sync(device)
+            encode.append({"frames": done + n, "seconds_per_frame": (time.perf_counter() - start) / n})
+            done += n
+            bar.update(n)
+        answers = [session.answer(QUESTION, max_new_tokens=answer_tokens, eos_token_ids=()) for _ in range(repeats)]
+        at_points.append({
+            "frames": point,
+            "ttft_s": statistics.median(a.first_token_seconds for a in answers),
+            "total_s": statistics.median(a.seconds for a in answers),
+            **{k: session.stats()[k] for k in ("device_bytes", "device_kv_bytes", "summary_device_bytes", "cpu_bytes")},
+            **_memory(device),
+        })
+    bar.close()
+    return {"encode": encode, "points": at_points, "kv_bytes_per_frame": session.stats()["kv_bytes_per_frame"]}
+
+
+def run_uniform(engine, points: List[int], n_frames: int, answer_tokens: int, repeats: int) -> Dict:
+    """Vanilla generate on ``n_frames`` frames sampled uniformly from the first ``p`` frames."""
+    from tqdm.auto import tqdm
+
+    model, device, out = engine.model, engine.device, []
+    for point in tqdm(points, desc="uniform-sampling baseline", unit="point"):
+        n = min(n_frames, point)
+        idx = np.linspace(0, point - 1, n).round().astype(int)
+        frames = np.concatenate([synthetic_frames(int(i), 1) for i in idx])
+        timings = {"ttft_s": [], "total_s": []}
+        for _ in range(repeats):
+            for key, tokens in (("ttft_s", 1), ("total_s", answer_tokens)):
+                _sync(device)
+                start = time.perf_counter()
+                pixels = engine.processor(frames, dtype=engine.dtype, device=device)
+                ids = engine.vanilla_input_ids(QUESTION, n)
+                with torch.inference_mode():
+                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels[None],
+                                   max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+                _sync(device)
+                timings[key].append(time.perf_counter() - start)
+        out.append({"frames": point, "sampled": n, **{k: statistics.median(v) for k, v in timings.items()}, **_memory(device)})
+    return {"points": out}
+
+
+def per_frame_time(encode: List[Dict], point: int, span: int) -> Optional[float]:
+    """Median per-frame encode time of the chunks ending in ``(point - span, point]``."""
+    values = [e["seconds_per_frame"] for e in encode if point - span < e["frames"] <= point]
+    return statistics.median(values) if values else None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b in (None, 0) else a / b
+
+
+def summarize(results: Dict, cfg: Preset) -> Dict:
+    """Headline numbers; ``*_ratio_10x`` compare the first stream length with ten times it."""
+    n0 = min(results["points"])
+    n1 = 10 * n0
+    span = max(cfg.chunk * 2, n0 // 2)
+    rekv_enc = results["rekv"]["encode"]
+    full_points = [p["frames"] for p in results["full"]["points"]]
+    f0, f1 = (min(full_points), max(full_points)) if full_points else (None, None)
+    encoded = rekv_enc[-1]["frames"] if rekv_enc else 0
+    seconds = sum(e["seconds_per_frame"] * n for e, n in zip(rekv_enc, _chunk_sizes(rekv_enc)))
+    return {
+        "n0": n0,
+        "n1": n1,
+        "encode_frames_per_s": encoded / seconds if seconds else None,
+        "encode_frame_time_ratio_10x": _ratio(per_frame_time(rekv_enc, n1, span), per_frame_time(rekv_enc, n0, span)),
+        "qa_latency_ratio_10x": _ratio(_at(results, "rekv", n1, "total_s"), _at(results, "rekv", n0, "total_s")),
+        "ttft_ratio_10x": _ratio(_at(results, "rekv", n1, "ttft_s"), _at(results, "rekv", n0, "ttft_s")),
+        "full_attention_qa_latency_ratio_10x": _ratio(_at(results, "full", n1, "total_s"), _at(results, "full", n0, "total_s")),
+        "full_attention_measured_frames": [f0, f1],
+        "full_attention_qa_latency_ratio_measured": _ratio(_at(results, "full", f1, "total_s"), _at(results, "full", f0, "total_s")),
+        "full_attention_encode_frame_time_ratio_measured": _ratio(
+            per_frame_time(results["full"]["encode"], f1, span), per_frame_time(results["full"]["encode"], f0, span)
+        ) if f0 else None,
+        "kv_bytes_per_frame": results["rekv"]["kv_bytes_per_frame"],
+    }
+
+
+def _at(results: Dict, method: str, point: Optional[int], key: str) -> Optional[float]:
+    rows = [p for p in results[method].get("points", []) if p["frames"] == point]
+    return rows[0][key] if rows else None
+
+
+def _chunk_sizes(encode: List[Dict]) -> List[int]:
+    previous, sizes = 0, []
+    for e in encode:
+        sizes.append(e["frames"] - previous)
+        previous = e["frames"]
+    return sizes
+
+
+def write_markdown(path: str, results: Dict) -> None:
+    s, rows = results["summary"], []
+    rows.append(f"machine: {results['machine']} | preset {results['preset']} | dtype {results['dtype']} | "
+                f"window {results['config']['window_tokens']} tokens | top-k {results['config']['topk']} | answer {results['config']['answer_tokens']} tokens\n")
+    rows.append("| frames | ReKV TTFT s | ReKV total s | full TTFT s | full total s | uniform TTFT s | uniform total s | ReKV device KV MiB | full device KV MiB |")
+    rows.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for point in results["points"]:
+        cell = lambda m, k, scale=1.0: _fmt(_at(results, m, point, k), scale)  # noqa: E731
+        rows.append(f"| {point} | {cell('rekv', 'ttft_s')} | {cell('rekv', 'total_s')} | {cell('full', 'ttft_s')} | {cell('full', 'total_s')} | "
+                    f"{cell('uniform', 'ttft_s')} | {cell('uniform', 'total_s')} | {cell('rekv', 'device_kv_bytes', 2**-20)} | {cell('full', 'device_kv_bytes', 2**-20)} |")
+    rows.append("")
+    for key, value in s.items():
+        rows.append(f"- `{key}`: {_fmt(value) if isinstance(value, float) else value}")
+    kv = results["kv_per_hour"]
+    rows.append(f"- KV per hour at 0.5 fps: measured {kv['measured_gib']:.3f} GiB, formula {kv['formula_gib']:.3f} GiB")
+    with open(path, "w") as fh:
+        fh.write("\n".join(rows) + "\n")
+
+
+def _fmt(value, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value * scale:.3f}"
+
+
+def write_plots(folder: str, results: Dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"rekv": "ReKV", "full": "full attention", "uniform": "uniform sampling"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, label in styles.items():
+        pts = results[method]["points"]
+        if pts:
+            ax.plot([p["frames"] for p in pts], [p["total_s"] for p in pts], marker="o", label=f"{label} (total)")
+            ax.plot([p["frames"] for p in pts], [p["ttft_s"] for p in pts], marker="x", linestyle="--", label=f"{label} (TTFT)")
+    ax.set(xlabel="stream length (frames)", ylabel="seconds", title=f"Question latency ({results['preset']}, {results['machine']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "latency.png"), dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in ("rekv", "full"):
+        pts = results[method]["points"]
+        if pts:
+            ax.plot([p["frames"] for p in pts], [p["device_kv_bytes"] / 2**20 for p in pts], marker="o", label=f"{styles[method]}: device KV")
+    pts = results["rekv"]["points"]
+    ax.plot([p["frames"] for p in pts], [p["cpu_bytes"] / 2**20 for p in pts], marker="s", linestyle=":", label="ReKV: offloaded KV (CPU)")
+    ax.set(xlabel="stream length (frames)", ylabel="MiB", title=f"KV memory ({results['preset']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "memory.png"), dpi=120)
+    plt.close("all")
+
+
+def machine_name(device: torch.device) -> str:
+    import platform
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} CPU, {torch.get_num_threads()} threads"
+
+
+def run(args) -> Dict:
+    from lmms_rekv.model import resolve_dtype
+
+    from .accounting import gib_per_hour, kv_bytes_from_model
+
+    cfg = PRESETS[args.preset]
+    cfg = Preset(
+        frames=args.frames or cfg.frames, window_tokens=args.window_tokens or cfg.window_tokens, topk=args.topk or cfg.topk,
+        chunk=args.chunk or cfg.chunk, uniform_frames=args.uniform_frames or cfg.uniform_frames,
+        answer_tokens=args.answer_tokens or cfg.answer_tokens,
+    )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(args.dtype, device)
+    os.makedirs(args.out, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rekv-bench-") as workdir:
+        rekv, full = build_engines(args.preset, workdir, device, dtype, cfg)
+    results = {"preset": args.preset, "machine": machine_name(device), "dtype": str(dtype).replace("torch.", ""),
+               "config": asdict(cfg), "points": sorted(cfg.frames)}
+    results["rekv"] = run_stream(rekv, cfg.frames, cfg.chunk, cfg.answer_tokens, args.repeats, "ReKV stream")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    results["full"] = run_stream(full, cfg.frames, cfg.chunk, cfg.answer_tokens, args.repeats, "full-attention stream")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    results["uniform"] = run_uniform(rekv, cfg.frames, cfg.uniform_frames, cfg.answer_tokens, args.repeats)
+    formula = kv_bytes_from_model(rekv.model, dtype)["bytes_per_frame"]
+    results["kv_per_hour"] = {"measured_gib": gib_per_hour(results["rekv"]["kv_bytes_per_frame"]), "formula_gib": gib_per_hour(formula)}
+    results["summary"] = summarize(results, cfg)
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+    write_markdown(os.path.join(args.out, "results.md"), results)
+    write_plots(args.out, results)
+    return results
+
+
+#: presets with a module of their own: answer quality on the trained miniature, live latency
+OTHER_PRESETS = {"accuracy": "research.miniature.accuracy", "retrieval": "research.miniature.retrieval_study",
+                 "positions": "research.miniature.position_study", "live": "benchmarks.bench_live"}
+
+
+def _other_preset(argv: List[str]):
+    """``(preset, argv without it)`` if ``--preset`` selects a preset of another module, else None."""
+    for i, arg in enumerate(argv):
+        for name in OTHER_PRESETS:
+            if arg == f"--preset={name}":
+                return name, argv[:i] + argv[i + 1 :]
+            if arg == "--preset" and i + 1 < len(argv) and argv[i + 1] == name:
+                return name, argv[:i] + argv[i + 2 :]
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    found = _other_preset(argv)
+    if found is not None:
+        import importlib
+
+        name, rest = found
+        return importlib.import_module(OTHER_PRESETS[name]).main(rest)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS) + list(OTHER_PRESETS), default="tiny")
+    parser.add_argument("--out", required=True, help="folder for results.json, results.md and the plots")
+    parser.add_argument("--frames", type=int, nargs="+", help="stream lengths to measure at (the first and 10x it give the ratios)")
+    parser.add_argument("--window-tokens", type=int, help="ReKVConfig.window_tokens (default: the preset's)")
+    parser.add_argument("--topk-frames", "--topk", dest="topk", type=int, help="ReKVConfig.topk_frames: blocks retrieved (default: the preset's)")
+    parser.add_argument("--chunk-frames", "--chunk", dest="chunk", type=int,
+                        help="ReKVConfig.chunk_frames, also the frames per add_frames call (default: the preset's)")
+    parser.add_argument("--uniform-frames", type=int, help="frames the uniform-sampling baseline uses")
+    parser.add_argument("--answer-tokens", type=int, help="fixed answer length for latency")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    run(args)
+    print(open(os.path.join(args.out, "results.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

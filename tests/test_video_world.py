@@ -1,0 +1,244 @@
+"""The video-like world (research/miniature/video_world.py): a static scene that objects enter,
+cross and leave; every answer is read back from the rendered pixels."""
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pytest
+
+from research.miniature import video_world as vw
+
+T = vw.TILE
+HALF = T // 2
+PALETTE = np.array([vw.PALETTE[c] for c in vw.COLORS], dtype=np.float64)
+
+
+def tiles_of(frame: np.ndarray) -> np.ndarray:
+    """(TILES, TILES, T, T, 3) float tiles of one frame."""
+    return frame.astype(np.float64).reshape(vw.TILES, T, vw.TILES, T, 3).transpose(0, 2, 1, 3, 4)
+
+
+def decode(frame: np.ndarray) -> Dict[int, Tuple[int, List[Tuple[int, int]]]]:
+    """{object: (colour, tiles)} read back from one rendered frame: an object tile has a
+    black/white code in its bottom half (a background tile a dim grey one), the code's bits
+    name the object, the top half's nearest palette colour is its colour."""
+    found: Dict[int, Tuple[List[int], List[Tuple[int, int]]]] = {}
+    tiles = tiles_of(frame)
+    for r in range(vw.TILES):
+        for c in range(vw.TILES):
+            levels = tiles[r, c, HALF:].mean(axis=(0, 2))  # one level per code column
+            if not np.all((levels < 45) | (levels > 200)):
+                continue  # background
+            obj = int(sum(1 << j for j, v in enumerate(levels) if v > 127))
+            colour = int(np.argmin(((PALETTE - tiles[r, c, :HALF].mean(axis=(0, 1))) ** 2).sum(1)))
+            found.setdefault(obj, ([], []))
+            found[obj][0].append(colour)
+            found[obj][1].append((r, c))
+    out = {}
+    for obj, (colours, where) in found.items():
+        assert len(set(colours)) == 1, "an object's tiles share one colour"
+        out[obj] = (colours[0], sorted(where))
+    return out
+
+
+def timeline(frames: np.ndarray) -> List[Dict[int, Tuple[int, List[Tuple[int, int]]]]]:
+    return [decode(f) for f in frames]
+
+
+def episodes(split: int, seed: int, lengths=(2, 3, 5, 8, 16, 40), per_length: int = 8):
+    rng = vw.rng_for(split, seed)
+    for length in lengths:
+        for _ in range(per_length):
+            episode = vw.make_episode(rng, length)
+            yield episode, vw.render(episode, rng)
+
+
+def test_frame_size_and_tokens_per_frame():
+    """32-pixel frames of 4-pixel tiles: 8 x 8 SigLIP patches, pooled 2 x 2 by LLaVA-OV into
+    16 tokens -- the architecture for the world agrees."""
+    from research.miniature import build
+
+    arch = build.Architecture.for_world("video")
+    assert (vw.FRAME_SIZE, vw.TILES, vw.FRAME_TOKENS) == (32, 8, 16)
+    assert arch.image_size == 32 and ((arch.image_size // arch.patch_size + 1) // 2) ** 2 == vw.FRAME_TOKENS
+    assert build.Architecture.for_world("tiled") == build.Architecture()
+    episode = vw.make_episode(vw.rng_for(vw.TRAIN, 0), 6)
+    frames = vw.render(episode, vw.rng_for(vw.TRAIN, 1), scale=3)
+    assert frames.shape == (6, 96, 96, 3) and frames.dtype == np.uint8
+
+
+def test_episodes_are_deterministic_per_seed():
+    def one(split, seed):
+        rng = vw.rng_for(split, seed)
+        episode = vw.make_episode(rng, 24)
+        return episode, vw.render(episode, rng)
+
+    (a, fa), (b, fb) = one(vw.TRAIN, 7), one(vw.TRAIN, 7)
+    assert a.visits == b.visits and a.questions == b.questions and np.array_equal(fa, fb)
+    assert a.objects == b.objects and a.colors == b.colors
+    (c, fc) = one(vw.TRAIN, 8)
+    assert not np.array_equal(fa, fc)
+
+
+def test_train_and_held_out_streams_are_disjoint():
+    def signature(split, seed):
+        episode = vw.make_episode(vw.rng_for(split, seed), 16)
+        return tuple((v.obj, v.color, v.enter, v.leave, tuple(v.path)) for v in episode.visits)
+
+    train = {signature(vw.TRAIN, s) for s in range(60)}
+    held = {signature(vw.HELD_OUT, s) for s in range(60)}
+    assert len(train) == 60 and len(held) == 60 and not train & held
+
+
+def test_scene_rules_hold_in_the_pixels():
+    """At most one object per lane (two on screen), 2 x 2-tile squares moving one tile per
+    frame, distinct entry frames, exits in entry order, needles in exactly one visit."""
+    for episode, frames in episodes(vw.TRAIN, 1):
+        seen = timeline(frames)
+        for f, shown in enumerate(seen):
+            assert sorted(shown) == sorted(episode.visits[i].obj for i in episode.on_screen(f))
+            assert len(shown) <= 2
+            lanes = [where[0][0] // vw.LANE_ROWS for _, where in shown.values()]
+            assert len(set(lanes)) == len(lanes)
+            for obj, (colour, where) in shown.items():
+                (r, c) = where[0]
+                assert where == [(r, c), (r, c + 1), (r + 1, c), (r + 1, c + 1)]
+                assert r // vw.LANE_ROWS == (r + 1) // vw.LANE_ROWS  # inside its lane
+                if f and obj in seen[f - 1]:  # moved exactly one tile horizontally, at most one vertically
+                    (r0, c0) = seen[f - 1][obj][1][0]
+                    assert abs(c - c0) == 1 and abs(r - r0) <= 1
+        enters = [v.enter for v in episode.visits]
+        leaves = [v.leave for v in episode.visits]
+        assert enters == sorted(set(enters)) and leaves == sorted(leaves)
+        assert all(a < b for a, b in zip(leaves, leaves[1:]) if b < episode.length - 1)
+        for q in episode.questions:
+            for name in q.objects:
+                assert episode.objects.count(vw.OBJECTS.index(name)) == 1  # a needle makes one visit
+
+
+def _moments(seen) -> List[Tuple[int, int]]:
+    """(frame, object) of every entry read from the pixels: on screen now, not the frame before."""
+    return [(f, obj) for f, shown in enumerate(seen) for obj in shown if f == 0 or obj not in seen[f - 1]]
+
+
+def test_every_answer_follows_from_the_pixels():
+    """Brute force: each question's answer is recomputed from the decoded frames alone."""
+    asked = {k: 0 for k in vw.KINDS}
+    for episode, frames in episodes(vw.HELD_OUT, 2):
+        seen = timeline(frames)
+        entries = _moments(seen)
+        for q in episode.questions:
+            asked[q.kind] += 1
+            needle = vw.OBJECTS.index(q.objects[0])
+            shown_at = [f for f, s in enumerate(seen) if needle in s]
+            first, last = shown_at[0], shown_at[-1]
+            assert shown_at == list(range(first, last + 1)) and set(shown_at) <= set(q.frames)
+            if q.kind == "color":
+                assert q.answer == vw.COLORS[seen[first][needle][0]]
+            elif q.kind == "before":  # the last other object seen before the needle entered
+                earlier = [f for f in range(first) if seen[f]]
+                others = set(seen[earlier[-1]])
+                assert len(others) == 1 and q.answer == vw.OBJECTS[others.pop()]
+            elif q.kind == "entered_after":  # the first object to enter after the needle's last frame
+                after = [obj for f, obj in entries if f > last]
+                assert q.answer == vw.OBJECTS[after[0]]
+            else:
+                other = vw.OBJECTS.index(q.objects[1])
+                colours = [seen[next(f for f, s in enumerate(seen) if o in s)][o][0] for o in (needle, other)]
+                assert q.answer == ("yes" if colours[0] == colours[1] else "no")
+    assert min(asked.values()) >= 20, asked
+
+
+def test_entered_after_is_right_by_construction():
+    """``entered_after`` is the first visit entering after the needle's last frame -- not the
+    next visit to enter (which may enter while the needle is still on screen) -- and the
+    ``left`` token target marks exactly that visit's tokens with the needle."""
+    differs = 0
+    rng = vw.rng_for(vw.TRAIN, 3)
+    for _ in range(200):
+        episode = vw.make_episode(rng, 20, kinds=("entered_after",))
+        if not episode.questions:
+            continue
+        (q,) = episode.questions
+        needle = vw.OBJECTS.index(q.objects[0])
+        at = episode.objects.index(needle)
+        nxt = vw.entered_after(episode, at)
+        visit = episode.visits[at]
+        assert episode.visits[nxt].enter > visit.leave and all(v.enter <= visit.leave for v in episode.visits[:nxt])
+        assert q.answer == vw.OBJECTS[episode.objects[nxt]]
+        differs += nxt != at + 1
+        left = vw.token_labels(episode)["left"][..., needle]  # (N, tokens)
+        marked = {(f, k) for f, k in zip(*np.nonzero(left))}
+        objects = vw.token_labels(episode)["object"]
+        assert marked and all(objects[f, k] == episode.objects[nxt] for f, k in marked)
+        assert {f for f, _ in marked} == set(episode.visits[nxt].frames)
+    assert differs > 10  # it is a moment, not "the next one in"
+
+
+def test_token_labels_match_the_pixels():
+    """Token (i, j) covers tiles 2i..2i+1 x 2j..2j+1 (LLaVA-OV's 2 x 2 pooling, row-major): its
+    object target is the object whose square touches it, -1 on background-only tokens."""
+    for episode, frames in episodes(vw.TRAIN, 4, lengths=(8, 16), per_length=6):
+        labels = vw.token_labels(episode)
+        for f, shown in enumerate(timeline(frames)):
+            want = np.full(vw.FRAME_TOKENS, -1)
+            colours = np.full(vw.FRAME_TOKENS, -1)
+            for obj, (colour, where) in shown.items():
+                for r, c in where:
+                    want[(r // 2) * vw.TOKEN_GRID + c // 2] = obj
+                    colours[(r // 2) * vw.TOKEN_GRID + c // 2] = colour
+            assert np.array_equal(labels["object"][f], want) and np.array_equal(labels["color"][f], colours)
+        for i, visit in enumerate(episode.visits):
+            prev = episode.visits[i - 1].obj if i else -1
+            for f in visit.frames:
+                assert np.all(labels["prev"][f][labels["object"][f] == visit.obj] == prev)
+
+
+def test_background_is_static_and_objects_are_local():
+    """Between consecutive frames a background tile barely changes (slow drift + pixel
+    noise), a tile an object moves onto or off changes a lot; most tokens are background."""
+    bg_diffs, obj_diffs, background_tokens = [], [], []
+    for episode, frames in episodes(vw.HELD_OUT, 5, lengths=(16, 40), per_length=4):
+        mask = np.zeros((episode.length, vw.TILES, vw.TILES), dtype=bool)  # tile shows an object
+        for visit in episode.visits:
+            for f, (r, c) in zip(visit.frames, visit.path):
+                mask[f, r : r + 2, c : c + 2] = True
+        pixels = frames.astype(np.float64).reshape(-1, vw.TILES, T, vw.TILES, T, 3)
+        step = np.abs(np.diff(pixels, axis=0)).mean(axis=(2, 4, 5))  # (N-1, 8, 8) mean |change| of a tile's pixels
+        bg_diffs.append(step[~mask[1:] & ~mask[:-1]])
+        obj_diffs.append(step[mask[1:] != mask[:-1]])
+        background_tokens.append((vw.token_labels(episode)["object"] < 0).mean())
+    bg, obj = np.concatenate(bg_diffs), np.concatenate(obj_diffs)
+    assert bg.max() < 12 and np.median(bg) < 8, (bg.max(), np.median(bg))  # pixel noise std 6: |diff| ~ 6.8
+    assert obj.min() > 30 and np.median(obj) > 60, (obj.min(), np.median(obj))
+    assert 0.5 < np.mean(background_tokens) < 0.95
+    # without pixel noise the scene's drift alone stays under 3 levels a frame
+    episode = vw.make_episode(vw.rng_for(vw.HELD_OUT, 9), 60)
+    episode.visits = []
+    still = vw.render(episode, None).astype(np.float64)
+    assert np.abs(np.diff(still, axis=0)).max() <= 3
+
+
+def test_chance_kinds_and_words():
+    from lmms_rekv.miniature import world
+
+    assert vw.KINDS == ("color", "before", "same", "entered_after") and set(vw.KINDS) == set(vw.TEMPLATES) == set(vw.CHANCE)
+    assert vw.CHANCE == {"color": 1 / 8, "before": 1 / 15, "same": 1 / 2, "entered_after": 1 / 15}
+    assert {k: vw.TEMPLATES[k] for k in ("color", "before", "same")} == {k: world.TEMPLATES[k] for k in ("color", "before", "same")}
+    assert vw.OBJECTS is world.OBJECTS and vw.Episode is world.Episode and vw.rng_for is world.rng_for
+    words = vw.answer_words()
+    assert set(words) == set(vw.KINDS) and words["entered_after"] == vw.OBJECTS
+    text = " ".join(vw.corpus(vw.rng_for(vw.TRAIN, 0), lines=400))
+    assert "entered after" in text and " left?" in text
+    rng = vw.rng_for(vw.TRAIN, 6)
+    answers = [vw.make_episode(rng, 16, kinds=("same",)).questions[0].answer for _ in range(300)]
+    assert 0.4 < answers.count("yes") / 300 < 0.6
+
+
+def test_depth_places_the_first_needle():
+    episode = vw.make_episode(vw.rng_for(vw.HELD_OUT, 0), 101, kinds=("color",), depth=0.5)
+    (q,) = episode.questions
+    enter = min(q.frames)
+    assert abs(enter - 50) <= vw.ENTRY_GAP[1] + vw.DURATION[1]
+    with pytest.raises(ValueError):
+        vw.make_episode(vw.rng_for(vw.HELD_OUT, 0), 0)
