@@ -19,6 +19,8 @@ QUERY_POOLS = ("mean", "max", "head")  # = lmms_rekv.retrieval.scoring.POOLS (no
 QUERY_SPANS = ("prompt", "question")
 LAYER_FRAMES = ("own", "first")
 OFFLOAD_TIERS = ("cpu", "device", "disk")
+TOKEN_REDUCTIONS = (None, "temporal", "salient", "merge")  # = lmms_rekv.storage.reduce.REDUCERS
+BLOCK_SCORES = ("mean", "tokens")
 SUMMARY_TIERS = ("device", "cpu")
 KV_QUANT = (None, "int8", "int4")
 POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")  # = lmms_rekv.patches.base.POSITION_STRATEGIES
@@ -113,6 +115,18 @@ class ReKVConfig:
             ``adaptive_min_frames`` and at most ``topk_frames``.
         recent_frames: the last N frames are always loaded (within the budget).
         group_frames: frames are scored and loaded in groups of this many consecutive frames.
+        token_reduction: ``None`` (default: every token of a block is stored) or how a block's
+            tokens are cut to ``token_keep`` of them before offload, training-free (see
+            ``lmms_rekv.storage.reduce``): ``"temporal"`` keeps the tokens that changed most
+            since the same place of the previous frame, ``"salient"`` those with the largest
+            values, ``"merge"`` merges the most similar tokens of the block. The stored KV,
+            the retrieval summaries, the question's position layout and ``stats()`` count the
+            tokens kept; the encoding window keeps every token. 1-D families (LLaVA-OV) only.
+        token_keep: fraction of a block's tokens kept with ``token_reduction`` (0 < keep <= 1;
+            at least one token).
+        block_score: what internal retrieval scores a block by: ``"mean"`` (default: its mean
+            pre-RoPE key, ReKV's summary) or ``"tokens"`` (its best stored token: every stored
+            key is read at each question -- for measuring local content, not for long streams).
     """
 
     window_tokens: Optional[int] = 15_000
@@ -147,6 +161,9 @@ class ReKVConfig:
     adaptive_min_frames: int = 1
     recent_frames: int = 0
     group_frames: int = 1
+    token_reduction: Optional[str] = None
+    token_keep: float = 0.25
+    block_score: str = "mean"
 
     def __post_init__(self, frame_tokens: Optional[int] = None) -> None:
         if frame_tokens is not None:
@@ -156,6 +173,10 @@ class ReKVConfig:
         _positive("window_tokens", self.window_tokens, optional=True)
         _positive("topk_frames", self.topk_frames, optional=True)
         _positive("chunk_frames", self.chunk_frames)
+        _choice("token_reduction", self.token_reduction, TOKEN_REDUCTIONS)
+        _choice("block_score", self.block_score, BLOCK_SCORES)
+        if not (isinstance(self.token_keep, (int, float)) and 0 < self.token_keep <= 1):
+            raise ValueError(f"token_keep must be in (0, 1], got {self.token_keep!r}")
         if not isinstance(self.eager, bool):
             raise ValueError(f"eager must be True or False, got {self.eager!r}")
         _positive("query_block_tokens", self.query_block_tokens, optional=True)
@@ -196,13 +217,19 @@ class ReKVConfig:
             if free and self.group_frames > free:
                 raise ValueError(f"group_frames={self.group_frames} does not fit the {free} frames topk_frames leaves after recent_frames")
         if self.topk_frames is not None and self.qa_budget_tokens is not None and self.block_tokens is not None:
-            need = self.topk_frames * self.block_tokens + self.qa_reserve_tokens
+            need = self.topk_frames * self.stored_tokens(self.block_tokens) + self.qa_reserve_tokens
             if need > self.qa_budget_tokens:
                 raise ValueError(
-                    f"topk_frames={self.topk_frames} blocks x {self.block_tokens} tokens + "
+                    f"topk_frames={self.topk_frames} blocks x {self.stored_tokens(self.block_tokens)} tokens + "
                     f"{self.qa_reserve_tokens} reserved = {need} tokens do not fit the QA budget "
                     f"of {self.qa_budget_tokens} tokens; lower topk_frames or raise qa_budget_tokens"
                 )
+
+    def stored_tokens(self, block_tokens: int) -> int:
+        """Tokens stored per block of ``block_tokens`` (fewer with ``token_reduction``)."""
+        if self.token_reduction is None:
+            return block_tokens
+        return max(1, min(block_tokens, round(self.token_keep * block_tokens)))
 
     @property
     def uses_embeddings(self) -> bool:

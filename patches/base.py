@@ -259,6 +259,10 @@ class Backbone:
         raise NotImplementedError
 
     # -- vision ---------------------------------------------------------------------------
+    #: whether stored blocks may be cut to fewer tokens (``ReKVConfig.token_reduction``): a
+    #: family whose question layout numbers a block's tokens consecutively (1-D RoPE)
+    supports_token_reduction: bool = True
+
     #: whether the family sizes frames from the video (one size per stream; see ``for_stream``)
     sizes_per_stream: bool = False
 

@@ -42,6 +42,7 @@ class Qwen2VLBackbone(Backbone):
     model_class = "Qwen2VLForConditionalGeneration"
     default_side = 448
     needs_fps: Optional[str] = None  # why a stream must give its sampling rate (None: it need not)
+    supports_token_reduction = False  # M-RoPE: a kept token's (t, h, w) place is not implemented yet
     processor_kwargs: dict = {}  # extra video-processor arguments of the family
 
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:

@@ -12,12 +12,20 @@ mkdir -p "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 "$PYTHON" -m venv "$WORK/venv"
 LOCK=$ROOT/lmms_rekv/requirements-lock.txt
-"$WORK/venv/bin/python" -m pip install -q --upgrade pip
-"$WORK/venv/bin/pip" install -q -c "$LOCK" build "setuptools>=77" wheel
-"$WORK/venv/bin/python" -m build -q --no-isolation --wheel --sdist --outdir "$WORK/dist" . >/dev/null
+LOG="$WORK/check_wheel.log"
+quiet() {  # pip's and the build's own output go to the log; a failure prints its end
+  if ! "$@" >> "$LOG" 2>&1; then
+    echo "check_wheel: FAILED: $* -- the end of its output:" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
+quiet "$WORK/venv/bin/python" -m pip install -q --upgrade pip
+quiet "$WORK/venv/bin/pip" install -q -c "$LOCK" build "setuptools>=77" wheel
+quiet "$WORK/venv/bin/python" -m build --no-isolation --wheel --sdist --outdir "$WORK/dist" .
 wheel=$(ls "$WORK"/dist/lmms_rekv-*.whl)
 echo "check_wheel: built $(basename "$wheel") and $(basename "$WORK"/dist/lmms_rekv-*.tar.gz)"
-"$WORK/venv/bin/pip" install -q -c "$LOCK" "$wheel[test,clip,bench]"
+quiet "$WORK/venv/bin/pip" install -q -c "$LOCK" "$wheel[test,clip,bench]"
 bash scripts/test_installed.sh "$WORK/venv"
 cd "$WORK"
 export HF_HOME="$WORK/hf" HF_HUB_OFFLINE=1 LMMS_REKV_HOME="$WORK/home"

@@ -156,3 +156,30 @@ def test_store_unchanged_by_questions(load, frames):
         assert torch.equal(a, b)
     for a, b in zip(window, session.state.win_k):
         assert torch.equal(a, b)
+
+
+def test_scoring_a_block_by_its_best_token_equals_brute_force(load, frames):
+    """``block_score="tokens"``: each question token's dot product with every stored token of
+    every block, z-normalised over all stored tokens, max over question tokens, then each block
+    takes its best token -- straight from the definition, per layer (queries captured)."""
+    engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, query_pool="max", query_span="prompt", layer_frames="own",
+                  block_score="tokens")
+    session = engine.new_session()
+    session.add_frames(frames(12, seed=6))
+    answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
+    store = session.state.store
+    text = engine.model.config.text_config
+    group = text.num_attention_heads // text.num_key_value_heads
+    picks = []
+    for layer, selected in enumerate(answer.selected):
+        rows = torch.stack([keys.float().repeat_interleave(group, dim=1).reshape(keys.shape[0], -1)[t]
+                            for f in range(store.blocks) for keys in [store.frame(layer, f)[0]] for t in range(keys.shape[0])])
+        table = seen[layer][1:].float() @ rows.T  # (question tokens, blocks * T)
+        z = (table - table.mean(1, keepdim=True)) / table.std(1, unbiased=False, keepdim=True)
+        per_block = z.max(dim=0).values.view(store.blocks, -1).max(dim=1).values
+        assert selected.tolist() == sorted(per_block.topk(3).indices.tolist())
+        picks.append(tuple(selected.tolist()))
+    mean_scored = load(window_tokens=48, topk_frames=3, chunk_frames=4, query_pool="max", query_span="prompt", layer_frames="own")
+    other = mean_scored.new_session()
+    other.add_frames(frames(12, seed=6))
+    assert [tuple(s.tolist()) for s in other.answer(QUESTION, max_new_tokens=2).selected] != picks  # a different rule

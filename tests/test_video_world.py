@@ -242,3 +242,71 @@ def test_depth_places_the_first_needle():
     assert abs(enter - 50) <= vw.ENTRY_GAP[1] + vw.DURATION[1]
     with pytest.raises(ValueError):
         vw.make_episode(vw.rng_for(vw.HELD_OUT, 0), 0)
+
+
+def _video_miniature():
+    from lmms_rekv.io.preprocess import FrameProcessor
+    from research.miniature import build
+    from research.miniature.train import Layout
+
+    arch = build.Architecture.for_world("video")
+    tokenizer = build.build_tokenizer(arch.vocab_size, seed=0, world_name="video")
+    model = build.build_model(arch, tokenizer, seed=0)
+    return model, Layout(tokenizer, vw.FRAME_TOKENS, world_name="video"), FrameProcessor(size=arch.image_size)
+
+
+def test_crowded_batches_show_the_asked_object_with_another():
+    """``crowd=1``: every training video shows the asked object on screen together with another
+    object on some frame (short clips otherwise often show it alone, and reading "whatever is on
+    screen" answers them). The recipe leaves it off and turns ``bind_aux`` on for this world only."""
+    from research.miniature.train import TrainConfig, make_batch
+
+    _, layout, processor = _video_miniature()
+    batch = make_batch(vw.rng_for(vw.TRAIN, 0), layout, processor, 3, 24, ("color",), None, 6.0, crowd=1.0)
+    for objects, (needle, _) in zip(batch.objects.numpy(), batch.named.tolist()):
+        shown = objects == needle  # (L, tokens)
+        assert any(shown[f].any() and ((objects[f] >= 0) & ~shown[f]).any() for f in range(len(objects)))
+    video, tiled = TrainConfig(world="video").resolved(), TrainConfig().resolved()
+    assert video.bind_aux and not tiled.bind_aux and video.crowd == tiled.crowd == 0.0
+
+
+def test_bind_loss_is_the_attention_the_model_computes():
+    """The recomputed head-0 attention of ``bind_loss`` equals the model's own (eager)
+    attention weights: -log of the mass on the target tokens, summed over the three queries."""
+    import torch
+
+    from research.miniature.train import losses, make_batch
+
+    model, layout, processor = _video_miniature()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a non-trivial attention pattern
+        for p in model.model.language_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = make_batch(vw.rng_for(vw.TRAIN, 1), layout, processor, 8, 6, vw.KINDS, None, 6.0)
+    with torch.no_grad():
+        ours = float(losses(model, batch, layout, bind=True)["bind"])
+        model.set_attn_implementation("eager")
+        inner = model.model
+        feats = inner.get_video_features(pixel_values_videos=batch.pixels).pooler_output
+        video = batch.ids == layout.video_id
+        embeds = inner.language_model.embed_tokens(batch.ids).masked_scatter(video[..., None], feats)
+        att = inner.language_model(inputs_embeds=embeds, attention_mask=batch.mask, output_attentions=True).attentions
+    rows = torch.arange(len(batch.kinds))
+    objects = batch.objects.reshape(len(rows), -1)
+
+    def mass(layer, position, tokens):  # (B,) attention of head 0 from ``position`` onto frame tokens ``tokens``
+        weights = att[layer][rows, 0, position][video].reshape(len(rows), -1)[:, :-1]
+        return (weights * tokens).sum(-1)
+
+    a, b = batch.named[:, 0], batch.named[:, 1]
+    wanted = torch.stack([
+        (objects[i] == a[i]) | (objects[i] == b[i]) if k == "same"
+        else batch.left[i, ..., a[i]].reshape(-1) > 0 if k == "entered_after" else objects[i] == a[i]
+        for i, k in enumerate(batch.kinds)]).float()
+    terms = [(0, batch.first, (objects == a[:, None]).float()), (0, batch.anchor, (objects == b[:, None]).float()),
+             (2, batch.answer_at - 1, wanted)]
+    theirs = 0.0
+    for layer, position, tokens in terms:
+        has = tokens.sum(-1) > 0
+        theirs -= float(torch.log(mass(layer, position, tokens)[has]).mean())
+    assert ours == pytest.approx(theirs, rel=1e-4)

@@ -20,10 +20,13 @@ HELP: Dict[str, str] = {
     "kv_quant": "int8 or int4: offloaded KV stored quantized (none = exact)",
     "summary_tier": "where the retrieval index lives: device or cpu",
     "score": "dot or cosine",
+    "token_reduction": "temporal, salient or merge: each block cut to --token-keep of its tokens before offload (LLaVA-OV)",
+    "token_keep": "fraction of a block's tokens kept with --token-reduction (default 0.25)",
 }
 
 #: the fields ``rekv live`` / ``demo`` / ``bench`` take as flags
-COMMON = ("window_tokens", "topk_frames", "chunk_frames", "retrieval", "clip_model", "offload", "kv_quant", "summary_tier", "score")
+COMMON = ("window_tokens", "topk_frames", "chunk_frames", "retrieval", "clip_model", "offload", "kv_quant", "summary_tier", "score",
+          "token_reduction", "token_keep")
 
 
 def flag(field: str) -> str:

@@ -103,19 +103,27 @@ class QuestionAnswering:
         suffix = bb.suffix_ids(question)
         embeds = bb.suffix_embeds(suffix)  # (1, offset + len(suffix), hidden)
         offset = bb.suffix_offset()
-        context = state.sinks + policy_of(self.config).budget(blocks) * bb.block_tokens
+        context = state.sinks + policy_of(self.config).budget(blocks) * state.store.block_tokens
         prefill = embeds.shape[1] + scored
         self._check_budget(context + prefill + new_tokens)
         selector = self._selector(question, blocks, state.store)
         start, end = bb.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
         padded, strategy = state.padded_block, self.config.position_strategy
         step = QAStep(
-            state, bb.rope, lambda *a: bb.context_positions(*a, fps=self.fps, strategy=strategy, padded=padded),
+            state, bb.rope, self._positions(state, strategy, padded),
             selector, new_tokens, question_offset=offset + start, question_end=offset + end,
             fixed=getattr(selector, "fixed", None), by_index=bb.positions_use_indices(strategy),
             rows=lambda blocks, device: bb.block_rows(blocks, device, fps=self.fps, padded=padded),
         )
         return step, embeds, context
+
+    def _positions(self, state: StreamState, strategy: str, padded):
+        """The context positions callback of a question (``qa.ContextPositions``); with token
+        reduction a block holds its kept tokens only (1-D families: numbered consecutively)."""
+        bb, stored = self.backbone, state.store.block_tokens
+        if stored != bb.block_tokens:
+            return lambda sinks, blocks, text, device: bb.text_positions(0, sinks + len(blocks) * stored + text, device)
+        return lambda *a: bb.context_positions(*a, fps=self.fps, strategy=strategy, padded=padded)
 
     def _padded_state(self, state: StreamState) -> StreamState:
         """``state`` plus the incomplete last block (frames past the tail), padded by
@@ -151,7 +159,11 @@ class QuestionAnswering:
             rows = self._block_embeddings(blocks)
             return rows @ self.engine.embedder.embed_text(question).to(rows.device)
 
-        return make_selector(self.config, lambda layer: store.summaries(layer)[:blocks], external_scores)
+        def token_keys(layer: int) -> torch.Tensor:  # every stored token's key: a full read of the layer
+            keys, _ = store.gather(layer, torch.arange(blocks), self.engine.device)
+            return keys.view(blocks, store.block_tokens, store.kv_heads, store.head_dim)
+
+        return make_selector(self.config, lambda layer: store.summaries(layer)[:blocks], external_scores, token_keys)
 
     def _check_budget(self, tokens: int) -> None:
         budget = self.config.qa_budget_tokens

@@ -164,7 +164,9 @@ class FrameIntake:
         """``state`` followed by a small store of its own; encoding into the fork leaves
         ``state`` (store, window, counters) untouched."""
         tier = "cpu" if self.config.offload == "disk" else self.config.offload
-        return StreamState(store=OverlayStore(state.store, self._new_store(tier, 1)), window=state.window,
+        reducer = getattr(state.store, "reducer", None)
+        extra = self._new_store(tier, 1, reducer=None if reducer is None else reducer.fork())
+        return StreamState(store=OverlayStore(state.store, extra), window=state.window,
                            sink_k=state.sink_k, sink_v=state.sink_v, win_k=list(state.win_k), win_v=list(state.win_v),
                            stream_tokens=state.stream_tokens)
 

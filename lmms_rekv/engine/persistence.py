@@ -30,7 +30,8 @@ class Persistence:
         """CPU tensors of everything but the stored blocks: block summaries ``summaries``
         ``(layers, blocks, kv_heads, head_dim)``, per layer ``sink_k.L`` / ``sink_v.L`` /
         ``win_k.L`` / ``win_v.L`` ``(heads, tokens, head_dim)``, external ``embeddings``
-        ``(blocks, E)`` and the incomplete last chunk's preprocessed ``pending`` pixels."""
+        ``(blocks, E)``, the incomplete last chunk's preprocessed ``pending`` pixels and, with
+        token reduction, the reducer's memory (``reducer.L``)."""
         st = self.state
         tensors = {"summaries": st.store.all_summaries().contiguous().cpu()}
         for name in WINDOW_FIELDS:
@@ -40,6 +41,8 @@ class Persistence:
             tensors["embeddings"] = self.embeddings.contiguous().cpu()
         if self._pending:
             tensors["pending"] = torch.cat(self._pending).contiguous().cpu()
+        if st.store.reducer is not None:  # token reduction's memory of the last block (temporal)
+            tensors.update(st.store.reducer.state())
         return tensors
 
     def restore_state(self, tensors: Dict[str, torch.Tensor], stream_tokens: int) -> None:
@@ -54,4 +57,6 @@ class Persistence:
             self._embed_rows(tensors["embeddings"])
         if "pending" in tensors:
             self._pending, self._pending_frames = [tensors["pending"]], tensors["pending"].shape[0]
+        if st.store.reducer is not None:
+            st.store.reducer.load_state(tensors)
         self._prefix_done = True

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
+from ..storage.reduce import make_reducer
 from ..storage.store import BlockStore, GrowingRows
 from .answering import Answer, QuestionAnswering  # noqa: F401  (Answer: part of this module's API)
 from .background import BackgroundEncoder
@@ -69,9 +70,14 @@ class ReKVSession(FrameIntake, BackgroundFeeding, QuestionAnswering, Persistence
         self._prefix_done = False
         self.saved_meta: dict = {}  # what ``save`` stored beside the stream (reopened sessions)
 
-    def _new_store(self, offload: str, capacity: int = 64) -> BlockStore:
-        """An empty block store on the ``offload`` tier with this stream's block layout."""
+    def _new_store(self, offload: str, capacity: int = 64, reducer=None) -> BlockStore:
+        """An empty block store on the ``offload`` tier with this stream's block layout
+        (``reducer``: the token reducer to continue, for a fork; default: a new one when
+        ``token_reduction`` is set)."""
         engine, cfg = self.engine, self.config
+        if reducer is None and cfg.token_reduction is not None:
+            tokens = self.backbone.block_tokens
+            reducer = make_reducer(cfg.token_reduction, tokens, cfg.stored_tokens(tokens))
         layers, kv_heads, head_dim = self.backbone.kv_shape()
         storage = engine.device if offload == "device" else torch.device("cpu")
         factory = None
@@ -82,7 +88,7 @@ class ReKVSession(FrameIntake, BackgroundFeeding, QuestionAnswering, Persistence
         return BlockStore(
             layers, self.backbone.block_tokens, kv_heads, head_dim, engine.dtype, storage, engine.device,
             initial_capacity=capacity, kv_quant=cfg.kv_quant, backend_factory=factory, summary_device=self._index_device,
-            summary_tokens=self.backbone.summary_tokens,
+            summary_tokens=self.backbone.summary_tokens, reducer=reducer,
         )
 
     @property

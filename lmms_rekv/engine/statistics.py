@@ -18,6 +18,7 @@ class StreamStats(TypedDict):
     provisional_frames: int  # encoded into the provisional tail (encoded again with their chunk)
     waiting_frames: int  # not encoded yet (an odd frame waiting for its partner, or queued)
     blocks: int  # stored blocks (a block: 1 frame on LLaVA-OV, 2 on Qwen)
+    stored_block_tokens: int  # tokens stored per block (fewer than encoded with token_reduction)
     pending_frames: int  # not committed: provisional + waiting in the session
     tokens: int  # stream tokens encoded
     sink_tokens: int
@@ -90,6 +91,7 @@ class Statistics:
             "provisional_frames": self._tail_frames,
             "waiting_frames": frames - encoded - self._tail_frames,
             "blocks": store.blocks,
+            "stored_block_tokens": store.block_tokens,
             "pending_frames": self._pending_frames,
             "tokens": st.stream_tokens,
             "sink_tokens": st.sinks,

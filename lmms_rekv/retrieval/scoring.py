@@ -54,6 +54,14 @@ def frame_scores(queries: torch.Tensor, summaries: torch.Tensor, score: str = "d
     raise ValueError(f"unknown pool {pool!r}; choose from {POOLS}")
 
 
+def token_scores(queries: torch.Tensor, keys: torch.Tensor, score: str = "dot", pool: str = "mean") -> torch.Tensor:
+    """Scores of every stored block by its best token: ``keys`` ``(F, T, Hkv, D)`` (each block's
+    stored pre-RoPE keys, fp32) are scored as ``F * T`` rows by ``frame_scores`` and each block
+    takes the maximum over its ``T`` tokens. Returns ``(F,)`` fp32."""
+    frames, tokens = keys.shape[:2]
+    return frame_scores(queries, keys.reshape(frames * tokens, *keys.shape[2:]), score, pool).view(frames, tokens).amax(dim=1)
+
+
 def _grouped(queries: torch.Tensor, summaries: torch.Tensor, score: str) -> torch.Tensor:
     """``(T, F)`` dot products (or cosines) of each token's concatenated heads with each frame."""
     hq, tokens, dim = queries.shape

@@ -1,7 +1,7 @@
 """The retrieval policy of a question, as one callable: ``(layer, question queries) -> blocks``.
 
 Built from the settings (``ReKVConfig``: ``retrieval``, ``score``, ``query_pool``,
-``layer_frames``, ``hybrid_*`` and the selection fields) and two score sources the session
+``block_score``, ``layer_frames``, ``hybrid_*`` and the selection fields) and two score sources the session
 provides -- the internal one (the layer's block summaries against the question's pre-RoPE
 queries) and the external one (open_clip similarity of the question to each block), so that
 the policy lives here and the engine only asks for blocks."""
@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .scoring import frame_scores
+from .scoring import frame_scores, token_scores
 from .selection import SelectionPolicy, fuse, select
 
 #: ``(layer, queries (Hq, T, D)) -> block indices (time order)``; ``.fixed``: the same blocks for
@@ -28,13 +28,18 @@ def policy_of(config) -> SelectionPolicy:
 
 
 def make_selector(config, summaries: Callable[[int], torch.Tensor],
-                  external_scores: Optional[Callable[[], torch.Tensor]] = None) -> Selector:
+                  external_scores: Optional[Callable[[], torch.Tensor]] = None,
+                  token_keys: Optional[Callable[[int], torch.Tensor]] = None) -> Selector:
     """The selector of one question. ``summaries(layer)``: ``(blocks, kv_heads, head_dim)``
     block summaries of that layer; ``external_scores()``: ``(blocks,)`` similarity of the
-    question to each block (external and hybrid retrieval)."""
+    question to each block (external and hybrid retrieval); ``token_keys(layer)``: ``(blocks,
+    tokens, kv_heads, head_dim)`` stored keys, for ``block_score="tokens"``."""
     policy = policy_of(config)
 
     def internal(layer: int, queries: torch.Tensor) -> torch.Tensor:
+        if config.block_score == "tokens":
+            keys = token_keys(layer).float()
+            return token_scores(queries.to(keys.device), keys, config.score, config.query_pool)
         rows = summaries(layer)
         return frame_scores(queries.to(rows.device), rows, config.score, config.query_pool)
 

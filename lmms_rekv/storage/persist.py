@@ -58,6 +58,7 @@ def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: 
         **({"sampling": sampling} if sampling else {}),
         **({"system": engine.system_prompt} if getattr(engine, "system_prompt", None) else {}),  # it is in the sinks
         **({"template": engine.chat_template_kwargs} if getattr(engine, "chat_template_kwargs", None) else {}),
+        **({"token_reduction": [cfg.token_reduction, cfg.token_keep]} if cfg.token_reduction else {}),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
 

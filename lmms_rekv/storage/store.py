@@ -27,7 +27,9 @@ class BlockStore:
     backend (memory, or disk with a RAM budget) keeps them. The per-frame mean pre-RoPE key
     of every layer (``summaries``, fp32, exact) is kept on ``summary_device`` (default: the
     model's device) for scoring; ``summary_tokens`` picks the tokens of a block it averages
-    (default: all; a family whose blocks hold text or padding slots names its visual ones)."""
+    (default: all; a family whose blocks hold text or padding slots names its visual ones).
+    ``reducer`` (``storage.reduce``): blocks are written with ``reducer.tokens`` tokens and
+    stored -- KV and summaries -- with ``reducer.keep`` (``block_tokens``)."""
 
     def __init__(
         self,
@@ -43,10 +45,16 @@ class BlockStore:
         backend_factory: Optional[Callable] = None,
         summary_device: Optional[torch.device] = None,
         summary_tokens: Optional[slice] = None,
+        reducer=None,
     ) -> None:
         from .backends import MemoryBackend
         from .quant import make_codec
 
+        self.reducer, self.input_tokens = reducer, block_tokens  # tokens per block as written
+        if reducer is not None:
+            if summary_tokens is not None or reducer.tokens != block_tokens:
+                raise ValueError("token reduction needs blocks whose every slot is a token of the block")
+            block_tokens = reducer.keep
         self.layers, self.block_tokens = layers, block_tokens
         self.summary_tokens = slice(None) if summary_tokens is None else summary_tokens
         self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
@@ -91,10 +99,13 @@ class BlockStore:
     def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store frames ``first..first+n`` of ``layer``.
 
-        keys, values: ``(n * block_tokens, kv_heads, head_dim)`` pre-RoPE, any device."""
-        n = keys.shape[0] // self.block_tokens
-        shape = (n, self.block_tokens, self.kv_heads, self.head_dim)
+        keys, values: ``(n * input_tokens, kv_heads, head_dim)`` pre-RoPE, any device (cut to
+        ``block_tokens`` per block by the ``reducer``, if any)."""
+        n = keys.shape[0] // self.input_tokens
+        shape = (n, self.input_tokens, self.kv_heads, self.head_dim)
         keys, values = keys.reshape(shape), values.reshape(shape)
+        if self.reducer is not None:
+            keys, values = self.reducer.reduce(layer, keys, values)
         self._summaries.write(layer, first, keys[:, self.summary_tokens].float().mean(dim=1).reshape(n, -1))
         self.backend.write(layer, first, self.codec.encode(keys, values))
 
@@ -111,6 +122,8 @@ class BlockStore:
             self.backend.write(layer, first, other.backend.read(layer, index))
             self._summaries.write(layer, first, other._summaries.view(layer))
         self.commit(n)
+        if self.reducer is not None and other.reducer is not None:
+            self.reducer.adopt(other.reducer)  # its blocks come last now
 
     def load_summaries(self, summaries: torch.Tensor) -> None:
         """Restore ``(layers, blocks, kv_heads, head_dim)`` summaries of stored blocks (reopened
@@ -257,6 +270,11 @@ class OverlayStore:
     @property
     def blocks(self) -> int:
         return self.base.blocks + self.extra.blocks
+
+    @property
+    def reducer(self):
+        """The token reducer writes continue with (the extra store's: it follows the base)."""
+        return self.extra.reducer
 
     def reserve(self, n_frames: int) -> int:
         return self.base.blocks + self.extra.reserve(n_frames)

@@ -193,7 +193,9 @@ def run_scenario(name: str, model_dir: str, work: str, timeout: float = 600) -> 
     import subprocess
 
     os.makedirs(work, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "research.reliability.fault_scenarios", name, model_dir, work],
+    from research import module_command
+
+    proc = subprocess.run([*module_command("research.reliability.fault_scenarios"), name, model_dir, work],
                           capture_output=True, text=True, timeout=timeout)
     checks = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"check"')]
     if proc.returncode != 0:

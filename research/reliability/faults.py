@@ -30,6 +30,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from research import module_command
+
 CONFIG = dict(window_tokens=48, topk_frames=4, chunk_frames=4)
 FRAMES = 13
 
@@ -79,7 +81,7 @@ def trial(engine, reference: List[torch.Tensor], model_dir: str, entry: str, rng
           tier: str = "memory", scratch: str = "") -> Dict:
     from lmms_rekv.storage.backends.segments import CorruptSegmentError
 
-    child = subprocess.Popen([sys.executable, "-m", "research.reliability.faults", "--writer", model_dir, entry, tier, scratch],
+    child = subprocess.Popen([*module_command("research.reliability.faults"), "--writer", model_dir, entry, tier, scratch],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = child.stdout.readline()
     if line.strip() != "ready":

@@ -1,0 +1,143 @@
+"""Accuracy per byte of token reduction (``ReKVConfig.token_reduction``) on a trained miniature.
+
+    python -m benchmarks.token_reduction --model DIR --out benchmarks/cpu-video-miniature-token-reduction
+
+For held-out videos of the checkpoint's world (``world.json``; the video-like world is the one
+this is for: its frames have static background tokens and local object tokens), every question
+is answered by full attention, by ReKV without reduction (its blocks scored by their mean key,
+and by their best token: ``block_score="tokens"``) and by ReKV with each reduction rule
+at each keep ratio (internal retrieval, top-``k`` blocks), optionally with int8/int4 storage on
+top; accuracy per kind (chance beside it), the stored KV bytes per frame measured on the
+miniature, and the KV per hour projected for LLaVA-OneVision-7B at 0.5 fps (its 196 tokens per
+frame and 28 layers x 4 KV heads x 128 dims, through the same codecs) are written to
+``results.json`` and ``results.md``. One process, one machine: named in the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+GIB = 1024**3
+SEVEN_B = dict(layers=28, kv_heads=4, head_dim=128, tokens=196)  # LLaVA-OneVision-7B (Qwen2-7B)
+
+
+def projected_gib_per_hour(keep: float, kv_quant: Optional[str], fps: float = 0.5) -> float:
+    """KV per hour of LLaVA-OV-7B (fp16) keeping ``keep`` of each frame's 196 tokens."""
+    from lmms_rekv.storage.quant import make_codec
+
+    tokens = max(1, round(keep * SEVEN_B["tokens"]))
+    codec = make_codec(kv_quant, tokens, SEVEN_B["kv_heads"], SEVEN_B["head_dim"], torch.float16)
+    return codec.bytes_per_frame(SEVEN_B["layers"]) * fps * 3600 / GIB
+
+
+def _world(model_dir: str):
+    from research.miniature import build
+
+    with open(os.path.join(model_dir, "world.json")) as fh:
+        name = json.load(fh).get("world", "tiled")
+    return name, build.world_module(name)
+
+
+def _render(name: str, world, episode, rng):
+    """Frames of an episode (the tiled world renders objects and colours per frame)."""
+    return world.render(episode.objects, episode.colors, rng) if name == "tiled" else world.render(episode, rng)
+
+
+def configurations(keeps: List[float], quants: List[Optional[str]], k: int, window: int) -> Dict[str, dict]:
+    """name -> ReKVConfig fields (``full``: full attention)."""
+    base = dict(window_tokens=window, topk_frames=k, chunk_frames=8)
+    out = {"full": dict(window_tokens=None, topk_frames=None, chunk_frames=8), "rekv": base,
+           "rekv/token-score": dict(base, block_score="tokens")}  # a block scored by its best token, not its mean key
+    for kind in ("temporal", "salient", "merge"):
+        for keep in keeps:
+            for quant in quants:
+                name = f"{kind}/{keep:g}" + (f"/{quant}" if quant else "")
+                out[name] = dict(base, token_reduction=kind, token_keep=keep, kv_quant=quant)
+    for quant in quants:
+        if quant:
+            out[f"rekv/{quant}"] = dict(base, kv_quant=quant)
+    return out
+
+
+def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: List[Optional[str]], k: int) -> dict:
+    from lmms_rekv import ReKV, ReKVConfig
+
+    name, world = _world(model_dir)
+    base = ReKV.from_pretrained(model_dir, dtype="float32", device="cpu")
+    window = 4 * base.block_tokens
+    configs = configurations(keeps, quants, k, window)
+    engines = {n: base.with_config(ReKVConfig(**c)) for n, c in configs.items()}
+    tallies: Dict[str, Dict[str, List[int]]] = {n: {} for n in configs}
+    bytes_per_frame: Dict[str, int] = {}
+    started = time.time()
+    for seed in range(videos):
+        rng = world.rng_for(world.HELD_OUT, 200_000 + seed)
+        episode = world.make_episode(rng, length)
+        frames = _render(name, world, episode, rng)
+        for n, engine in engines.items():
+            session = engine.new_session(fps=1)
+            session.add_frames(frames)
+            session.flush()
+            bytes_per_frame.setdefault(n, session.stats()["kv_bytes_per_frame"])
+            for q in episode.questions:
+                words = session.ask(q.text, max_new_tokens=1).split()
+                right = int(bool(words) and words[0].strip("?.,!") == q.answer)
+                tallies[n].setdefault(q.kind, []).append(right)
+            session.close()
+    rows = {}
+    for n, kinds in tallies.items():
+        c = configs[n]
+        keep = c.get("token_keep", 1.0) if c.get("token_reduction") else 1.0
+        flat = [x for v in kinds.values() for x in v]
+        rows[n] = {"accuracy": sum(flat) / len(flat), "per_kind": {kd: sum(v) / len(v) for kd, v in kinds.items()},
+                   "n": {kd: len(v) for kd, v in kinds.items()}, "kv_bytes_per_frame": bytes_per_frame[n],
+                   "projected_7b_gib_per_hour": projected_gib_per_hour(keep, c.get("kv_quant"))}
+    return {"world": name, "model": model_dir, "videos": videos, "length": length, "k": k, "window_tokens": window,
+            "chance": dict(world.CHANCE), "rows": rows, "seconds": round(time.time() - started, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"}
+
+
+def markdown(results: dict) -> str:
+    kinds = list(next(iter(results["rows"].values()))["per_kind"])
+    head = (f"Held-out {results['world']} world, {results['videos']} videos of {results['length']} frames, internal "
+            f"retrieval top-{results['k']}, window {results['window_tokens']} tokens; {results['machine']}.\n\n")
+    lines = ["| setting | accuracy | " + " | ".join(f"{kd} (chance {results['chance'][kd]:.1%}, n {next(iter(results['rows'].values()))['n'][kd]})" for kd in kinds)
+             + " | KV bytes/frame (miniature) | LLaVA-OV-7B GiB/h at 0.5 fps |", "|---" * (len(kinds) + 4) + "|"]
+    for n, row in results["rows"].items():
+        lines.append(f"| {n} | {row['accuracy']:.1%} | " + " | ".join(f"{row['per_kind'][kd]:.0%}" for kd in kinds)
+                     + f" | {row['kv_bytes_per_frame']} | {row['projected_7b_gib_per_hour']:.2f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.token_reduction", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a miniature checkpoint folder (with world.json)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--videos", type=int, default=50)
+    parser.add_argument("--length", type=int, default=16, help="frames per video (the trained length)")
+    parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25, 0.125])
+    parser.add_argument("--quants", nargs="+", default=["none", "int8", "int4"])
+    parser.add_argument("--topk-frames", dest="k", type=int, default=4)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    quants = [None if q == "none" else q for q in args.quants]
+    results = run(args.model, args.videos, args.length, args.keeps, quants, args.k)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+    text = markdown(results)
+    with open(os.path.join(args.out, "results.md"), "w") as fh:
+        fh.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

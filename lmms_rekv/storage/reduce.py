@@ -1,0 +1,126 @@
+"""Token reduction before offload: a block's ``T`` tokens cut to ``K`` before they are stored,
+training-free (``ReKVConfig.token_reduction`` / ``token_keep``).
+
+Every reducer maps a write of ``n`` blocks -- pre-RoPE keys and values ``(n, T, H, D)`` -- to
+``(n, K, H, D)``, the kept (or merged) tokens in their original order, so that a retrieved
+block is a shorter run of tokens the question's layout numbers consecutively (1-D families):
+
+* ``temporal`` keeps the ``K`` tokens whose keys changed most since the token at the same place
+  of the previous block (the previous write's last block is remembered per layer; the
+  stream's first block is compared with zeros, i.e. ranked by its keys' norm): what stays the
+  same frame after frame is dropped (TimeChat-Online's observation).
+* ``salient`` keeps the ``K`` tokens with the largest value norm (summed over heads).
+* ``merge`` merges the most similar tokens (cosine of the keys), pairwise by bipartite
+  matching of alternate tokens, until ``K`` remain; a merged token's key and value are the
+  means of its members (ToMe's matching, without its size bias).
+
+Layers choose their tokens independently (from their own keys/values). The remembered block
+of ``temporal`` is state: ``fork()`` copies it for a provisional encoding, ``adopt()`` takes a
+fork's, and ``state()`` / ``load_state()`` carry it through a saved session.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+REDUCERS = ("temporal", "salient", "merge")
+
+
+class TokenReducer:
+    """Cuts each stored block from ``tokens`` to ``keep`` tokens (see the module docstring)."""
+
+    def __init__(self, kind: str, tokens: int, keep: int) -> None:
+        if kind not in REDUCERS:
+            raise ValueError(f"token_reduction must be one of {REDUCERS}, got {kind!r}")
+        if not 1 <= keep <= tokens:
+            raise ValueError(f"a block of {tokens} tokens cannot keep {keep}")
+        self.kind, self.tokens, self.keep = kind, tokens, keep
+        self._previous: Dict[int, torch.Tensor] = {}  # layer -> the last block's keys (T, H, D), temporal only
+
+    def reduce(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
+        """``(n, T, H, D)`` keys and values of ``n`` consecutive blocks -> ``(n, K, H, D)`` each."""
+        if self.keep == self.tokens:
+            return keys, values
+        if self.kind == "merge":
+            return merge_tokens(keys, values, self.keep)
+        if self.kind == "salient":
+            scores = values.float().norm(dim=-1).sum(dim=-1)  # (n, T)
+        else:
+            before = self._previous.get(layer)
+            before = torch.zeros_like(keys[:1]) if before is None else before.to(keys)[None]
+            previous = torch.cat([before, keys[:-1]])
+            scores = (keys.float() - previous.float()).norm(dim=-1).sum(dim=-1)
+            self._previous[layer] = keys[-1].detach().clone()
+        return _keep_top(keys, values, scores, self.keep)
+
+    # -- state of ``temporal`` ---------------------------------------------------------------
+    def fork(self) -> "TokenReducer":
+        """A reducer for a provisional encoding that leaves this one's memory untouched."""
+        other = TokenReducer(self.kind, self.tokens, self.keep)
+        other._previous = dict(self._previous)
+        return other
+
+    def adopt(self, other: "TokenReducer") -> None:
+        """Take ``other``'s memory (its blocks were appended after this reducer's)."""
+        self._previous = dict(other._previous)
+
+    def state(self) -> Dict[str, torch.Tensor]:
+        """The memory as tensors (``reducer.L``: layer L's last block keys), for ``save``."""
+        return {f"reducer.{layer}": keys.contiguous().cpu() for layer, keys in self._previous.items()}
+
+    def load_state(self, tensors: Dict[str, torch.Tensor]) -> None:
+        self._previous = {int(name.split(".")[1]): t for name, t in tensors.items() if name.startswith("reducer.")}
+
+
+def _keep_top(keys: torch.Tensor, values: torch.Tensor, scores: torch.Tensor, keep: int):
+    """The ``keep`` highest-scoring tokens of each block, in their original order."""
+    index = scores.topk(keep, dim=1).indices.sort(dim=1).values  # (n, K)
+    gather = index[:, :, None, None].expand(-1, -1, *keys.shape[2:])
+    return keys.gather(1, gather), values.gather(1, gather)
+
+
+def merge_tokens(keys: torch.Tensor, values: torch.Tensor, keep: int):
+    """``(n, T, H, D)`` -> ``(n, K, H, D)``: bipartite matching of the even tokens to the odd ones
+    by key cosine, merging the most similar pairs (means), repeated until ``keep`` remain."""
+    sizes = torch.ones(keys.shape[:2], dtype=torch.float32, device=keys.device)  # (n, T) tokens merged into each
+    first = torch.arange(keys.shape[1], device=keys.device).expand(keys.shape[0], -1)  # earliest member: the order
+    k, v = keys.float() * 1.0, values.float() * 1.0
+    while k.shape[1] > keep:
+        k, v, sizes, first = _merge_step(k, v, sizes, first, min(k.shape[1] - keep, k.shape[1] // 2))
+    order = first.argsort(dim=1)
+    gather = order[:, :, None, None].expand(-1, -1, *keys.shape[2:])
+    return k.gather(1, gather).to(keys.dtype), v.gather(1, gather).to(values.dtype)
+
+
+def _merge_step(k, v, sizes, first, r: int):
+    """Merge ``r`` tokens of set A (even places) into their most similar token of set B (odd)."""
+    n, t = k.shape[:2]
+    a, b = torch.arange(0, t, 2, device=k.device), torch.arange(1, t, 2, device=k.device)
+    flat = torch.nn.functional.normalize(k.flatten(2), dim=-1)
+    similarity = flat[:, a] @ flat[:, b].transpose(1, 2)  # (n, |A|, |B|)
+    best, partner = similarity.max(dim=-1)  # each A token's closest B token
+    merged = best.argsort(dim=1, descending=True)[:, :r]  # the r A tokens merged away
+    kept = best.argsort(dim=1, descending=True)[:, r:]
+    dst = partner.gather(1, merged)  # (n, r): their B tokens
+
+    def take(x, idx):
+        return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
+
+    src_a = a[merged]  # positions among all tokens
+    weight = take(sizes, src_a)  # (n, r)
+    b_k, b_v, b_size = k[:, b] * sizes[:, b, None, None], v[:, b] * sizes[:, b, None, None], sizes[:, b].clone()
+    b_k = b_k.scatter_add(1, dst[:, :, None, None].expand(-1, -1, *k.shape[2:]), take(k, src_a) * weight[:, :, None, None])
+    b_v = b_v.scatter_add(1, dst[:, :, None, None].expand(-1, -1, *v.shape[2:]), take(v, src_a) * weight[:, :, None, None])
+    b_size = b_size.scatter_add(1, dst, weight)
+    b_first = first[:, b].scatter_reduce(1, dst, take(first, src_a), reduce="amin")
+    a_kept = a[kept]
+    k = torch.cat([take(k, a_kept), b_k / b_size[:, :, None, None]], dim=1)
+    v = torch.cat([take(v, a_kept), b_v / b_size[:, :, None, None]], dim=1)
+    return k, v, torch.cat([take(sizes, a_kept), b_size], dim=1), torch.cat([take(first, a_kept), b_first], dim=1)
+
+
+def make_reducer(kind: Optional[str], tokens: int, keep: int) -> Optional[TokenReducer]:
+    """The reducer of a store whose blocks have ``tokens`` tokens, or None (every token kept)."""
+    return None if kind is None else TokenReducer(kind, tokens, keep)

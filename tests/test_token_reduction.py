@@ -1,0 +1,153 @@
+"""Token reduction before offload (``ReKVConfig.token_reduction`` / ``token_keep``): off -- or
+keeping every token -- changes nothing; on, the store holds exactly the tokens the rule picks
+(recomputed by brute force from the keys and values the model produced), the summaries average
+them, a question's context counts them, the choice does not depend on how frames arrive, and a
+saved stream goes on exactly as the unbroken one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmms_rekv import ReKVConfig
+from lmms_rekv.storage.reduce import merge_tokens
+
+QUESTION = "what is on the table?"
+KINDS = ["temporal", "salient", "merge"]
+
+
+def _captured_stream(engine, video, step):
+    """Stream ``video`` in calls of ``step`` frames; the pre-RoPE keys and values the model
+    produced for every committed block, per layer: ``(blocks, T, H, D)`` each."""
+    captured, hooks = {}, []
+    for idx, layer in enumerate(engine.language_model.layers):
+        for name in ("k_proj", "v_proj"):
+            def hook(module, inputs, output, key=(idx, name)):
+                captured.setdefault(key, []).append(output[0].detach().clone())
+            hooks.append(getattr(layer.self_attn, name).register_forward_hook(hook))
+    try:
+        session = engine.new_session()
+        for lo in range(0, len(video), step):
+            session.add_frames(video[lo: lo + step])
+        session.flush()
+    finally:
+        for h in hooks:
+            h.remove()
+    store = session.state.store
+    shape = (-1, store.input_tokens, store.kv_heads, store.head_dim)  # the first forward is the prefix (sinks)
+    full = {layer: tuple(torch.cat(captured[(layer, n)][1:]).view(shape) for n in ("k_proj", "v_proj")) for layer in range(store.layers)}
+    return session, full
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_keeping_every_token_changes_nothing(load, frames, kind):
+    video = frames(9, seed=31)
+    plain = load(window_tokens=40, topk_frames=3, chunk_frames=3).new_session()
+    kept = load(window_tokens=40, topk_frames=3, chunk_frames=3, token_reduction=kind, token_keep=1.0).new_session()
+    for s in (plain, kept):
+        s.add_frames(video)
+    a = plain.answer(QUESTION, max_new_tokens=4, return_logits=True, eos_token_ids=())
+    b = kept.answer(QUESTION, max_new_tokens=4, return_logits=True, eos_token_ids=())
+    assert a.token_ids == b.token_ids and all(torch.equal(x, y) for x, y in zip(a.logits, b.logits))
+    assert plain.state.store.reducer is None and plain.stats()["stored_block_tokens"] == kept.stats()["stored_block_tokens"] == 16
+
+
+def _brute_force(kind, keys, values, keep, previous):
+    """The tokens ``kind`` keeps of one block ``(T, H, D)`` (``previous``: the block before, or None)."""
+    if kind == "merge":
+        k, v = merge_tokens(keys[None], values[None], keep)
+        return k[0], v[0]
+    if kind == "salient":
+        scores = torch.stack([values[t].float().norm(dim=-1).sum() for t in range(keys.shape[0])])
+    else:
+        before = torch.zeros_like(keys) if previous is None else previous
+        scores = torch.stack([(keys[t].float() - before[t].float()).norm(dim=-1).sum() for t in range(keys.shape[0])])
+    index = sorted(scores.topk(keep).indices.tolist())
+    return keys[index], values[index]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_store_holds_the_tokens_the_rule_picks(load, frames, kind):
+    """9 frames in chunks of 3 (one forward per chunk): every stored block is the rule applied to
+    the block the model produced (temporal: against the block before it, across chunk
+    boundaries); summaries average the kept keys; 4 of 16 tokens' bytes."""
+    engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, eager=False, token_reduction=kind, token_keep=0.25)
+    session, full = _captured_stream(engine, frames(9, seed=32), step=3)
+    store = session.state.store
+    assert store.blocks == 9 and store.block_tokens == 4 and session.stats()["stored_block_tokens"] == 4
+    plain = load(window_tokens=40, topk_frames=None, chunk_frames=3).new_session()
+    plain.add_frames(frames(9, seed=32))
+    plain.flush()
+    assert session.stats()["kv_bytes_per_block"] * 4 == plain.stats()["kv_bytes_per_block"]
+    for layer, (keys, values) in full.items():
+        for block in range(9):
+            want_k, want_v = _brute_force(kind, keys[block], values[block], 4, keys[block - 1] if block else None)
+            got_k, got_v = store.frame(layer, block)
+            assert torch.allclose(got_k, want_k, atol=1e-6) and torch.allclose(got_v, want_v, atol=1e-6), (layer, block)
+            assert torch.allclose(store.summaries(layer)[block], want_k.float().mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_do_not_depend_on_how_frames_arrive_and_a_saved_stream_goes_on(load, frames, kind, tmp_path):
+    engine = load(window_tokens=40, topk_frames=3, chunk_frames=3, token_reduction=kind, token_keep=0.25)
+    video = frames(11, seed=33)
+    whole = engine.new_session()
+    whole.add_frames(video)
+    trickled = engine.new_session()
+    for i in range(7):
+        trickled.add_frames(video[i: i + 1])
+        trickled.ask(QUESTION, max_new_tokens=2)  # questions on the provisional tail in between
+    trickled.save(str(tmp_path / "s"))
+    reopened = engine.open_session(str(tmp_path / "s"))
+    for s in (trickled, reopened):
+        s.add_frames(video[7:])
+    for s in (whole, trickled, reopened):
+        s.flush()
+    for layer in range(whole.state.store.layers):
+        for block in range(11):
+            for a, b, c in zip(whole.state.store.frame(layer, block), trickled.state.store.frame(layer, block),
+                               reopened.state.store.frame(layer, block)):
+                assert torch.equal(a, b) and torch.equal(a, c)
+    answer = whole.answer(QUESTION, max_new_tokens=3)
+    assert answer.token_ids == reopened.answer(QUESTION, max_new_tokens=3).token_ids
+    plain = load(window_tokens=40, topk_frames=3, chunk_frames=3).new_session()
+    plain.add_frames(video)
+    assert plain.answer(QUESTION, max_new_tokens=3).context_tokens - answer.context_tokens == 3 * (16 - 4)  # 3 blocks, 4 tokens kept
+
+
+def test_merge_averages_similar_tokens_and_keeps_their_order():
+    x, y = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    keys = torch.stack([x, x, y, y])[None, :, None, :]  # (1, 4, 1, 2)
+    values = torch.arange(4.0)[None, :, None, None].expand(1, 4, 1, 2)
+    k, v = merge_tokens(keys, values, 2)
+    assert torch.equal(k[0, :, 0], torch.stack([x, y])) and torch.equal(v[0, :, 0, 0], torch.tensor([0.5, 2.5]))
+
+
+def test_reduction_is_validated_and_refused_where_not_built(qwen_checkpoint):
+    from lmms_rekv import ReKV
+
+    with pytest.raises(ValueError, match="token_keep"):
+        ReKVConfig(token_reduction="salient", token_keep=0)
+    with pytest.raises(ValueError, match="token_reduction"):
+        ReKVConfig(token_reduction="random")
+    assert ReKVConfig(token_reduction="salient", token_keep=0.25).stored_tokens(196) == 49
+    with pytest.raises(ValueError, match="not supported for qwen2_vl"):
+        ReKV.from_pretrained(qwen_checkpoint("qwen2_vl"), dtype="float32", device="cpu",
+                             config=ReKVConfig(token_reduction="salient"))
+
+
+def test_the_accuracy_per_byte_benchmark_runs_and_accounts_bytes():
+    """``python -m benchmarks.token_reduction`` on the shipped miniature (one held-out video):
+    every setting answers every question, the stored bytes per frame follow the keep ratio,
+    and the 7B projection is the codec's: 18.84 GiB/h exact at 0.5 fps, / 4 at keep 1/4."""
+    from benchmarks.token_reduction import projected_gib_per_hour, run
+    from lmms_rekv.miniature import path
+
+    assert round(projected_gib_per_hour(1.0, None), 2) == 18.84
+    assert abs(projected_gib_per_hour(0.25, None) - 18.84 / 4) < 0.05
+    assert projected_gib_per_hour(0.25, "int4") < projected_gib_per_hour(0.25, "int8") < projected_gib_per_hour(0.25, None)
+    results = run(path(), videos=1, length=16, keeps=[0.5], quants=[None], k=4)
+    rows = results["rows"]
+    assert set(rows) == {"full", "rekv", "rekv/token-score", "temporal/0.5", "salient/0.5", "merge/0.5"}
+    assert all(sum(r["n"].values()) == sum(rows["full"]["n"].values()) > 0 for r in rows.values())
+    assert rows["salient/0.5"]["kv_bytes_per_frame"] * 2 == rows["rekv"]["kv_bytes_per_frame"]
