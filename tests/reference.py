@@ -4,7 +4,8 @@ semantics rather than from the engine's chunked code."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from contextlib import contextmanager
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
@@ -100,3 +101,22 @@ def answer_capturing_queries(engine, session, question: str, **kwargs):
         for h in hooks:
             h.remove()
     return answer, seen
+
+
+@contextmanager
+def capture_kv(engine):
+    """``with capture_kv(engine) as captured:`` -- every ``k_proj`` / ``v_proj`` output of every
+    forward inside the block, ``captured[(layer, "k_proj" | "v_proj")]``: a list of ``(tokens,
+    Hkv * D)`` tensors in call order (hooks of the test's own, removed on exit)."""
+    captured: Dict[Tuple[int, str], List[torch.Tensor]] = {}
+    hooks = []
+    for idx, layer in enumerate(engine.language_model.layers):
+        for name in ("k_proj", "v_proj"):
+            def hook(module, inputs, output, key=(idx, name)):
+                captured.setdefault(key, []).append(output[0].detach().clone())
+            hooks.append(getattr(layer.self_attn, name).register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in hooks:
+            h.remove()

@@ -3,6 +3,7 @@ stay bounded while the offload tier grows at the documented bytes per frame."""
 
 import pytest
 import torch
+from reference import capture_kv
 
 from lmms_rekv.storage.store import BlockStore
 
@@ -10,20 +11,10 @@ from lmms_rekv.storage.store import BlockStore
 @pytest.mark.parametrize("offload", ["cpu", "device"])
 def test_blocks_bit_identical_to_computed_kv(load, frames, offload):
     engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, offload=offload)
-    captured = {}
-    hooks = []
-    for idx, layer in enumerate(engine.language_model.layers):
-        for name in ("k_proj", "v_proj"):
-            def hook(module, inputs, output, key=(idx, name)):
-                captured.setdefault(key, []).append(output[0].detach().clone())
-            hooks.append(getattr(layer.self_attn, name).register_forward_hook(hook))
-    try:
+    with capture_kv(engine) as captured:
         session = engine.new_session()
         session.add_frames(frames(8, seed=7))
         session.flush()
-    finally:
-        for h in hooks:
-            h.remove()
     store = session.state.store
     t, hkv, d = store.block_tokens, store.kv_heads, store.head_dim
     for idx in range(store.layers):

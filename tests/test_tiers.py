@@ -7,6 +7,7 @@ import typing
 import numpy as np
 import pytest
 import torch
+from reference import capture_kv
 
 from lmms_rekv.engine.statistics import StreamStats
 from lmms_rekv.storage.backends import CorruptSegmentError
@@ -15,26 +16,12 @@ from lmms_rekv.storage.quant import make_codec
 QUESTION = "what is on the table?"
 
 
-def _capture_kv(engine):
-    captured, hooks = {}, []
-    for idx, layer in enumerate(engine.language_model.layers):
-        for name in ("k_proj", "v_proj"):
-            def hook(module, inputs, output, key=(idx, name)):
-                captured.setdefault(key, []).append(output[0].detach().clone())
-            hooks.append(getattr(layer.self_attn, name).register_forward_hook(hook))
-    return captured, hooks
-
-
 def _stream(engine, video, step=5):
-    captured, hooks = _capture_kv(engine)
-    try:
+    with capture_kv(engine) as captured:
         session = engine.new_session()
         for lo in range(0, len(video), step):
             session.add_frames(video[lo : lo + step])
         session.flush()
-    finally:
-        for h in hooks:
-            h.remove()
     store = session.state.store
     shape = (-1, store.block_tokens, store.kv_heads, store.head_dim)
     exact = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import capture_kv
 
 from lmms_rekv import ReKVConfig
 from lmms_rekv.storage.reduce import merge_tokens
@@ -19,20 +20,11 @@ KINDS = ["temporal", "salient", "merge"]
 def _captured_stream(engine, video, step):
     """Stream ``video`` in calls of ``step`` frames; the pre-RoPE keys and values the model
     produced for every committed block, per layer: ``(blocks, T, H, D)`` each."""
-    captured, hooks = {}, []
-    for idx, layer in enumerate(engine.language_model.layers):
-        for name in ("k_proj", "v_proj"):
-            def hook(module, inputs, output, key=(idx, name)):
-                captured.setdefault(key, []).append(output[0].detach().clone())
-            hooks.append(getattr(layer.self_attn, name).register_forward_hook(hook))
-    try:
+    with capture_kv(engine) as captured:
         session = engine.new_session()
         for lo in range(0, len(video), step):
             session.add_frames(video[lo: lo + step])
         session.flush()
-    finally:
-        for h in hooks:
-            h.remove()
     store = session.state.store
     shape = (-1, store.input_tokens, store.kv_heads, store.head_dim)  # the first forward is the prefix (sinks)
     full = {layer: tuple(torch.cat(captured[(layer, n)][1:]).view(shape) for n in ("k_proj", "v_proj")) for layer in range(store.layers)}

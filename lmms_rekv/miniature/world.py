@@ -161,13 +161,19 @@ def _ask(rng, episode: Episode, kind: str, slots: List[Tuple[int, int]], same_ra
         if len(slots) < 2:
             return None
         (a, pa), (b, pb) = slots[-2], slots[-1]
-        if rng.random() < same_rate:
-            episode.colors[pb] = episode.colors[pa]
-        elif episode.colors[pb] == episode.colors[pa]:
-            episode.colors[pb] = (episode.colors[pa] + int(rng.integers(1, len(COLORS)))) % len(COLORS)
+        same_colors(rng, episode.colors, pa, pb, same_rate)
         answer = "yes" if episode.colors[pa] == episode.colors[pb] else "no"
         return Question(kind, TEMPLATES[kind].format(a=name[a], b=name[b]), answer, tuple(sorted((pa, pb))), (name[a], name[b]))
     raise ValueError(f"unknown question kind {kind!r}; choose from {tuple(TEMPLATES)}")
+
+
+def same_colors(rng: np.random.Generator, colors: List[int], first: int, second: int, same_rate: float) -> None:
+    """Recolour ``colors[second]`` for a ``same`` question: the same colour as ``colors[first]``
+    with probability ``same_rate``, else surely another one (changed in place)."""
+    if rng.random() < same_rate:
+        colors[second] = colors[first]
+    elif colors[second] == colors[first]:
+        colors[second] = (colors[first] + int(rng.integers(1, len(COLORS)))) % len(COLORS)
 
 
 def answer_words() -> Dict[str, Tuple[str, ...]]:

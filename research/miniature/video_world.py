@@ -60,7 +60,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lmms_rekv.miniature import world as _tiled
-from lmms_rekv.miniature.world import COLORS, HELD_OUT, OBJECTS, PALETTE, TRAIN, Episode, Question, rng_for  # noqa: F401  (re-exported)
+from lmms_rekv.miniature.world import (  # noqa: F401  (re-exported)
+    COLORS,
+    HELD_OUT,
+    OBJECTS,
+    PALETTE,
+    TRAIN,
+    Episode,
+    Question,
+    rng_for,
+    same_colors,
+)
 
 KINDS = ("color", "before", "same", "entered_after")
 TEMPLATES = {**{k: _tiled.TEMPLATES[k] for k in ("color", "before", "same")},
@@ -278,10 +288,7 @@ def _ask(rng, episode: VideoEpisode, kind: str, slots: List[Tuple[int, int]], sa
         if len(slots) < 2:
             return None
         (a, pa), (b, pb) = slots[-2], slots[-1]
-        if rng.random() < same_rate:
-            episode.colors[pb] = episode.colors[pa]
-        elif episode.colors[pb] == episode.colors[pa]:
-            episode.colors[pb] = (episode.colors[pa] + int(rng.integers(1, len(COLORS)))) % len(COLORS)
+        same_colors(rng, episode.colors, pa, pb, same_rate)
         visits[pb].color = episode.colors[pb]
         answer = "yes" if episode.colors[pa] == episode.colors[pb] else "no"
         frames = tuple(sorted(set(visits[pa].frames) | set(visits[pb].frames)))
