@@ -181,15 +181,18 @@ def answer_words() -> Dict[str, Tuple[str, ...]]:
     return {"color": COLORS, "after": OBJECTS, "before": OBJECTS, "same": ("yes", "no")}
 
 
-def corpus(rng: np.random.Generator, lines: int = 4000) -> List[str]:
+def corpus(rng: np.random.Generator, lines: int = 4000, templates: Optional[Dict[str, str]] = None,
+           answers: Optional[Dict[str, Tuple[str, ...]]] = None) -> List[str]:
     """Text the miniature's tokenizer is trained on: every question form with its answer
     (answers start with a space, so an object is the same token in questions and answers),
-    so that every object, colour and answer word is a single token where it is used."""
+    so that every object, colour and answer word is a single token where it is used.
+    ``templates`` / ``answers``: another world's question forms and answer words."""
+    templates, answers = templates or TEMPLATES, answers or answer_words()
     out = []
     for _ in range(lines):
         a, b = rng.choice(len(OBJECTS), size=2, replace=False)
-        kind = list(TEMPLATES)[int(rng.integers(0, len(TEMPLATES)))]
-        words = answer_words()[kind]
+        kind = list(templates)[int(rng.integers(0, len(templates)))]
+        words = answers[kind]
         answer = words[int(rng.integers(0, len(words)))]
-        out.append("user \n" + TEMPLATES[kind].format(a=OBJECTS[a], b=OBJECTS[b]) + "assistant\n " + answer)
+        out.append("user \n" + templates[kind].format(a=OBJECTS[a], b=OBJECTS[b]) + "assistant\n " + answer)
     return out

@@ -336,12 +336,5 @@ def answer_words() -> Dict[str, Tuple[str, ...]]:
 
 def corpus(rng: np.random.Generator, lines: int = 4000) -> List[str]:
     """Text the miniature's tokenizer is trained on: every question form of this world with
-    its answer (as the tiled world's ``corpus``), so the new template's words are in it."""
-    out = []
-    for _ in range(lines):
-        a, b = rng.choice(len(OBJECTS), size=2, replace=False)
-        kind = list(TEMPLATES)[int(rng.integers(0, len(TEMPLATES)))]
-        words = answer_words()[kind]
-        answer = words[int(rng.integers(0, len(words)))]
-        out.append("user \n" + TEMPLATES[kind].format(a=OBJECTS[a], b=OBJECTS[b]) + "assistant\n " + answer)
-    return out
+    its answer (the tiled world's ``corpus`` over this world's templates and answers)."""
+    return _tiled.corpus(rng, lines, TEMPLATES, answer_words())
