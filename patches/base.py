@@ -407,9 +407,12 @@ class Backbone:
         return strategy == "original"
 
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
-                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None) -> torch.Tensor:
+                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None,
+                          stored_tokens: Optional[int] = None) -> torch.Tensor:
         """``(P, sinks + K * block_tokens + text)`` positions of a question's context
         ``[sinks, the K retrieved blocks (indices ``blocks``, time order), text after the
         video]`` under ``strategy``; decoding continues the text (the last ``text`` rows may
-        run past the prompt). 1-D: consecutive (ReKV)."""
-        return self.text_positions(0, sinks + len(blocks) * self.block_tokens + text, device)
+        run past the prompt). 1-D: consecutive (ReKV). ``stored_tokens``: tokens a block holds
+        when fewer were stored (token reduction; families with ``supports_token_reduction``)."""
+        per_block = self.block_tokens if stored_tokens is None else stored_tokens
+        return self.text_positions(0, sinks + len(blocks) * per_block + text, device)

@@ -119,11 +119,10 @@ class QuestionAnswering:
 
     def _positions(self, state: StreamState, strategy: str, padded):
         """The context positions callback of a question (``qa.ContextPositions``); with token
-        reduction a block holds its kept tokens only (1-D families: numbered consecutively)."""
+        reduction a block holds only its kept tokens (``stored_tokens``)."""
         bb, stored = self.backbone, state.store.block_tokens
-        if stored != bb.block_tokens:
-            return lambda sinks, blocks, text, device: bb.text_positions(0, sinks + len(blocks) * stored + text, device)
-        return lambda *a: bb.context_positions(*a, fps=self.fps, strategy=strategy, padded=padded)
+        reduced = {} if stored == bb.block_tokens else {"stored_tokens": stored}
+        return lambda *a: bb.context_positions(*a, fps=self.fps, strategy=strategy, padded=padded, **reduced)
 
     def _padded_state(self, state: StreamState) -> StreamState:
         """``state`` plus the incomplete last block (frames past the tail), padded by

@@ -86,7 +86,7 @@ def merge_tokens(keys: torch.Tensor, values: torch.Tensor, keep: int):
     by key cosine, merging the most similar pairs (means), repeated until ``keep`` remain."""
     sizes = torch.ones(keys.shape[:2], dtype=torch.float32, device=keys.device)  # (n, T) tokens merged into each
     first = torch.arange(keys.shape[1], device=keys.device).expand(keys.shape[0], -1)  # earliest member: the order
-    k, v = keys.float() * 1.0, values.float() * 1.0
+    k, v = keys.float(), values.float()  # never written in place: each step builds new tensors
     while k.shape[1] > keep:
         k, v, sizes, first = _merge_step(k, v, sizes, first, min(k.shape[1] - keep, k.shape[1] // 2))
     order = first.argsort(dim=1)
@@ -101,8 +101,8 @@ def _merge_step(k, v, sizes, first, r: int):
     flat = torch.nn.functional.normalize(k.flatten(2), dim=-1)
     similarity = flat[:, a] @ flat[:, b].transpose(1, 2)  # (n, |A|, |B|)
     best, partner = similarity.max(dim=-1)  # each A token's closest B token
-    merged = best.argsort(dim=1, descending=True)[:, :r]  # the r A tokens merged away
-    kept = best.argsort(dim=1, descending=True)[:, r:]
+    ranked = best.argsort(dim=1, descending=True)
+    merged, kept = ranked[:, :r], ranked[:, r:]  # the r A tokens merged away, the rest
     dst = partner.gather(1, merged)  # (n, r): their B tokens
 
     def take(x, idx):
