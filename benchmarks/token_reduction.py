@@ -50,11 +50,25 @@ def _render(name: str, world, episode, rng):
     return world.render(episode.objects, episode.colors, rng) if name == "tiled" else world.render(episode, rng)
 
 
-def configurations(keeps: List[float], quants: List[Optional[str]], k: int, window: int) -> Dict[str, dict]:
-    """name -> ReKVConfig fields (``full``: full attention)."""
+def configurations(keeps: List[float], quants: List[Optional[str]], k: int, window: int,
+                   clip: Optional[List[str]] = None) -> Dict[str, dict]:
+    """name -> ReKVConfig fields (``full``: full attention). ``clip``: ``[config JSON,
+    weights]`` of an embedder for the world -- every ReKV row once more with external
+    retrieval, named ``ext/<row>``."""
     base = dict(window_tokens=window, topk_frames=k, chunk_frames=8)
     out = {"full": dict(window_tokens=None, topk_frames=None, chunk_frames=8), "rekv": base,
            "rekv/token-score": dict(base, block_score="tokens")}  # a block scored by its best token, not its mean key
+    out.update(_reductions(base, keeps, quants))
+    if clip:
+        external = dict(base, retrieval="external", clip_model=clip[0], clip_pretrained=clip[1])
+        out.update({"ext/rekv": external, **{f"ext/{n}": dict(c, **{f: external[f] for f in ("retrieval", "clip_model", "clip_pretrained")})
+                                             for n, c in _reductions(base, keeps, quants).items()}})
+    return out
+
+
+def _reductions(base: dict, keeps: List[float], quants: List[Optional[str]]) -> Dict[str, dict]:
+    """Every rule x keep x quantization, and each quantization alone."""
+    out: Dict[str, dict] = {}
     for kind in ("temporal", "salient", "merge"):
         for keep in keeps:
             for quant in quants:
@@ -66,13 +80,14 @@ def configurations(keeps: List[float], quants: List[Optional[str]], k: int, wind
     return out
 
 
-def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: List[Optional[str]], k: int) -> dict:
+def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: List[Optional[str]], k: int,
+        clip: Optional[List[str]] = None) -> dict:
     from lmms_rekv import ReKV, ReKVConfig
 
     name, world = _world(model_dir)
     base = ReKV.from_pretrained(model_dir, dtype="float32", device="cpu")
     window = 4 * base.block_tokens
-    configs = configurations(keeps, quants, k, window)
+    configs = configurations(keeps, quants, k, window, clip)
     engines = {n: base.with_config(ReKVConfig(**c)) for n, c in configs.items()}
     tallies: Dict[str, Dict[str, List[int]]] = {n: {} for n in configs}
     bytes_per_frame: Dict[str, int] = {}
@@ -100,20 +115,62 @@ def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: Li
                    "n": {kd: len(v) for kd, v in kinds.items()}, "kv_bytes_per_frame": bytes_per_frame[n],
                    "projected_7b_gib_per_hour": projected_gib_per_hour(keep, c.get("kv_quant"))}
     return {"world": name, "model": model_dir, "videos": videos, "length": length, "k": k, "window_tokens": window,
+            "embedder": clip,
             "chance": dict(world.CHANCE), "rows": rows, "seconds": round(time.time() - started, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"}
 
 
 def markdown(results: dict) -> str:
     kinds = list(next(iter(results["rows"].values()))["per_kind"])
-    head = (f"Held-out {results['world']} world, {results['videos']} videos of {results['length']} frames, internal "
-            f"retrieval top-{results['k']}, window {results['window_tokens']} tokens; {results['machine']}.\n\n")
+    head = (f"Held-out {results['world']} world, {results['videos']} videos of {results['length']} frames, retrieval "
+            f"top-{results['k']} (internal; `ext/` rows: external, the world's embedder), window "
+            f"{results['window_tokens']} tokens; {results['machine']}.\n\n")
     lines = ["| setting | accuracy | " + " | ".join(f"{kd} (chance {results['chance'][kd]:.1%}, n {next(iter(results['rows'].values()))['n'][kd]})" for kd in kinds)
              + " | KV bytes/frame (miniature) | LLaVA-OV-7B GiB/h at 0.5 fps |", "|---" * (len(kinds) + 4) + "|"]
     for n, row in results["rows"].items():
         lines.append(f"| {n} | {row['accuracy']:.1%} | " + " | ".join(f"{row['per_kind'][kd]:.0%}" for kd in kinds)
                      + f" | {row['kv_bytes_per_frame']} | {row['projected_7b_gib_per_hour']:.2f} |")
     return head + "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: str) -> None:
+    """Accuracy against projected LLaVA-OV-7B GiB/h (log scale): a colour per rule, a marker
+    per storage precision, hollow for external retrieval; full attention and ReKV without
+    reduction as horizontal references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"rekv": "tab:grey", "temporal": "tab:blue", "salient": "tab:orange", "merge": "tab:green"}
+    markers = {"fp": "o", "int8": "s", "int4": "^"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in results["rows"].items():
+        parts = name.split("/")
+        external = parts[0] == "ext"
+        parts = parts[1:] if external else parts
+        if parts[0] not in colors or "token-score" in parts:
+            continue
+        quant = next((p for p in parts if p.startswith("int")), "fp")
+        ax.scatter(row["projected_7b_gib_per_hour"], row["accuracy"], s=22, marker=markers[quant],
+                   facecolors="none" if external else colors[parts[0]], edgecolors=colors[parts[0]], linewidths=1)
+    for name, style in (("full", "-"), ("rekv", ":")):
+        if name in results["rows"]:
+            ax.axhline(results["rows"][name]["accuracy"], color="black", linestyle=style, linewidth=0.8)
+    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label="no reduction" if r == "rekv" else r) for r, c in colors.items()]
+    handles += [plt.Line2D([], [], color="black", marker=m, linestyle="", label=q) for q, m in markers.items()]
+    handles += [plt.Line2D([], [], color="black", marker="o", markerfacecolor="none", linestyle="", label="external retrieval"),
+                plt.Line2D([], [], color="black", linestyle="-", label="full attention"),
+                plt.Line2D([], [], color="black", linestyle=":", label="ReKV, no reduction, fp")]
+    ax.set_xscale("log")
+    ax.set_xlabel("KV per hour, LLaVA-OV-7B at 0.5 fps (GiB, projected)")
+    ax.set_ylabel("accuracy (held-out)")
+    ax.set_title(f"{results['world']} world miniature: {results['videos']} videos of {results['length']} frames, "
+                 f"top-{results['k']}", fontsize=10)
+    ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None})
+    plt.close(fig)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -125,16 +182,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     parser.add_argument("--quants", nargs="+", default=["none", "int8", "int4"])
     parser.add_argument("--topk-frames", dest="k", type=int, default=4)
+    parser.add_argument("--clip", nargs=2, metavar=("CONFIG_JSON", "WEIGHTS"), default=None,
+                        help="an embedder for the world (python -m research.miniature clip --world video): adds ext/ rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     quants = [None if q == "none" else q for q in args.quants]
-    results = run(args.model, args.videos, args.length, args.keeps, quants, args.k)
+    results = run(args.model, args.videos, args.length, args.keeps, quants, args.k, args.clip)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     text = markdown(results)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write(text)
+    plot(results, os.path.join(args.out, "accuracy-per-byte.svg"))
     print(text)
     return 0
 

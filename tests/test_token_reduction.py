@@ -128,18 +128,23 @@ def test_reduction_is_validated_and_refused_where_not_built(qwen_checkpoint):
                              config=ReKVConfig(token_reduction="salient"))
 
 
-def test_the_accuracy_per_byte_benchmark_runs_and_accounts_bytes():
+def test_the_accuracy_per_byte_benchmark_runs_and_accounts_bytes(tmp_path):
     """``python -m benchmarks.token_reduction`` on the shipped miniature (one held-out video):
-    every setting answers every question, the stored bytes per frame follow the keep ratio,
-    and the 7B projection is the codec's: 18.84 GiB/h exact at 0.5 fps, / 4 at keep 1/4."""
-    from benchmarks.token_reduction import projected_gib_per_hour, run
-    from lmms_rekv.miniature import path
+    every setting answers every question, internal and (``ext/``, with the world's embedder)
+    external, the stored bytes per frame follow the keep ratio, the 7B projection is the
+    codec's (18.84 GiB/h exact at 0.5 fps, / 4 at keep 1/4) and the plot is written."""
+    from benchmarks.token_reduction import plot, projected_gib_per_hour, run
+    from lmms_rekv.miniature import embedder_files, path
 
     assert round(projected_gib_per_hour(1.0, None), 2) == 18.84
     assert abs(projected_gib_per_hour(0.25, None) - 18.84 / 4) < 0.05
     assert projected_gib_per_hour(0.25, "int4") < projected_gib_per_hour(0.25, "int8") < projected_gib_per_hour(0.25, None)
-    results = run(path(), videos=1, length=16, keeps=[0.5], quants=[None], k=4)
+    pytest.importorskip("open_clip")
+    results = run(path(), videos=1, length=16, keeps=[0.5], quants=[None], k=4, clip=list(embedder_files()))
     rows = results["rows"]
-    assert set(rows) == {"full", "rekv", "rekv/token-score", "temporal/0.5", "salient/0.5", "merge/0.5"}
+    internal = {"rekv", "temporal/0.5", "salient/0.5", "merge/0.5"}
+    assert set(rows) == {"full", "rekv/token-score"} | internal | {f"ext/{n}" for n in internal}
     assert all(sum(r["n"].values()) == sum(rows["full"]["n"].values()) > 0 for r in rows.values())
     assert rows["salient/0.5"]["kv_bytes_per_frame"] * 2 == rows["rekv"]["kv_bytes_per_frame"]
+    plot(results, str(tmp_path / "plot.svg"))
+    assert (tmp_path / "plot.svg").read_text().lstrip().startswith("<?xml")

@@ -310,3 +310,62 @@ def test_bind_loss_is_the_attention_the_model_computes():
         has = tokens.sum(-1) > 0
         theirs -= float(torch.log(mass(layer, position, tokens)[has]).mean())
     assert ours == pytest.approx(theirs, rel=1e-4)
+
+
+def test_training_continues_from_a_saved_miniature(tmp_path):
+    """``TrainConfig(init=DIR)`` starts from the saved weights and tokenizer with the saved
+    architecture (a step at learning rate 0 leaves every weight as saved), at ``start_frames``;
+    ``snapshot`` sees the run so far (here after every step)."""
+    import torch
+
+    from research.miniature import build
+    from research.miniature.train import TrainConfig, architecture_of, train
+
+    model, layout, _ = _video_miniature()
+    arch = build.Architecture.for_world("video")
+    build.save_checkpoint(str(tmp_path), model, layout.tokenizer, arch, {}, world_name="video")
+    assert architecture_of(model) == arch
+    seen = []
+    again, tokenizer, log = train(TrainConfig(world="video", init=str(tmp_path), max_steps=1, lr=0.0, weight_decay=0.0,
+                                              start_frames=8, batch=2), progress_bar=False,
+                                  snapshot=lambda m, t, a, so_far: seen.append((a, so_far["steps"])), every=0.0)
+    assert seen == [(arch, 1)] and log["steps"] == 1 and log["history"][0]["frames"] == 8 and log["architecture"] == asdict_of(arch)
+    assert tokenizer.get_vocab() == layout.tokenizer.get_vocab()
+    saved = model.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in again.state_dict().items())
+
+
+def asdict_of(arch):
+    from dataclasses import asdict
+
+    return asdict(arch)
+
+
+def test_video_world_embedder_pairs_and_training(tmp_path):
+    """The video world's embedder: a frame is a positive for a question exactly when one of its
+    tokens shows a named object; training lowers the loss; the saved model loads by its own name
+    (beside the tiled one) and embeds 32-pixel frames."""
+    import os
+
+    import torch
+
+    pytest.importorskip("open_clip")
+    from lmms_rekv.retrieval.embedder import ClipEmbedder
+    from research.miniature.clip import _video_pairs, save_clip, train_clip
+
+    rng = vw.rng_for(vw.TRAIN, 3)
+    frames, texts, labels = _video_pairs(rng, 12, 6.0)
+    assert frames.shape == (12, vw.FRAME_SIZE, vw.FRAME_SIZE, 3)
+    for i, text in enumerate(texts):
+        named = {vw.OBJECTS.index(w.strip("?")) for w in text.split() if w.strip("?") in vw.OBJECTS}
+        for j in range(12):
+            shown = set(decode(frames[j].numpy()))
+            assert (labels[i, j] > 0) == bool(named & shown), (text, j)
+    model, log = train_clip(minutes=5, max_steps=40, batch=32, progress_bar=False, world_name="video")
+    losses = [h["loss"] for h in log["history"]]
+    assert log["steps"] == 40 and losses[-1] < 0.7 * losses[0], losses
+    config, weights = save_clip(str(tmp_path), model, log)
+    assert os.path.basename(config) == "rekv-miniature-clip-video.json"
+    loaded = ClipEmbedder(config, weights, torch.device("cpu"))
+    assert torch.allclose(loaded.embed_frames(frames[:3]), model.embed_frames(frames[:3]), atol=1e-5)
+

@@ -2,6 +2,7 @@
 
     python -m research.miniature train --minutes 15 --seed 0 --out DIR   # ~15 min on 2 CPU cores
     python -m research.miniature train --world video --minutes M --out DIR   # the video-like world (video_world.py)
+    python -m research.miniature train --world video --init DIR --start-frames 8 ...   # continue a saved run
     python -m research.miniature eval [--model DIR] [--lengths 16 32 64] [--videos 100]
     python -m research.miniature clip --minutes 3 --out DIR   # the external embedder (open_clip)
 """
@@ -35,10 +36,16 @@ def cmd_train(args) -> int:
     from . import build
     from .train import TrainConfig, evaluate, train
 
-    cfg = TrainConfig(minutes=args.minutes, seed=args.seed, threads=args.threads, world=args.world,
-                      **({} if args.max_frames is None else {"max_frames": args.max_frames}))
-    arch = build.Architecture.for_world(args.world, family=args.family)
-    model, tokenizer, log = train(cfg, arch)
+    optional = {k: getattr(args, k) for k in ("max_frames", "start_frames", "lr", "init", "bind_weight") if getattr(args, k) is not None}
+    if args.order_rotation is not None:
+        optional["order_rotation"] = args.order_rotation == "on"
+    cfg = TrainConfig(minutes=args.minutes, seed=args.seed, threads=args.threads, world=args.world, **optional)
+    arch = None if args.init else build.Architecture.for_world(args.world, family=args.family)
+    def snapshot(model, tokenizer, arch, log):  # the run so far, in the output folder
+        build.save_checkpoint(args.out, model.eval(), tokenizer, arch, log, world_name=args.world)
+
+    model, tokenizer, log = train(cfg, arch, snapshot=snapshot, every=60.0 * args.save_every)
+    arch = build.Architecture(**log["architecture"])  # with --init: the saved run's
     log["held_out_full_attention"] = evaluate(model, tokenizer, args.lengths, args.videos, seed=args.seed, world_name=args.world)
     log["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
     build.save_checkpoint(args.out, model, tokenizer, arch, log, world_name=args.world)
@@ -77,9 +84,17 @@ def _trained_world(model_dir: str) -> str:
 
 
 def cmd_clip(args) -> int:
-    from .clip import needle_hit_rate, save_clip, train_clip
+    from .clip import needle_hit_rate, save_clip, train_clip, video_hit_rate
 
-    embedder, log = train_clip(minutes=args.minutes, seed=args.seed)
+    embedder, log = train_clip(minutes=args.minutes, seed=args.seed, world_name=args.world)
+    if args.world == "video":
+        log["held_out_needle_hit_top4"] = rates = video_hit_rate(embedder, lengths=args.lengths, videos=args.videos)
+        config, weights = save_clip(args.out, embedder, log)
+        print(f"trained {log['steps']} steps in {log['seconds']:.0f} s, wrote {config} and {weights}")
+        print("held-out: every named object has a frame of its visit among the 4 closest to the question (4 random frames in brackets)")
+        for kind, row in rates.items():
+            print(f"  {kind}: " + ", ".join(f"{n} frames {v:.0%} ({r:.0%})" for n, (v, r) in row.items()))
+        return 0
     log["held_out_needle_hit_top4"] = needle_hit_rate(embedder, lengths=args.lengths, videos=args.videos)
     config, weights = save_clip(args.out, embedder, log)
     print(f"trained {log['steps']} steps in {log['seconds']:.0f} s, wrote {config} and {weights}")
@@ -102,6 +117,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_p.add_argument("--out", required=True)
     train_p.add_argument("--max-frames", type=int, default=None, help="longest video the curriculum may reach (default: TrainConfig's)")
     train_p.add_argument("--threads", type=int, default=None)
+    train_p.add_argument("--init", default=None, help="continue from this saved miniature instead of a fresh one")
+    train_p.add_argument("--start-frames", type=int, default=None, help="the curriculum's first length (default: TrainConfig's)")
+    train_p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's)")
+    train_p.add_argument("--save-every", type=float, default=10.0, help="minutes between snapshots of the run in --out")
+    train_p.add_argument("--order-rotation", choices=("on", "off"), default=None,
+                         help="video world: read the order targets through a fixed rotation (default: on for the video world)")
+    train_p.add_argument("--bind-weight", type=float, default=None, help="weight of the video world's attention binding loss")
     train_p.add_argument("--world", default="tiled", choices=("tiled", "video"),
                          help="the synthetic world: tiled (the shipped miniature's) or video (video_world.py: 32-pixel frames, "
                               "16 tokens each, objects entering, moving and leaving)")
@@ -111,6 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     clip_p.add_argument("--minutes", type=float, default=3.0)
     clip_p.add_argument("--seed", type=int, default=0)
     clip_p.add_argument("--out", required=True)
+    clip_p.add_argument("--world", default="tiled", choices=("tiled", "video"), help="the world whose frames it embeds")
     eval_p = sub.add_parser("eval", help="held-out accuracy with full attention")
     eval_p.add_argument("--model", default=WEIGHTS)
     eval_p.add_argument("--json", default=None)

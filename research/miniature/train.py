@@ -29,6 +29,12 @@ supervision of one head that ties the question's object word (first layer) and t
 position (last layer) to the tokens of the asked object. Without it the video world stalls at
 3 frames: with two objects on screen the model reads the colour of either (50 %) instead of
 matching the asked object's tokens, so colour never passes 85 % and the other kinds never mix in.
+Past 8 frames the video world's ``before`` / ``entered_after`` stalled near 70 % while the
+needle's tokens carried the right previous object 95 % of the time: the order targets lived in
+the object embeddings' own directions, so the answering position, asked about X, attended to
+X's tokens *and* the next visit's (whose ``prev`` is X) and answered one visit off
+(``order_rotation``: each order target read through its own fixed rotation instead).
+``init`` continues a saved run.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -85,19 +91,31 @@ class TrainConfig:
     # the answering position, to the tokens of the asked object (see bind_loss); None: on for a
     # world with token_labels, off for the tiled world
     bind_aux: Optional[bool] = None
+    bind_weight: float = 1.0  # bind_loss's weight (times aux_weight)
+    # per-token worlds: the order targets (``prev``, ``left``) are read through fixed random
+    # rotations of the object embeddings (``order_basis``, one per target) instead of the
+    # embeddings themselves, so that "this token shows X", "this visit came right after X" and
+    # "X left before this visit" are three directions: in one space a question about X also
+    # matches the tokens that carry X as another target, and the answer read from them is one
+    # visit off. None: on for a world with token_labels (the tiled world's recipe is unchanged)
+    order_rotation: Optional[bool] = None
     # per-token worlds: probability that a training video is redrawn until the asked object shares
     # the screen with another object on some frame (so reading "whatever is on screen" stops
     # paying); tried on the video world at 0.5 and slower than without, hence off
     crowd: float = 0.0
+    # continue from a saved miniature (its weights and tokenizer; the architecture read from it)
+    # instead of a fresh one: the curriculum starts at ``start_frames``, the LR warms up again
+    init: Optional[str] = None
 
     def resolved(self) -> "TrainConfig":
         """This config with the world's defaults filled in (``kinds``, ``grow_on_mixed``,
         ``bind_aux``)."""
         source = build.world_module(self.world)
         kinds = tuple(self.kinds) if self.kinds is not None else tuple(source.KINDS)
-        bind = hasattr(source, "token_labels") if self.bind_aux is None else self.bind_aux
+        per_token = hasattr(source, "token_labels")
         return replace(self, kinds=kinds, grow_on_mixed=kinds if self.grow_on_mixed is None else tuple(self.grow_on_mixed),
-                       bind_aux=bind)
+                       bind_aux=per_token if self.bind_aux is None else self.bind_aux,
+                       order_rotation=per_token if self.order_rotation is None else self.order_rotation)
 
 
 class Layout:
@@ -261,8 +279,18 @@ def forward(model, batch: Batch, video_id: int, first_layer: bool = False, layou
     return out.last_hidden_state, visual, after_first, out.hidden_states[2]
 
 
+def order_basis(hidden: int, seed: int = 20_261_204) -> torch.Tensor:
+    """``(hidden, hidden)`` fixed random rotation (orthogonal) that an order target of a
+    per-token world is read through (``TrainConfig.order_rotation``: ``seed`` for ``prev``,
+    ``seed + 1`` for ``left``)."""
+    generator = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(hidden, hidden, generator=generator))
+    return q * torch.sign(torch.diagonal(r))[None]
+
+
 def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = False,
-           hop_all: bool = False, gather: bool = False, bind: bool = False) -> Dict[str, torch.Tensor]:
+           hop_all: bool = False, gather: bool = False, bind: bool = False,
+           rotation: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """Answer loss (answer + EOS), perception loss, temporal-order loss (``prev``) and
     early-answer loss, plus accuracy. ``hop``: for ``same`` questions also read each named
     object's colour at its own word after the second layer; ``gather``: and both colours
@@ -300,10 +328,11 @@ def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = F
         if prev:  # after the second layer an object's tokens know the previous visit's object and who left since
             after_second = middle[batch.ids == layout.video_id].reshape(visual.shape[0], -1, visual.shape[-1])[:, :-1]
             after_second = after_second.reshape(visual.shape)
-            order = _labelled_ce(after_second @ table[layout.object_ids].T, batch.prev)
+            as_prev, as_left = (after_second, after_second) if rotation is None else (after_second @ rotation[0], after_second @ rotation[1])
+            order = _labelled_ce(as_prev @ table[layout.object_ids].T, batch.prev)
             shown = batch.objects >= 0
             if shown.any():
-                order = order + F.binary_cross_entropy_with_logits(after_second[shown] @ table[layout.object_ids].T, batch.left[shown])
+                order = order + F.binary_cross_entropy_with_logits(as_left[shown] @ table[layout.object_ids].T, batch.left[shown])
     else:
         perception = F.cross_entropy(obj_logits.flatten(0, 2), batch.objects[..., None].expand(-1, -1, ft).flatten()) \
             + F.cross_entropy(col_logits.flatten(0, 2), batch.colors[..., None].expand(-1, -1, ft).flatten())
@@ -430,32 +459,53 @@ def _layout(arch: build.Architecture, tokenizer, world_name: str = "tiled"):
 
 
 def architecture_of(model) -> build.Architecture:
-    """The miniature ``Architecture`` fields that matter for prompts and pixels, read back
-    from a model (its family and frame size)."""
+    """The miniature ``Architecture`` read back from a model (LLaVA-OV: every size but
+    ``vocab_size``, the tokenizer's training target, which the model does not keep; a Qwen
+    family: its name, the rest default)."""
     family = model.config.model_type
     if family == "llava_onevision":
-        vision = model.config.vision_config
-        return build.Architecture(image_size=vision.image_size, patch_size=vision.patch_size)
+        vision, text = model.config.vision_config, model.config.text_config
+        return build.Architecture(
+            vision_hidden=vision.hidden_size, vision_layers=vision.num_hidden_layers, vision_heads=vision.num_attention_heads,
+            image_size=vision.image_size, patch_size=vision.patch_size, hidden=text.hidden_size,
+            layers=text.num_hidden_layers, heads=text.num_attention_heads, kv_heads=text.num_key_value_heads,
+            ffn=text.intermediate_size,
+            rope_theta=float((getattr(text, "rope_parameters", None) or {}).get("rope_theta", build.Architecture.rope_theta)))
     return build.Architecture(family=family)
 
 
-def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_bar: bool = True):
-    """Train a miniature from scratch on ``cfg.world``; returns ``(model, tokenizer, log)``.
-    ``arch`` defaults to ``build.Architecture.for_world(cfg.world)``."""
+def _start(cfg: TrainConfig, arch: Optional[build.Architecture]):
+    """(model in train mode, tokenizer, architecture): fresh, or ``cfg.init``'s."""
+    if cfg.init is None:
+        arch = arch or build.Architecture.for_world(cfg.world)
+        tokenizer = build.build_tokenizer(arch.vocab_size, seed=cfg.seed, family=arch.family, world_name=cfg.world)
+        return build.build_model(arch, tokenizer, seed=cfg.seed).train(), tokenizer, arch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    model = AutoModelForImageTextToText.from_pretrained(cfg.init, dtype=torch.float32)
+    return model.train(), AutoTokenizer.from_pretrained(cfg.init), architecture_of(model)
+
+
+def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_bar: bool = True,
+          snapshot: Optional[Callable[[object, object, build.Architecture, dict], None]] = None, every: float = 600.0):
+    """Train a miniature from scratch (or from ``cfg.init``) on ``cfg.world``; returns
+    ``(model, tokenizer, log)``. ``arch`` defaults to ``build.Architecture.for_world(cfg.world)``.
+    ``snapshot(model, tokenizer, arch, log so far)`` is called every ``every`` seconds of
+    training (a long run keeps its progress if it is stopped)."""
     cfg = cfg.resolved()
-    arch = arch or build.Architecture.for_world(cfg.world)
     from tqdm.auto import tqdm
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     source = build.world_module(cfg.world)
-    tokenizer = build.build_tokenizer(arch.vocab_size, seed=cfg.seed, family=arch.family, world_name=cfg.world)
-    model = build.build_model(arch, tokenizer, seed=cfg.seed).train()
+    model, tokenizer, arch = _start(cfg, arch)
     layout, processor = _layout(arch, tokenizer, cfg.world)
+    width = model.get_input_embeddings().weight.shape[1]
+    rotation = (order_basis(width), order_basis(width, 20_261_205)) if cfg.order_rotation else None
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = source.rng_for(source.TRAIN, cfg.seed)
-    frames, running, step, history = cfg.start_frames, 0.0, 0, []
+    frames, running, step, history, snapshots = cfg.start_frames, 0.0, 0, [], []
     per_kind = {k: 0.0 for k in cfg.kinds}
     budget, start = cfg.minutes * 60.0, time.perf_counter()
     bar = tqdm(total=int(budget), desc="training the miniature", unit="s", disable=not progress_bar)
@@ -465,8 +515,8 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
         kinds, weights = (tuple(cfg.kinds), kind_weights(cfg, per_kind)) if frames >= cfg.mix_from_frames else (("color",), None)
         batch = make_batch(rng, layout, processor, frames, cfg.batch, kinds, weights, cfg.noise, crowd=cfg.crowd)
         out = losses(model, batch, layout, prev=cfg.prev_aux, hop=cfg.hop_aux, hop_all=cfg.hop_all, gather=cfg.gather_aux,
-                     bind=cfg.bind_aux)
-        loss = out["answer"] + cfg.aux_weight * (out["perception"] + out["order"] + out["early"] + out.get("bind", 0.0))
+                     bind=cfg.bind_aux, rotation=rotation)
+        loss = out["answer"] + cfg.aux_weight * (out["perception"] + out["order"] + out["early"] + cfg.bind_weight * out.get("bind", 0.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad:
@@ -487,6 +537,11 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
             frames, per_kind = min(cfg.max_frames, math.ceil(frames * cfg.grow)), {k: 0.0 for k in cfg.kinds}
             logger.info("step %d: %d frames", step, frames)
         step += 1
+        if snapshot is not None and elapsed >= every * (1 + len(snapshots)):
+            snapshots.append(step)
+            snapshot(model, tokenizer, arch, {"config": asdict(cfg), "steps": step, "seconds": round(elapsed, 1),
+                                              "final_frames": frames, "history": history, "snapshot": True})
+            model.train()
         bar.n = min(int(elapsed), bar.total)
         bar.set_postfix(frames=frames, loss=f"{float(loss.detach()):.3f}", acc="/".join(f"{v:.2f}" for v in per_kind.values()), refresh=False)
         bar.update(0)
