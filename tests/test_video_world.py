@@ -369,3 +369,25 @@ def test_video_world_embedder_pairs_and_training(tmp_path):
     loaded = ClipEmbedder(config, weights, torch.device("cpu"))
     assert torch.allclose(loaded.embed_frames(frames[:3]), model.embed_frames(frames[:3]), atol=1e-5)
 
+
+
+def test_order_targets_through_fixed_rotations():
+    """``order_basis`` is a fixed orthogonal matrix (seeded); the order loss read through identity
+    rotations equals the unrotated one, and through the two recipe bases it differs (each target
+    in its own directions); ``TrainConfig`` turns it on for the video world only."""
+    import torch
+
+    from research.miniature.train import TrainConfig, losses, make_batch, order_basis
+
+    basis = order_basis(128)
+    assert torch.allclose(basis @ basis.T, torch.eye(128), atol=1e-5) and torch.equal(basis, order_basis(128))
+    assert not torch.allclose(basis, order_basis(128, 20_261_205))
+    model, layout, processor = _video_miniature()
+    batch = make_batch(vw.rng_for(vw.TRAIN, 2), layout, processor, 8, 4, vw.KINDS, None, 6.0)
+    eye = torch.eye(128)
+    with torch.no_grad():
+        plain = float(losses(model, batch, layout)["order"])
+        same = float(losses(model, batch, layout, rotation=(eye, eye))["order"])
+        rotated = float(losses(model, batch, layout, rotation=(basis, order_basis(128, 20_261_205)))["order"])
+    assert same == pytest.approx(plain, rel=1e-6) and abs(rotated - plain) > 1e-3
+    assert TrainConfig(world="video").resolved().order_rotation and not TrainConfig().resolved().order_rotation

@@ -21,7 +21,7 @@ HELP: Dict[str, str] = {
     "summary_tier": "where the retrieval index lives: device or cpu",
     "score": "dot or cosine",
     "token_reduction": "temporal, salient or merge: each block cut to --token-keep of its tokens before offload (LLaVA-OV)",
-    "token_keep": "fraction of a block's tokens kept with --token-reduction (default 0.25)",
+    "token_keep": "fraction of a block's tokens kept with --token-reduction (default 0.5)",
 }
 
 #: the fields ``rekv live`` / ``demo`` / ``bench`` take as flags

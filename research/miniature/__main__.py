@@ -36,7 +36,7 @@ def cmd_train(args) -> int:
     from . import build
     from .train import TrainConfig, evaluate, train
 
-    optional = {k: getattr(args, k) for k in ("max_frames", "start_frames", "lr", "init", "bind_weight") if getattr(args, k) is not None}
+    optional = {k: getattr(args, k) for k in ("max_frames", "start_frames", "lr", "init", "bind_weight", "order_bases") if getattr(args, k) is not None}
     if args.order_rotation is not None:
         optional["order_rotation"] = args.order_rotation == "on"
     cfg = TrainConfig(minutes=args.minutes, seed=args.seed, threads=args.threads, world=args.world, **optional)
@@ -123,6 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_p.add_argument("--save-every", type=float, default=10.0, help="minutes between snapshots of the run in --out")
     train_p.add_argument("--order-rotation", choices=("on", "off"), default=None,
                          help="video world: read the order targets through a fixed rotation (default: on for the video world)")
+    train_p.add_argument("--order-bases", type=int, choices=(1, 2), default=None,
+                         help="video world: 2 = prev and left through their own rotations (default), 1 = one shared")
     train_p.add_argument("--bind-weight", type=float, default=None, help="weight of the video world's attention binding loss")
     train_p.add_argument("--world", default="tiled", choices=("tiled", "video"),
                          help="the synthetic world: tiled (the shipped miniature's) or video (video_world.py: 32-pixel frames, "

@@ -99,6 +99,7 @@ class TrainConfig:
     # matches the tokens that carry X as another target, and the answer read from them is one
     # visit off. None: on for a world with token_labels (the tiled world's recipe is unchanged)
     order_rotation: Optional[bool] = None
+    order_bases: int = 2  # 1: ``prev`` and ``left`` share one rotation (the video miniature's second stage)
     # per-token worlds: probability that a training video is redrawn until the asked object shares
     # the screen with another object on some frame (so reading "whatever is on screen" stops
     # paying); tried on the video world at 0.5 and slower than without, hence off
@@ -501,7 +502,7 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
     model, tokenizer, arch = _start(cfg, arch)
     layout, processor = _layout(arch, tokenizer, cfg.world)
     width = model.get_input_embeddings().weight.shape[1]
-    rotation = (order_basis(width), order_basis(width, 20_261_205)) if cfg.order_rotation else None
+    rotation = (order_basis(width), order_basis(width, 20_261_205 if cfg.order_bases == 2 else 20_261_204)) if cfg.order_rotation else None
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = source.rng_for(source.TRAIN, cfg.seed)
