@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from research.miniature import video_world as vw
-from research.miniature.train import TrainConfig, evaluate, train
+from research.miniature.train import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT = os.path.join(ROOT, "research", "miniature", "video-miniature")
@@ -53,25 +53,13 @@ def test_video_embedder_finds_the_named_objects():
         assert found >= 0.85 and found > drawn + 0.15, (kind, found, drawn)
 
 
-RECIPE = (  # the stages that made the checked-in weights (research/miniature/video-miniature/RECIPE.md)
-    dict(minutes=26, order_rotation=False),  # from scratch: the curriculum reaches 8 frames
-    dict(minutes=45, start_frames=8, lr=1e-3, order_bases=1),  # order targets rotated (one shared basis)
-    dict(minutes=30, start_frames=8, max_frames=8, lr=1e-3),  # prev and left in their own bases, at 8 frames
-)
-
-
 @pytest.mark.recipe
 def test_retraining_the_video_miniature_meets_the_gate(tmp_path):
-    """The recipe, from another seed, on 2 CPU cores (about 100 minutes): every kind >= 90 %
-    held-out with full attention at the final length."""
-    from research.miniature import build
+    """The recipe (``python -m research.miniature recipe``), from another seed, on 2 CPU cores
+    (about 100 minutes): every kind >= 90 % held-out with full attention at the final length."""
+    from research.miniature.recipe import run_recipe
 
-    previous = None
-    for index, stage in enumerate(RECIPE):
-        cfg = TrainConfig(world="video", seed=1, threads=2, init=previous, **stage)
-        model, tokenizer, log = train(cfg, progress_bar=False)
-        previous = str(tmp_path / f"stage{index}")
-        build.save_checkpoint(previous, model, tokenizer, build.Architecture(**log["architecture"]), log, world_name="video")
+    model, tokenizer, log = run_recipe(str(tmp_path / "model"), seed=1, progress_bar=False)
     length = log["final_frames"]
     results = evaluate(model, tokenizer, [length], videos=100, seed=1, world_name="video")
     assert min(row[str(length)] for row in results.values()) >= GATE, results

@@ -391,3 +391,26 @@ def test_order_targets_through_fixed_rotations():
         rotated = float(losses(model, batch, layout, rotation=(basis, order_basis(128, 20_261_205)))["order"])
     assert same == pytest.approx(plain, rel=1e-6) and abs(rotated - plain) > 1e-3
     assert TrainConfig(world="video").resolved().order_rotation and not TrainConfig().resolved().order_rotation
+
+
+def test_the_recipe_chains_its_stages(tmp_path):
+    """``run_recipe``: each stage starts from the previous one's saved folder (at learning rate
+    0 the final weights are the initial ones, through two stages), the last is written to
+    ``out`` with every stage in its log."""
+    import json
+
+    import torch
+
+    from research.miniature import build
+    from research.miniature.recipe import run_recipe
+
+    model, layout, _ = _video_miniature()
+    start = str(tmp_path / "start")
+    build.save_checkpoint(start, model, layout.tokenizer, build.Architecture.for_world("video"), {}, world_name="video")
+    still = dict(max_steps=1, batch=2, lr=0.0, weight_decay=0.0)
+    final, _, log = run_recipe(str(tmp_path / "out"), stages=(dict(still, start_frames=8), dict(still, start_frames=12)),
+                               progress_bar=False, init=start)
+    assert [s["final_frames"] for s in log["recipe"]] == [8, 12]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in final.state_dict().items())
+    with open(tmp_path / "out" / "training_log.json") as fh:
+        assert len(json.load(fh)["recipe"]) == 2

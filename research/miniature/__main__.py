@@ -3,6 +3,7 @@
     python -m research.miniature train --minutes 15 --seed 0 --out DIR   # ~15 min on 2 CPU cores
     python -m research.miniature train --world video --minutes M --out DIR   # the video-like world (video_world.py)
     python -m research.miniature train --world video --init DIR --start-frames 8 ...   # continue a saved run
+    python -m research.miniature recipe --out DIR   # the video-world miniature's staged recipe (~100 min)
     python -m research.miniature eval [--model DIR] [--lengths 16 32 64] [--videos 100]
     python -m research.miniature clip --minutes 3 --out DIR   # the external embedder (open_clip)
 """
@@ -52,6 +53,24 @@ def cmd_train(args) -> int:
     print(f"trained {log['steps']} steps in {log['seconds']:.0f} s (final length {log['final_frames']} frames), wrote {args.out}")
     print(f"held-out accuracy ({args.world} world), full attention (first answer token):")
     print(_table(log["held_out_full_attention"], build.world_module(args.world).CHANCE))
+    return 0
+
+
+def cmd_recipe(args) -> int:
+    import torch
+
+    from . import build
+    from .recipe import run_recipe
+    from .train import evaluate
+
+    model, tokenizer, log = run_recipe(args.out, seed=args.seed)
+    log["held_out_full_attention"] = evaluate(model, tokenizer, args.lengths, args.videos, seed=args.seed, world_name="video")
+    log["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
+    build.save_checkpoint(args.out, model, tokenizer, build.Architecture(**log["architecture"]), log, world_name="video")
+    stages = ", ".join(f"{s['steps']} steps to {s['final_frames']} frames" for s in log["recipe"])
+    print(f"trained the video-world miniature in {len(log['recipe'])} stages ({stages}), wrote {args.out}")
+    print("held-out accuracy (video world), full attention (first answer token):")
+    print(_table(log["held_out_full_attention"], build.world_module("video").CHANCE))
     return 0
 
 
@@ -131,6 +150,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "16 tokens each, objects entering, moving and leaving)")
     train_p.add_argument("--family", default="llava_onevision", choices=FAMILIES,
                          help="the model family's shape (Qwen families: real Qwen classes, one-frame temporal patches)")
+    recipe_p = sub.add_parser("recipe", help="train the video-world miniature with its staged recipe (about 100 minutes)")
+    recipe_p.add_argument("--seed", type=int, default=0)
+    recipe_p.add_argument("--out", required=True)
     clip_p = sub.add_parser("clip", help="train the external embedder (a tiny open_clip model)")
     clip_p.add_argument("--minutes", type=float, default=3.0)
     clip_p.add_argument("--seed", type=int, default=0)
@@ -140,15 +162,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     eval_p.add_argument("--model", default=WEIGHTS)
     eval_p.add_argument("--json", default=None)
     eval_p.add_argument("--world", default=None, choices=("tiled", "video"), help="default: the one in the model's world.json")
-    for p in (train_p, eval_p, clip_p):
-        p.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
+    for p in (train_p, eval_p, clip_p, recipe_p):
+        p.add_argument("--lengths", type=int, nargs="+", default=[8, 12, 16] if p is recipe_p else [16, 32, 64])
         p.add_argument("--videos", type=int, default=100, help="held-out videos per kind and length")
     eval_p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.command == "eval" and not os.path.isfile(os.path.join(args.model, "config.json")):
         parser.error(f"{args.model} is not a model folder")
-    return {"train": cmd_train, "eval": cmd_eval, "clip": cmd_clip}[args.command](args)
+    return {"train": cmd_train, "eval": cmd_eval, "clip": cmd_clip, "recipe": cmd_recipe}[args.command](args)
 
 
 if __name__ == "__main__":
