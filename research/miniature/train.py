@@ -487,6 +487,14 @@ def _start(cfg: TrainConfig, arch: Optional[build.Architecture]):
     return model.train(), AutoTokenizer.from_pretrained(cfg.init), architecture_of(model)
 
 
+def _history_row(step: int, elapsed: float, frames: int, loss: torch.Tensor, out: Dict[str, torch.Tensor],
+                 accuracy: float, per_kind: Dict[str, float]) -> dict:
+    """One entry of the training log's ``history``."""
+    return {"step": step, "seconds": round(elapsed, 1), "frames": frames, "loss": round(float(loss.detach()), 4),
+            **{f"{k}_loss": round(float(out[k].detach()), 4) for k in ("answer", "perception", "order", "early", "bind") if k in out},
+            "accuracy": round(accuracy, 3), "running": {k: round(v, 3) for k, v in per_kind.items()}}
+
+
 def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_bar: bool = True,
           snapshot: Optional[Callable[[object, object, build.Architecture, dict], None]] = None, every: float = 600.0):
     """Train a miniature from scratch (or from ``cfg.init``) on ``cfg.world``; returns
@@ -530,10 +538,7 @@ def train(cfg: TrainConfig, arch: Optional[build.Architecture] = None, progress_
                 per_kind[kind] = 0.9 * per_kind[kind] + 0.1 * float(np.mean(picked))
         running = min(per_kind[k] for k in (cfg.grow_on if frames < cfg.mix_from_frames else cfg.grow_on_mixed))
         if step % 20 == 0:
-            history.append({"step": step, "seconds": round(elapsed, 1), "frames": frames, "loss": round(float(loss.detach()), 4),
-                            **{f"{k}_loss": round(float(out[k].detach()), 4) for k in ("answer", "perception", "order", "early", "bind") if k in out},
-                            "accuracy": round(accuracy, 3),
-                            "running": {k: round(v, 3) for k, v in per_kind.items()}})
+            history.append(_history_row(step, elapsed, frames, loss, out, accuracy, per_kind))
         if running > cfg.grow_threshold and frames < cfg.max_frames:
             frames, per_kind = min(cfg.max_frames, math.ceil(frames * cfg.grow)), {k: 0.0 for k in cfg.kinds}
             logger.info("step %d: %d frames", step, frames)
