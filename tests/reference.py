@@ -120,3 +120,19 @@ def capture_kv(engine):
     finally:
         for h in hooks:
             h.remove()
+
+
+def stream_with_kv(engine, video, step: int = 5):
+    """Stream ``video`` into a new session in calls of ``step`` frames and flush; returns
+    ``(session, {layer: (keys, values)})`` -- the pre-RoPE keys and values the model produced
+    for every committed block, ``(blocks, tokens per block as encoded, Hkv, D)`` each (the
+    first captured forward is the prefix, the sinks)."""
+    with capture_kv(engine) as captured:
+        session = engine.new_session()
+        for lo in range(0, len(video), step):
+            session.add_frames(video[lo: lo + step])
+        session.flush()
+    store = session.state.store
+    shape = (-1, store.input_tokens, store.kv_heads, store.head_dim)
+    return session, {layer: tuple(torch.cat(captured[(layer, n)][1:]).view(shape) for n in ("k_proj", "v_proj"))
+                     for layer in range(store.layers)}

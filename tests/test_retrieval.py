@@ -28,22 +28,27 @@ def _brute_force(store, layer, query_tokens, score, topk, group):
     return sorted(order), scores
 
 
+def _answer_on_12_frames(engine, frames, seed: int):
+    """12 frames into a new session, then ``QUESTION`` with every layer's queries captured:
+    ``(answer, queries per layer, the block store, query heads per KV head)``."""
+    session = engine.new_session()
+    session.add_frames(frames(12, seed=seed))
+    answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
+    text = engine.model.config.text_config
+    return answer, seen, session.state.store, text.num_attention_heads // text.num_key_value_heads
+
+
 @pytest.mark.parametrize("score", ["dot", "cosine"])
 def test_selection_equals_brute_force(load, frames, score):
     engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, score=score, **PUBLISHED)
-    session = engine.new_session()
-    session.add_frames(frames(12, seed=5))
-    answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
-    store = session.state.store
-    text = engine.model.config.text_config
-    group = text.num_attention_heads // text.num_key_value_heads
+    answer, seen, store, group = _answer_on_12_frames(engine, frames, seed=5)
     picks = []
     for layer, selected in enumerate(answer.selected):
         expected, scores = _brute_force(store, layer, seen[layer][1:], score, 3, group)
         assert selected.tolist() == expected
         assert selected.tolist() == sorted(selected.tolist())
         # the library's vectorised score matches the definition too
-        q_mean = seen[layer][1:].float().mean(0).view(text.num_attention_heads, -1)
+        q_mean = seen[layer][1:].float().mean(0).view(engine.model.config.text_config.num_attention_heads, -1)
         assert torch.allclose(frame_scores(q_mean, store.summaries(layer), score), scores, rtol=1e-5, atol=1e-5)
         picks.append(tuple(expected))
     assert len(set(picks)) > 1, "layers should be able to pick different frames"
@@ -164,12 +169,7 @@ def test_scoring_a_block_by_its_best_token_equals_brute_force(load, frames):
     takes its best token -- straight from the definition, per layer (queries captured)."""
     engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, query_pool="max", query_span="prompt", layer_frames="own",
                   block_score="tokens")
-    session = engine.new_session()
-    session.add_frames(frames(12, seed=6))
-    answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
-    store = session.state.store
-    text = engine.model.config.text_config
-    group = text.num_attention_heads // text.num_key_value_heads
+    answer, seen, store, group = _answer_on_12_frames(engine, frames, seed=6)
     picks = []
     for layer, selected in enumerate(answer.selected):
         rows = torch.stack([keys.float().repeat_interleave(group, dim=1).reshape(keys.shape[0], -1)[t]

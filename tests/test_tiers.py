@@ -7,7 +7,7 @@ import typing
 import numpy as np
 import pytest
 import torch
-from reference import capture_kv
+from reference import stream_with_kv
 
 from lmms_rekv.engine.statistics import StreamStats
 from lmms_rekv.storage.backends import CorruptSegmentError
@@ -16,28 +16,13 @@ from lmms_rekv.storage.quant import make_codec
 QUESTION = "what is on the table?"
 
 
-def _stream(engine, video, step=5):
-    with capture_kv(engine) as captured:
-        session = engine.new_session()
-        for lo in range(0, len(video), step):
-            session.add_frames(video[lo : lo + step])
-        session.flush()
-    store = session.state.store
-    shape = (-1, store.block_tokens, store.kv_heads, store.head_dim)
-    exact = {
-        layer: (torch.cat(captured[(layer, "k_proj")][1:]).view(shape), torch.cat(captured[(layer, "v_proj")][1:]).view(shape))
-        for layer in range(store.layers)
-    }
-    return session, exact
-
-
 TIERS = [dict(offload="cpu"), dict(offload="device"), dict(offload="disk", ram_budget_bytes=3 * 8192)]
 
 
 @pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
 def test_store_load_round_trip_is_bit_exact(load, frames, tier, tmp_path):
     engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, eager=False, offload_dir=str(tmp_path), **tier)  # one forward per chunk
-    session, exact = _stream(engine, frames(17, seed=20))
+    session, exact = stream_with_kv(engine, frames(17, seed=20))
     store = session.state.store
     if tier["offload"] == "disk":
         stats = session.stats()
@@ -66,7 +51,7 @@ def _bound(x, dim, bits):
 @pytest.mark.parametrize("tier", TIERS, ids=lambda t: t["offload"])
 def test_quantized_blocks_meet_the_bound(load, frames, kind, bits, tier, tmp_path):
     engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, eager=False, kv_quant=kind, offload_dir=str(tmp_path), **tier)
-    session, exact = _stream(engine, frames(9, seed=21))
+    session, exact = stream_with_kv(engine, frames(9, seed=21))
     store = session.state.store
     for layer, (keys, values) in exact.items():
         for f in range(9):
@@ -86,7 +71,7 @@ def test_gather_all_layers_at_once_equals_per_layer_gather(load, frames, kind, t
     (``gather_all``, stored fields with a leading layer dim): identical to per-layer reads,
     also for quantized blocks (their ranges broadcast over the right dims)."""
     engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, kv_quant=kind, offload_dir=str(tmp_path), **tier)
-    session, _ = _stream(engine, frames(9, seed=24))
+    session, _ = stream_with_kv(engine, frames(9, seed=24))
     store, order = session.state.store, torch.tensor([8, 0, 3, 4])
     keys, values = store.gather_all(order, torch.device("cpu"))
     for layer in range(store.layers):

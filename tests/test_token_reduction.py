@@ -8,27 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import capture_kv
+from reference import stream_with_kv
 
 from lmms_rekv import ReKVConfig
 from lmms_rekv.storage.reduce import merge_tokens
 
 QUESTION = "what is on the table?"
 KINDS = ["temporal", "salient", "merge"]
-
-
-def _captured_stream(engine, video, step):
-    """Stream ``video`` in calls of ``step`` frames; the pre-RoPE keys and values the model
-    produced for every committed block, per layer: ``(blocks, T, H, D)`` each."""
-    with capture_kv(engine) as captured:
-        session = engine.new_session()
-        for lo in range(0, len(video), step):
-            session.add_frames(video[lo: lo + step])
-        session.flush()
-    store = session.state.store
-    shape = (-1, store.input_tokens, store.kv_heads, store.head_dim)  # the first forward is the prefix (sinks)
-    full = {layer: tuple(torch.cat(captured[(layer, n)][1:]).view(shape) for n in ("k_proj", "v_proj")) for layer in range(store.layers)}
-    return session, full
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -64,7 +50,7 @@ def test_the_store_holds_the_tokens_the_rule_picks(load, frames, kind):
     the block the model produced (temporal: against the block before it, across chunk
     boundaries); summaries average the kept keys; 4 of 16 tokens' bytes."""
     engine = load(window_tokens=40, topk_frames=None, chunk_frames=3, eager=False, token_reduction=kind, token_keep=0.25)
-    session, full = _captured_stream(engine, frames(9, seed=32), step=3)
+    session, full = stream_with_kv(engine, frames(9, seed=32), step=3)
     store = session.state.store
     assert store.blocks == 9 and store.block_tokens == 4 and session.stats()["stored_block_tokens"] == 4
     plain = load(window_tokens=40, topk_frames=None, chunk_frames=3).new_session()
