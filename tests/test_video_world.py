@@ -316,6 +316,8 @@ def test_training_continues_from_a_saved_miniature(tmp_path):
     """``TrainConfig(init=DIR)`` starts from the saved weights and tokenizer with the saved
     architecture (a step at learning rate 0 leaves every weight as saved), at ``start_frames``;
     ``snapshot`` sees the run so far (here after every step)."""
+    from dataclasses import asdict
+
     import torch
 
     from research.miniature import build
@@ -329,16 +331,10 @@ def test_training_continues_from_a_saved_miniature(tmp_path):
     again, tokenizer, log = train(TrainConfig(world="video", init=str(tmp_path), max_steps=1, lr=0.0, weight_decay=0.0,
                                               start_frames=8, batch=2), progress_bar=False,
                                   snapshot=lambda m, t, a, so_far: seen.append((a, so_far["steps"])), every=0.0)
-    assert seen == [(arch, 1)] and log["steps"] == 1 and log["history"][0]["frames"] == 8 and log["architecture"] == asdict_of(arch)
+    assert seen == [(arch, 1)] and log["steps"] == 1 and log["history"][0]["frames"] == 8 and log["architecture"] == asdict(arch)
     assert tokenizer.get_vocab() == layout.tokenizer.get_vocab()
     saved = model.state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in again.state_dict().items())
-
-
-def asdict_of(arch):
-    from dataclasses import asdict
-
-    return asdict(arch)
 
 
 def test_video_world_embedder_pairs_and_training(tmp_path):

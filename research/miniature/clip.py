@@ -20,6 +20,7 @@ process.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -54,7 +55,7 @@ def clip_config(world_name: str = "tiled") -> Tuple[str, dict]:
         return NAME, CLIP_CONFIG
     from . import build
 
-    config = json.loads(json.dumps(CLIP_CONFIG))
+    config = copy.deepcopy(CLIP_CONFIG)
     config["vision_cfg"]["image_size"] = build.world_module(world_name).FRAME_SIZE
     return f"{NAME}-{world_name}", config
 
