@@ -80,7 +80,7 @@ def _memory(device: torch.device) -> Dict[str, float]:
 def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.dtype, cfg: Preset):
     """One model, wrapped three times (rekv, full attention); tiny goes through from_pretrained."""
     from lmms_rekv import ReKVConfig, ReKVLlavaOneVision
-    from lmms_rekv.io.preprocess import FrameProcessor
+    from lmms_rekv.io.preprocess import CheckpointFrames
     from research.tiny import CHAT_TEMPLATE, build_tiny_model, build_tokenizer
 
     rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, block_tokens=16 if preset == "tiny" else 196)
@@ -100,7 +100,7 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
                 model = LlavaOnevisionForConditionalGeneration(real_config(preset, **ids)).eval()
             finally:
                 torch.set_default_dtype(torch.float32)
-        rekv = ReKVLlavaOneVision(model, tokenizer, CHAT_TEMPLATE, FrameProcessor(size=384), rekv_cfg)
+        rekv = ReKVLlavaOneVision(model, tokenizer, CHAT_TEMPLATE, CheckpointFrames.square(384), rekv_cfg)
     full_cfg = rekv_cfg.replace(window_tokens=None, topk_frames=None, offload="device", qa_budget_tokens=None)
     full = rekv.with_config(full_cfg)
     return rekv, full

@@ -24,12 +24,12 @@ class LlavaOnevisionBackbone(Backbone):
     def load(cls, path: str, dtype: torch.dtype, **model_kwargs):
         from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
-        from lmms_rekv.io.preprocess import FrameProcessor
+        from lmms_rekv.io.preprocess import frame_processor
         from lmms_rekv.io.prompt import load_chat_template
 
+        processor = frame_processor(path)  # the checkpoint's own rule (fails before the weights load)
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        processor = FrameProcessor.from_dir(path, model.config.vision_config.image_size)
         return model, tokenizer, load_chat_template(path, tokenizer), processor
 
     def rotary_function(self):

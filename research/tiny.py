@@ -120,12 +120,25 @@ def build_tiny_model(
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    with open(os.path.join(path, "chat_template.jinja"), "w") as fh:
-        fh.write(CHAT_TEMPLATE)
-    with open(os.path.join(path, "preprocessor_config.json"), "w") as fh:
-        json.dump({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": image_size, "width": image_size}}, fh, indent=1)
+    write_processor(path, tokenizer, image_size, patch_size)
     logger.info("wrote tiny LLaVA-OneVision to %s", path)
     return path
+
+
+def write_processor(path: str, tokenizer, image_size: int, patch_size: int) -> None:
+    """Save the checkpoint's ``LlavaOnevisionProcessor`` as llava-hf checkpoints ship it
+    (image and video processor configs at ``image_size`` with mean/std 0.5, the processor config,
+    the chat template), so ``AutoProcessor.from_pretrained(path)`` is the vanilla reference."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    shape = {"size": {"height": image_size, "width": image_size}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(**shape, image_grid_pinpoints=[[image_size, image_size]]),
+        tokenizer=tokenizer, video_processor=LlavaOnevisionVideoProcessor(**shape), chat_template=CHAT_TEMPLATE,
+        num_image_tokens=(image_size // patch_size) ** 2, vision_feature_select_strategy="full")
+    processor.save_pretrained(path)
+    with open(os.path.join(path, "chat_template.jinja"), "w") as fh:
+        fh.write(CHAT_TEMPLATE)
 
 
 #: A tiny open_clip model (random weights, CLIP's bundled tokenizer): no download needed.
@@ -211,4 +224,94 @@ def write_lmms_lab_twin(hf_dir: str, out: str) -> str:
     for leftover in ("chat_template.jinja", "chat_template.json"):
         if os.path.isfile(os.path.join(out, leftover)):
             os.remove(os.path.join(out, leftover))
+    return out
+
+
+#: LLaVA-OneVision's anyres grid (lmms-lab ``llava-onevision-qwen2-*-ov``: 1x1 to 6x6 tiles of 384)
+OV_GRID_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
+
+#: the hub-style ``mm_vision_tower`` of ``build_tiny_lmms_lab_reference``, resolved from the HF cache
+TINY_REFERENCE_TOWER = "rekv-tiny/siglip-tiny-patch14-384"
+
+
+def build_tiny_lmms_lab_reference(out: str, hf_home: str, seed: int = 0, init_std: float = 0.3) -> str:
+    """Write a tiny random lmms-lab-format (LLaVA-NeXT ``llava_qwen``) LLaVA-OneVision checkpoint
+    to ``out`` that LLaVA-NeXT itself -- hence lmms-eval's own ``llava_onevision`` -- loads offline
+    (with ``HF_HOME=hf_home``, ``HF_HUB_OFFLINE=1``); returns ``out``.
+
+    The model is ``build_tiny_model``'s (2-layer, hidden-64 Qwen2; ``init_std`` large so greedy
+    answers are well separated) with a 2-layer SigLIP tower of so400m's geometry (384 px, patch 14,
+    729 patches: LLaVA-NeXT assumes it), in lmms-lab's layout (``write_lmms_lab_twin``) with
+    lmms-lab OneVision's ``mm_*`` fields. ``mm_vision_tower`` is the hub id
+    ``TINY_REFERENCE_TOWER``: LLaVA-NeXT turns an existing local path into a CLIP tower, so the
+    tower's config (3 layers: LLaVA-NeXT drops the last) and weights (the checkpoint's 2 layers,
+    one random layer more and SigLIP's pooling head) go into the offline HF cache under
+    ``hf_home`` as ``hub/models--rekv-tiny--siglip-tiny-patch14-384/snapshots/<rev>/`` +
+    ``refs/main``. The tokenizer config names ``PreTrainedTokenizerFast`` (transformers 4.51
+    reads it). LLaVA-NeXT picks its model class from the folder name: it must contain "qwen"."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    if "qwen" not in os.path.basename(os.path.normpath(out)).lower():
+        raise ValueError(f"{out}: LLaVA-NeXT loads a llava_qwen checkpoint only from a folder whose name contains 'qwen'")
+    with tempfile.TemporaryDirectory() as hf_dir:
+        build_tiny_model(hf_dir, seed=seed, image_size=384, patch_size=14, init_std=init_std)
+        write_lmms_lab_twin(hf_dir, out)
+    shutil.rmtree(os.path.join(out, "siglip"))
+    with open(os.path.join(out, "config.json")) as fh:
+        config = json.load(fh)
+    config.update(
+        mm_vision_tower=TINY_REFERENCE_TOWER, image_grid_pinpoints=OV_GRID_PINPOINTS, mm_use_im_patch_token=False,
+        mm_use_im_start_end=False, use_mm_proj=True, mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model",
+        tokenizer_model_max_length=32768, tokenizer_padding_side="right", vision_tower_pretrained=None,
+        use_sliding_window=False, sliding_window=32768, max_window_layers=config["num_hidden_layers"],
+        torch_dtype="float32",
+    )
+    with open(os.path.join(out, "tokenizer.json")) as fh:
+        special = {t["content"]: t["id"] for t in json.load(fh)["added_tokens"]}
+    config.update(bos_token_id=special["<|endoftext|>"], eos_token_id=special["<|im_end|>"])  # as Qwen2's
+    with open(os.path.join(out, "config.json"), "w") as fh:
+        json.dump(config, fh, indent=1)
+    with open(os.path.join(out, "generation_config.json"), "w") as fh:
+        json.dump({"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, fh, indent=1)
+    # what transformers 4.51 reads (transformers 5 writes tokenizer_class TokenizersBackend and
+    # extra_special_tokens as a list, which 4.51 takes for a dict)
+    tok_config = dict(tokenizer_class="PreTrainedTokenizerFast", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                      additional_special_tokens=[t for t in special if t != "<|endoftext|>"], model_max_length=32768,
+                      padding_side="right", clean_up_tokenization_spaces=False, split_special_tokens=False)
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as fh:
+        json.dump(tok_config, fh, indent=1)
+
+    # the tower as the hub holds it: the checkpoint's layers, one more, the pooling head
+    prefix = "model.vision_tower.vision_tower."
+    own = {k[len(prefix):]: v for k, v in load_file(os.path.join(out, "model.safetensors")).items() if k.startswith(prefix)}
+    layers = 1 + max(int(k.split(".")[3]) for k in own if k.startswith("vision_model.encoder.layers."))
+    vision = SiglipVisionConfig(hidden_size=own["vision_model.post_layernorm.weight"].numel(), num_hidden_layers=layers + 1,
+                                intermediate_size=own["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+                                num_attention_heads=2, image_size=384, patch_size=14)
+    torch.manual_seed(seed + 1)
+    tower = SiglipVisionModel(vision)
+    full = {}
+    for key, value in tower.state_dict().items():
+        key = key if key.startswith("vision_model.") else "vision_model." + key
+        full[key] = own.get(key, (value.normal_(0.0, init_std) if value.dim() >= 2 else value).contiguous())
+    tower_config = {k: v for k, v in vision.to_dict().items() if k not in ("transformers_version", "dtype", "torch_dtype")}
+    tower_config["architectures"] = ["SiglipVisionModel"]
+    blob = json.dumps(tower_config, indent=1, sort_keys=True)
+    repo = os.path.join(hf_home, "hub", "models--" + TINY_REFERENCE_TOWER.replace("/", "--"))
+    rev = hashlib.sha1(blob.encode()).hexdigest()
+    snapshot = os.path.join(repo, "snapshots", rev)
+    os.makedirs(snapshot, exist_ok=True)
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(snapshot, "config.json"), "w") as fh:
+        fh.write(blob)
+    save_file(full, os.path.join(snapshot, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(repo, "refs", "main"), "w") as fh:
+        fh.write(rev)
+    logger.info("wrote tiny lmms-lab LLaVA-OneVision to %s (tower %s in %s)", out, TINY_REFERENCE_TOWER, hf_home)
     return out

@@ -30,16 +30,23 @@ def test_twin_is_lmms_lab_format(twin):
 
 
 def test_converted_weights_are_bit_identical_and_answers_equal(tiny_dir, twin, tmp_path, frames):
+    """Bit-identical weights; the converted checkpoint preprocesses by LLaVA-NeXT's rule (what
+    lmms-lab checkpoints are made with), which on frames at the tower's size gives the pixels of
+    the transformers processor: the answers are then equal."""
+    from lmms_rekv.io.preprocess import CheckpointFrames, LlavaNextFrames
+
     config = ReKVConfig(window_tokens=48, topk_frames=3, chunk_frames=4)
     reference = ReKV.from_pretrained(tiny_dir, config=config, dtype="float32", device="cpu", conv_template="qwen_1_5")
     converted = ReKV.from_pretrained(twin, config=config, dtype="float32", device="cpu", save_converted=str(tmp_path / "hf"))
+    assert isinstance(converted.processor, LlavaNextFrames) and isinstance(reference.processor, CheckpointFrames)
     ref_state, got_state = reference.model.state_dict(), converted.model.state_dict()
     missing = [k for k in got_state if k not in ref_state]
     assert not missing
     assert len(got_state) == len(ref_state) - sum("vision_tower.head." in k for k in ref_state)  # the unused pooling head
     assert all(torch.equal(got_state[k], ref_state[k]) for k in got_state)
     assert converted.chat_template == reference.chat_template
-    video = frames(10, seed=40)
+    video = frames(10, seed=40, size=(64, 64))  # the tower's size: no resize on either side
+    assert torch.allclose(converted.processor(video), reference.processor(video), atol=1e-6, rtol=0)
     for question in ("what is happening?", "what color is the car?"):
         answers = []
         for engine in (reference, converted):
@@ -47,7 +54,7 @@ def test_converted_weights_are_bit_identical_and_answers_equal(tiny_dir, twin, t
             session.add_frames(video)
             answers.append(session.answer(question, max_new_tokens=5, return_logits=True))
         assert answers[0].token_ids == answers[1].token_ids
-        assert all(torch.equal(a, b) for a, b in zip(answers[0].logits, answers[1].logits))
+        assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(answers[0].logits, answers[1].logits))
     assert os.path.isfile(tmp_path / "hf" / ".converted")
 
 
@@ -74,3 +81,35 @@ def test_rekv_convert_command(twin, tmp_path, tiny_dir, capsys):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "llava_onevision"
     assert main(["convert", tiny_dir, str(tmp_path / "no")]) == 2
     assert "not an lmms-lab" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["default-cache", "save_converted"])
+def test_a_checkpoint_rewritten_in_place_is_converted_again(twin, tmp_path, monkeypatch, explicit):
+    """The conversion is keyed by the checkpoint's content: loading it again unchanged reuses
+    the conversion; rewriting its weights in place converts it again (and the default cache
+    drops the stale copy)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lmms_rekv.io import lmms_lab
+
+    monkeypatch.setenv("LMMS_REKV_HOME", str(tmp_path / "home"))
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(twin, ckpt)
+    out = str(tmp_path / "converted") if explicit else None
+    first = lmms_lab.convert(str(ckpt), out)
+    stamp = os.stat(os.path.join(first, ".converted")).st_mtime_ns
+    assert lmms_lab.convert(str(ckpt), out) == first  # unchanged: reused, not rewritten
+    assert os.stat(os.path.join(first, ".converted")).st_mtime_ns == stamp
+
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 2  # same names and shapes: only the values change
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    second = lmms_lab.convert(str(ckpt), out)
+    converted = load_file(os.path.join(second, "model.safetensors"))
+    assert torch.equal(converted["language_model.lm_head.weight"], tensors["lm_head.weight"])
+    if not explicit:
+        assert second != first and not os.path.exists(first)  # the stale conversion is gone
+    engine = ReKV.from_pretrained(str(ckpt), dtype="float32", device="cpu", save_converted=out)
+    assert torch.equal(engine.model.lm_head.weight, tensors["lm_head.weight"])

@@ -90,14 +90,14 @@ def test_gather_loss_reads_the_answering_position_after_the_last_attention():
     input (another capture point) -- and leaves no hook behind."""
     import torch.nn.functional as F
 
-    from lmms_rekv.io.preprocess import FrameProcessor
+    from lmms_rekv.io.preprocess import CheckpointFrames
     from research.miniature.train import losses
 
     arch = build.Architecture()
     tokenizer = build.build_tokenizer(arch.vocab_size, seed=0)
     model = build.build_model(arch, tokenizer, seed=0)
     layout = Layout(tokenizer, (arch.image_size // arch.patch_size // 2) ** 2)
-    batch = make_batch(np.random.default_rng(0), layout, FrameProcessor(size=arch.image_size), 6, 12, world.KINDS, None, 6.0)
+    batch = make_batch(np.random.default_rng(0), layout, CheckpointFrames.square(arch.image_size), 6, 12, world.KINDS, None, 6.0)
     last = model.model.language_model.layers[-1]
     seen = []
     probe = last.post_attention_layernorm.register_forward_pre_hook(lambda module, args: seen.append(args[0]))

@@ -245,14 +245,14 @@ def test_depth_places_the_first_needle():
 
 
 def _video_miniature():
-    from lmms_rekv.io.preprocess import FrameProcessor
+    from lmms_rekv.io.preprocess import CheckpointFrames
     from research.miniature import build
     from research.miniature.train import Layout
 
     arch = build.Architecture.for_world("video")
     tokenizer = build.build_tokenizer(arch.vocab_size, seed=0, world_name="video")
     model = build.build_model(arch, tokenizer, seed=0)
-    return model, Layout(tokenizer, vw.FRAME_TOKENS, world_name="video"), FrameProcessor(size=arch.image_size)
+    return model, Layout(tokenizer, vw.FRAME_TOKENS, world_name="video"), CheckpointFrames.square(arch.image_size)
 
 
 def test_crowded_batches_show_the_asked_object_with_another():

@@ -12,12 +12,14 @@ from typing import Dict, Optional, Tuple
 ARGS: Dict[str, Tuple[Optional[Tuple[str, ...]], str]] = {
     "pretrained": (None, "loaded; lmms-lab (LLaVA-NeXT) checkpoints are converted on load"),
     "conv_template": (("qwen_1_5",), "the chat template used for prompts"),
-    "max_frames_num": (None, "that many frames, uniform over the video (unless `fps` is given: then a cap)"),
+    "max_frames_num": (None, "that many frames at `np.linspace(0, frames - 1, max_frames_num, dtype=int)` of the "
+                              "decoded frames, as llava_onevision reads them (with `fps`: a cap on the time grid instead)"),
     "mm_spatial_pool_stride": (("2",), "the stride the transformers model pools frames with"),
     "mm_spatial_pool_mode": (("bilinear",), "the pooling the transformers model applies"),
     "device_map": (None, "the one device the model runs on (`auto`: cuda:LOCAL_RANK if available, else cpu)"),
     "attn_implementation": (("sdpa", "eager", "flash_attention_2"), "the vision tower's attention (the language model's is ReKV's)"),
-    "video_decode_backend": (("decord", "pyav"), "frames are decoded with PyAV either way"),
+    "video_decode_backend": (("decord", "pyav"), "which of llava_onevision's readers picks the frame indices (decord: "
+                                                 "its frame count; pyav: the container's, capped); decoded with PyAV"),
     "token_strategy": (("single",), "one `<video>` placeholder per video"),
     "truncation": (("true",), "prompts are never truncated"),
     "use_cache": (("true",), "ReKV always caches (it is the method)"),
@@ -40,16 +42,22 @@ REFUSED = {
     "customized_config": "JSON config overrides are not supported; give ReKV fields as model_args",
 }
 
-#: ``fps`` used with ``max_frames_num`` alone: high enough that the cap sets the rate
-UNIFORM_FPS = 1000.0
+#: llava_onevision's defaults that matter when any of its arguments is given
+DEFAULT_MAX_FRAMES_NUM = 32
+DEFAULT_DTYPE = "float16"  # its builder loads float16 and casts the pixels with .half()
 
 
 def translate(args: Dict[str, object]) -> Dict[str, object]:
     """Take ``llava_onevision``'s arguments out of ``args`` (changed in place) and return
-    what they mean for ``rekv_llava_ov``: ``conv_template``, ``max_frames``, ``fps``,
-    ``device``, ``attn_implementation``. Raises ValueError naming a refused value."""
+    what they mean for ``rekv_llava_ov``: ``conv_template``, ``max_frames``, ``device``,
+    ``attn_implementation``, and -- when any of them is given (the drop-in) --
+    ``uniform_frames`` (llava_onevision's frame count, 32 unless given), ``decode_backend``
+    and ``dtype`` (its float16). Raises ValueError naming a refused value."""
     out: Dict[str, object] = {}
-    for name in [n for n in args if n in ARGS and n != "pretrained"]:
+    given = [n for n in args if n in ARGS and n != "pretrained"]
+    if given:
+        out.update(uniform_frames=DEFAULT_MAX_FRAMES_NUM, decode_backend="decord", dtype=DEFAULT_DTYPE)
+    for name in given:
         value = args.pop(name)
         allowed, _ = ARGS[name]
         text = str(value).strip()
@@ -58,8 +66,11 @@ def translate(args: Dict[str, object]) -> Dict[str, object]:
         if name == "conv_template":
             out["conv_template"] = text
         elif name == "max_frames_num":
-            out["max_frames"] = int(text)
-            out.setdefault("fps", UNIFORM_FPS)
+            if int(text) < 1:
+                raise ValueError(f"max_frames_num must be >= 1, got {text}")
+            out["max_frames"] = out["uniform_frames"] = int(text)
+        elif name == "video_decode_backend":
+            out["decode_backend"] = text.lower()
         elif name == "device_map":
             if text not in ("auto", "cpu", "cuda") and not text.startswith("cuda:"):
                 raise ValueError(f"device_map={text!r} is not supported by rekv_llava_ov: one device per process "

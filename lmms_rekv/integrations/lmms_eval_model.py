@@ -38,7 +38,7 @@ from lmms_rekv.integrations.llava_ov_args import translate
 from lmms_rekv.integrations.multi_round import answer_rounds
 from lmms_rekv.integrations.qwen_frames import QwenSampling
 from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, clean_context, parse_visual  # noqa: F401  (public names)
-from lmms_rekv.integrations.streams import Sampling, Stream, Streams, encode
+from lmms_rekv.integrations.streams import Sampling, Stream, Streams, UniformFrames, encode
 from lmms_rekv.io.video import VideoError
 from lmms_rekv.model import ReKV
 
@@ -69,7 +69,10 @@ class ReKVLlavaOV(lmms):
     ``lmms_rekv.integrations.streams``), ``stream_tolerance`` (pixel levels; default 0: such
     frames must be bit-identical). lmms-eval ``llava_onevision``'s args (``conv_template``,
     ``max_frames_num``, ``device_map``, ...) are honoured or refused with the reason
-    (``lmms_rekv.integrations.llava_ov_args``), so its ``--model_args`` string works here;
+    (``lmms_rekv.integrations.llava_ov_args``), so its ``--model_args`` string works here:
+    given any of them, frames are sampled as it samples them (``np.linspace`` over the frame
+    count, unless ``fps``/``max_frames`` ask for the time grid) and the model loads float16
+    unless ``dtype`` is given;
     likewise lmms-eval ``qwen2_5_vl``'s and ``qwen3_vl``'s (``min_pixels``, ``max_pixels``,
     ``max_num_frames``, ``total_pixels``, ...; which one by the checkpoint's family;
     ``lmms_rekv.integrations.qwen_args``)."""
@@ -102,9 +105,14 @@ class ReKVLlavaOV(lmms):
         self._device = self._pick_device(device if device is not None else (self.qwen.device if self.qwen else ov.get("device")))
         if self.qwen is not None:
             dtype = self._qwen_load(dtype, load)
+        elif str(dtype) == "auto" and "dtype" in ov:  # llava_onevision's float16 (the drop-in)
+            dtype = ov["dtype"]
         self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device, **load)
         self.fps = float(fps if fps is not None else ov.get("fps", 0.5))
         self.max_frames = _none_or_int(max_frames if max_frames is not None else ov.get("max_frames"))
+        # llava_onevision's frame sampling (np.linspace over the frame count) unless fps= asks for a time grid
+        self.uniform = UniformFrames(int(ov["uniform_frames"]), str(ov["decode_backend"])) \
+            if "uniform_frames" in ov and fps is None and max_frames is None else None
         self.max_new_tokens = int(max_new_tokens)
         self.doc_timeout = _none_or_float(doc_timeout)  # seconds to read and encode one video (None/0: no limit)
         self.cache_dir = None if str(cache_dir).lower() in ("none", "") else os.path.expanduser(str(cache_dir))
@@ -214,7 +222,8 @@ class ReKVLlavaOV(lmms):
                                     keep_prints=False, args=self.qwen)
             return Streams(sampling, self._open, reuse=False)
         sampling = Sampling(self.engine.new_session, self.fps, self.max_frames, self.engine.config.chunk_frames,
-                            self.doc_timeout, self.stream_tolerance, size_for=size_for, keep_prints=self.reuse_streams)
+                            self.doc_timeout, self.stream_tolerance, size_for=size_for, keep_prints=self.reuse_streams,
+                            uniform=self.uniform)
         return Streams(sampling, self._open, reuse=self.reuse_streams)
 
     def _run(self, requests, answer: Callable, failed: Any, desc: str) -> list:
@@ -266,7 +275,7 @@ class ReKVLlavaOV(lmms):
             from lmms_rekv.storage.persist import cache_key
 
             folder = os.path.join(self.cache_dir, cache_key(self.engine, path, self.fps, self.max_frames, start,
-                                                            sampling=self.qwen.sampling if self.qwen else None))
+                                                            sampling=self._sampling_key()))
             if os.path.isdir(folder):
                 try:
                     session = self.engine.open_session(folder)
@@ -283,6 +292,12 @@ class ReKVLlavaOV(lmms):
             except OSError as exc:
                 logger.warning("rekv_llava_ov: could not save %s to the cache: %s", path, exc)
         return stream
+
+    def _sampling_key(self) -> Optional[dict]:
+        """How frames are sampled when not by ``fps``/``max_frames`` (part of a cache key)."""
+        if self.qwen is not None:
+            return self.qwen.sampling
+        return {"uniform": self.uniform.count, "backend": self.uniform.backend} if self.uniform else None
 
     def _record_failure(self, job: Job, exc: Exception) -> None:
         args = job.args if len(job.args) >= 6 else (None,) * 6

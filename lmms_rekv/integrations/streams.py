@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from lmms_rekv.io.deadline import DeadlineExceeded, with_deadline
-from lmms_rekv.io.video import VideoError, iter_video_timed, sampled_frame_count
+from lmms_rekv.io.video import VideoError, iter_video_timed, iter_video_uniform, sampled_frame_count
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,15 @@ class Stream:
         return None if end is None else bisect.bisect_right(self.times, end + 1e-6)
 
 
+@dataclass(frozen=True)
+class UniformFrames:
+    """lmms-eval ``llava_onevision``'s sampling: ``count`` frames at ``np.linspace`` over the
+    frame count that its ``backend`` reader sees (``lmms_rekv.io.video.uniform_indices``)."""
+
+    count: int
+    backend: str = "decord"
+
+
 @dataclass
 class Sampling:
     """How the model samples a file and feeds a session."""
@@ -106,6 +115,7 @@ class Sampling:
     #: processor budgets pixels per clip (Qwen3-VL); None: the size does not depend on the count
     size_for: Optional[Callable[[int, int, Optional[int]], Tuple[int, int]]] = None
     keep_prints: bool = True  # fingerprint frames while encoding (only reuse needs them: ~3 ms per 720p frame)
+    uniform: Optional[UniformFrames] = None  # llava_onevision's index rule instead of the time grid
 
     def count(self, path: str, start: float) -> Optional[int]:
         """How many frames will be sampled from ``path`` (only when the size depends on it)."""
@@ -114,8 +124,14 @@ class Sampling:
     def frames(self, path: str, start: float) -> Iterator[Tuple[float, np.ndarray]]:
         """``(seconds, frame)`` of ``path`` within ``doc_timeout`` (a hanging decoder fails
         this document, not the run)."""
-        return with_deadline(lambda: iter_video_timed(path, self.fps, self.max_frames, start_time=start), self.doc_timeout,
-                             f"reading and encoding {path}")
+        if self.uniform is not None:
+            if start:
+                raise ValueError("a start time (#t=START,END) is not supported with llava_onevision's frame sampling "
+                                 "(max_frames_num); give fps= for a time grid")
+            read = lambda: iter_video_uniform(path, self.uniform.count, self.uniform.backend)  # noqa: E731
+        else:
+            read = lambda: iter_video_timed(path, self.fps, self.max_frames, start_time=start)  # noqa: E731
+        return with_deadline(read, self.doc_timeout, f"reading and encoding {path}")
 
     def session_args(self, stream_times: List[float]) -> Dict[str, object]:
         """``new_session`` arguments for a stream whose first frames were taken at ``stream_times``."""

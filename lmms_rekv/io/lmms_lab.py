@@ -100,18 +100,30 @@ def _check_supported(cfg: dict) -> None:
 
 def _vision_config(path: str, cfg: dict, layers: int) -> dict:
     tower = cfg.get("mm_vision_tower") or ""
-    folder = tower if os.path.isabs(tower) else os.path.join(path, tower)
-    if tower and os.path.isfile(os.path.join(folder, "config.json")):
-        with open(os.path.join(folder, "config.json")) as fh:
-            vision = json.load(fh)
-        vision = dict(vision.get("vision_config", vision))
-    elif tower in KNOWN_TOWERS:
-        vision = dict(KNOWN_TOWERS[tower])
-    else:
-        raise ValueError(f"unknown vision tower mm_vision_tower={tower!r}: give a folder with its SigLIP config.json "
-                         f"or one of {sorted(KNOWN_TOWERS)}")
+    vision = _tower_config(path, tower)
+    if vision is None:
+        raise ValueError(f"unknown vision tower mm_vision_tower={tower!r}: give a folder with its SigLIP config.json, "
+                         f"a hub id in the local Hugging Face cache, or one of {sorted(KNOWN_TOWERS)}")
     vision.update(model_type="siglip_vision_model", num_hidden_layers=layers, vision_use_head=False)
     return vision
+
+
+def _tower_config(path: str, tower: str) -> Optional[dict]:
+    """The SigLIP config ``mm_vision_tower`` names: a folder (absolute or relative to the
+    checkpoint), a hub id already in the local Hugging Face cache (nothing is downloaded), or a
+    known tower; None when none of them has it."""
+    folder = tower if os.path.isabs(tower) else os.path.join(path, tower)
+    config_file = os.path.join(folder, "config.json") if tower else None
+    if tower and not os.path.isfile(config_file) and "/" in tower and not os.path.isabs(tower):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(tower, "config.json")
+        config_file = cached if isinstance(cached, str) else None
+    if config_file and os.path.isfile(config_file):
+        with open(config_file) as fh:
+            vision = json.load(fh)
+        return dict(vision.get("vision_config", vision))
+    return dict(KNOWN_TOWERS[tower]) if tower in KNOWN_TOWERS else None
 
 
 def transformers_config(path: str, cfg: dict, vision_layers: int, image_token_id: int, video_token_id: int) -> dict:
@@ -181,25 +193,60 @@ def _tokenizer(path: str, out: str, rows: int):
     return ids
 
 
-def default_cache(path: str) -> str:
-    """Where a converted copy of ``path`` is kept (one conversion per checkpoint folder)."""
+#: bump when the conversion's output changes: older conversions are then redone
+CONVERTER_VERSION = 2
+_SMALL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                "merges.txt", "added_tokens.json", "generation_config.json", "preprocessor_config.json")
+
+
+def fingerprint(path: str) -> str:
+    """What a conversion of ``path`` depends on: the converter's version, the bytes of the
+    config, tokenizer and generation files, and for every weight file its name, size,
+    modification time and safetensors header (tensor names, dtypes, shapes, offsets) -- so a
+    checkpoint rewritten in place is converted again, without hashing gigabytes of weights."""
+    digest = hashlib.sha1(f"lmms-rekv converter {CONVERTER_VERSION}".encode())
+    for name in _SMALL_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            digest.update(name.encode())
+            with open(file, "rb") as fh:
+                digest.update(fh.read())
+    for name in _tensor_files(path):
+        file = os.path.join(path, name)
+        stat = os.stat(file)
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        with open(file, "rb") as fh:
+            header = int.from_bytes(fh.read(8), "little")
+            digest.update(fh.read(min(header, 1 << 26)))
+    return digest.hexdigest()[:16]
+
+
+def default_cache(path: str, print_: Optional[str] = None) -> str:
+    """Where the conversion of ``path`` with fingerprint ``print_`` (default: computed) is kept:
+    one folder per checkpoint folder and content."""
     from .home import cache_home
 
-    home = cache_home()
-    digest = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:12]
-    return os.path.join(home, "converted", f"{os.path.basename(os.path.normpath(path))}-{digest}")
+    return os.path.join(cache_home(), "converted", f"{_source_name(path)}-{print_ or fingerprint(path)}")
+
+
+def _source_name(path: str) -> str:
+    where = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:8]
+    return f"{os.path.basename(os.path.normpath(path))}-{where}"
 
 
 def convert(path: str, out: Optional[str] = None, conv_template: str = "qwen_1_5") -> str:
     """Write the transformers-format twin of the lmms-lab checkpoint ``path`` to ``out``
-    (default: ``default_cache(path)``; reused when complete) and return ``out``."""
+    (default: ``default_cache(path)``) and return ``out``. A complete conversion of the same
+    content (``fingerprint``) is reused; an edited checkpoint is converted again."""
     cfg = read_config(path)
     _check_supported(cfg)
     if conv_template not in CONV_TEMPLATES:
         raise ValueError(f"conv_template={conv_template!r} is not supported (only {sorted(CONV_TEMPLATES)})")
-    out = out or default_cache(path)
+    print_ = fingerprint(path)
+    default = out is None
+    out = out or default_cache(path, print_)
     done = os.path.join(out, ".converted")
-    if os.path.isfile(done):
+    if os.path.isfile(done) and open(done).read().strip() == print_:
         return out
     tmp = f"{out}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -211,17 +258,41 @@ def convert(path: str, out: Optional[str] = None, conv_template: str = "qwen_1_5
         json.dump(transformers_config(path, cfg, layers, image_id, video_id), fh, indent=1)
     with open(os.path.join(tmp, "chat_template.jinja"), "w") as fh:
         fh.write(CONV_TEMPLATES[conv_template])
-    size = _vision_config(path, cfg, layers)["image_size"]
-    source = os.path.join(path, "preprocessor_config.json")
-    if os.path.isfile(source):
-        shutil.copyfile(source, os.path.join(tmp, "preprocessor_config.json"))
-    else:  # LLaVA-NeXT's SigLIP processor
-        with open(os.path.join(tmp, "preprocessor_config.json"), "w") as fh:
-            json.dump({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": size, "width": size}}, fh, indent=1)
+    _write_preprocessing(path, tmp, _vision_config(path, cfg, layers)["image_size"])
     if os.path.isfile(os.path.join(path, "generation_config.json")):
         shutil.copyfile(os.path.join(path, "generation_config.json"), os.path.join(tmp, "generation_config.json"))
-    open(os.path.join(tmp, ".converted"), "w").close()
+    with open(os.path.join(tmp, ".converted"), "w") as fh:
+        fh.write(print_)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     os.replace(tmp, out)
+    if default:
+        _drop_stale(path, out)
     return out
+
+
+def _write_preprocessing(path: str, out: str, size: int) -> None:
+    """LLaVA-NeXT's SigLIP rule (Pillow bicubic to ``size``, mean/std 0.5) for ReKV
+    (``lmms_rekv.io.preprocess.RULE_FILE``), and a ``preprocessor_config.json`` (the source's
+    when it has one) for plain transformers."""
+    from .preprocess import RULE_FILE
+
+    with open(os.path.join(out, RULE_FILE), "w") as fh:
+        json.dump({"rule": "llava_next", "size": [size, size], "image_mean": [0.5] * 3, "image_std": [0.5] * 3}, fh, indent=1)
+    source = os.path.join(path, "preprocessor_config.json")
+    if os.path.isfile(source):
+        shutil.copyfile(source, os.path.join(out, "preprocessor_config.json"))
+    else:
+        with open(os.path.join(out, "preprocessor_config.json"), "w") as fh:
+            json.dump({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": size, "width": size}}, fh, indent=1)
+
+
+def _drop_stale(path: str, keep: str) -> None:
+    """Remove the default-cache conversions of ``path`` made from earlier content."""
+    prefix = _source_name(path) + "-"
+    folder = os.path.dirname(keep)
+    for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if name.startswith(prefix) and full != keep and os.path.isfile(os.path.join(full, ".converted")):
+            logger.info("removing the conversion of an earlier version of %s: %s", path, full)
+            shutil.rmtree(full, ignore_errors=True)

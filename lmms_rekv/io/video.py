@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Iterator, Optional, Tuple
+from collections import Counter
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -125,6 +126,56 @@ def iter_video_timed(
             if sampler.full:
                 break
     if sampler.count == 0:
+        raise VideoError(f"no frames decoded from {path}")
+
+
+def uniform_indices(path: str, count: int, backend: str = "decord") -> List[int]:
+    """The frame indices lmms-eval's ``llava_onevision`` reads for ``max_frames_num=count``:
+    ``np.linspace(0, total - 1, count, dtype=int)`` (first and last frame included; an index
+    repeats when ``count`` exceeds the frames). ``decord``: ``total`` is the frame count its
+    reader indexes (the stream's packets, counted without decoding). ``pyav``: ``total`` is the
+    container's frame count, the count capped at it; every frame when that is unknown or the
+    file is webm/mkv (what its reader falls back to)."""
+    import av
+
+    if not os.path.isfile(path):
+        raise VideoError(f"video not found: {path}")
+    if count < 1:
+        raise ValueError(f"max_frames_num must be >= 1, got {count}")
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            if backend == "pyav":
+                total = -1 if ("webm" in path or "mkv" in path) else int(stream.frames or 0)
+            else:
+                total = sum(1 for p in container.demux(stream) if p.size)
+    except Exception as exc:
+        raise VideoError(f"cannot read video {path}: {exc}") from exc
+    if backend == "pyav" and total <= 0:
+        return []  # every frame
+    if total <= 0:
+        raise VideoError(f"no frames in {path}")
+    count = min(total, count) if backend == "pyav" else count
+    return [int(i) for i in np.linspace(0, total - 1, count, dtype=int)]
+
+
+def iter_video_uniform(path: str, count: int, backend: str = "decord") -> Iterator[Tuple[float, np.ndarray]]:
+    """``(seconds, rgb frame)`` at ``uniform_indices(path, count, backend)`` (a repeated
+    index yields its frame again), decoded with PyAV in one pass."""
+    indices = uniform_indices(path, count, backend)
+    wanted = Counter(indices)
+    last = max(indices) if indices else None
+    found = 0
+    for i, frame in enumerate(_decoded(path)):
+        if last is not None and i > last:
+            break
+        if last is None or i in wanted:
+            t = float(frame.time) if frame.time is not None else float(i)
+            array = _rgb(frame, path)
+            for _ in range(wanted.get(i, 1)):
+                found += 1
+                yield t, array
+    if not found:
         raise VideoError(f"no frames decoded from {path}")
 
 

@@ -439,7 +439,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
 
 def _layout(arch: build.Architecture, tokenizer, world_name: str = "tiled"):
     """(prompt layout, frames -> pixels) of the miniature's family, for world ``world_name``."""
-    from lmms_rekv.io.preprocess import FrameProcessor
+    from lmms_rekv.io.preprocess import CheckpointFrames
 
     from .families import QwenVideo
 
@@ -451,7 +451,7 @@ def _layout(arch: build.Architecture, tokenizer, world_name: str = "tiled"):
         frame_tokens = math.ceil(arch.image_size / arch.patch_size / 2) ** 2
         if getattr(source, "FRAME_TOKENS", frame_tokens) != frame_tokens:
             raise ValueError(f"the {world_name} world labels {source.FRAME_TOKENS} tokens per frame, the architecture gives {frame_tokens}")
-        return Layout(tokenizer, frame_tokens, world_name=world_name), FrameProcessor(size=arch.image_size)
+        return Layout(tokenizer, frame_tokens, world_name=world_name), CheckpointFrames.square(arch.image_size)
     if hasattr(source, "token_labels"):
         raise NotImplementedError(f"the {world_name} world's per-token targets follow LLaVA-OV's token order; "
                                   "train it with the llava_onevision family")
