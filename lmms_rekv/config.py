@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 import warnings
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ LAYER_FRAMES = ("own", "first")
 OFFLOAD_TIERS = ("cpu", "device", "disk")
 TOKEN_REDUCTIONS = (None, "temporal", "salient", "merge")  # = lmms_rekv.storage.reduce.REDUCERS
 BLOCK_SCORES = ("mean", "tokens")
+HUB_CORRECTIONS = (None, "center", "template")  # = (None,) + lmms_rekv.retrieval.scoring.HUBS
 SUMMARY_TIERS = ("device", "cpu")
 KV_QUANT = (None, "int8", "int4")
 POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")  # = lmms_rekv.patches.base.POSITION_STRATEGIES
@@ -129,6 +131,12 @@ class ReKVConfig:
         block_score: what internal retrieval scores a block by: ``"mean"`` (default: its mean
             pre-RoPE key, ReKV's summary) or ``"tokens"`` (its best stored token: every stored
             key is read at each question -- for measuring local content, not for long streams).
+        hub_correction: internal retrieval corrected for what a block scores whatever the
+            question (a *hub*, e.g. an empty frame every question ranks high): None (off),
+            ``"center"`` (minus the block's mean z-score over the question's tokens) or
+            ``"template"`` (minus its mean z-score over the chat template's tokens after the
+            question: a neutral prompt from the same prefill). No extra pass over the stored KV
+            (``lmms_rekv.retrieval.scoring``).
     """
 
     window_tokens: Optional[int] = 15_000
@@ -166,6 +174,7 @@ class ReKVConfig:
     token_reduction: Optional[str] = None
     token_keep: float = 0.5
     block_score: str = "mean"
+    hub_correction: Optional[str] = None
 
     def __post_init__(self, frame_tokens: Optional[int] = None) -> None:
         if frame_tokens is not None:
@@ -177,6 +186,12 @@ class ReKVConfig:
         _positive("chunk_frames", self.chunk_frames)
         _choice("token_reduction", self.token_reduction, TOKEN_REDUCTIONS)
         _choice("block_score", self.block_score, BLOCK_SCORES)
+        _choice("hub_correction", self.hub_correction, HUB_CORRECTIONS)
+        if self.hub_correction == "center" and self.query_pool == "mean":
+            raise ValueError("hub_correction='center' needs per-token scores (query_pool 'max' or 'head'); "
+                             "query_pool='mean' scores one pooled query")
+        if self.hub_correction == "template" and self.query_span != "question":
+            raise ValueError("hub_correction='template' needs query_span='question' (the template's tokens are the neutral prompt)")
         if not (isinstance(self.token_keep, (int, float)) and 0 < self.token_keep <= 1):
             raise ValueError(f"token_keep must be in (0, 1], got {self.token_keep!r}")
         if not isinstance(self.eager, bool):
@@ -245,7 +260,8 @@ class ReKVConfig:
         hints = {k: v for k, v in typing.get_type_hints(cls).items() if not isinstance(v, dataclasses.InitVar)}
         unknown = sorted(set(values) - set(hints))
         if unknown:
-            raise ValueError(f"unknown ReKVConfig fields: {unknown}")
+            raise ValueError("unknown ReKVConfig field" + ("s " if len(unknown) > 1 else " ")
+                             + ", ".join(f"{name!r}{did_you_mean(name, hints)}" for name in unknown))
         return cls(**{name: _parse(name, value, hints[name]) for name, value in values.items()})
 
     def replace(self, **changes) -> "ReKVConfig":
@@ -258,6 +274,17 @@ class ReKVConfig:
         if max_positions is not None:
             budget = max_positions if budget is None else min(budget, max_positions)
         return self.replace(block_tokens=block_tokens, qa_budget_tokens=budget)
+
+
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean X?)`` for the choices closest to a mistyped ``name`` (a prefix of one, or
+    close in spelling; dashes and underscores alike), else ``""``."""
+    key = name.strip().lstrip("-").replace("-", "_").lower()
+    plain = {c.lstrip("-").replace("-", "_").lower(): c for c in choices}
+    squash = key.replace("_", "")
+    found = [plain[p] for p in plain if squash and p.replace("_", "").startswith(squash)]
+    found += [plain[p] for p in difflib.get_close_matches(key, list(plain), n=2, cutoff=0.6) if plain[p] not in found]
+    return f" (did you mean {' or '.join(found[:3])}?)" if found else ""
 
 
 def _positive(name: str, value, optional: bool = False) -> None:

@@ -52,6 +52,25 @@ def resolve_source(path_or_id: str) -> str:
         ) from exc
 
 
+def check_source(path_or_id: str) -> None:
+    """Raise FileNotFoundError (one line) when ``path_or_id`` cannot be a checkpoint, without
+    loading or downloading anything: a folder without ``config.json``, a path that does not
+    exist, or -- offline (``HF_HUB_OFFLINE=1``) -- a hub id not in the local cache."""
+    if path_or_id == "miniature":
+        return
+    if os.path.isdir(path_or_id):
+        model_type_of(path_or_id)  # has a config.json
+        return
+    if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1 or os.path.exists(path_or_id):
+        raise FileNotFoundError(f"model directory not found: {path_or_id!r}")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path_or_id, "config.json"), str):
+            raise FileNotFoundError(f"{path_or_id!r} is not a local directory and not in the Hugging Face cache "
+                                    "(HF_HUB_OFFLINE is set: nothing is downloaded)")
+
+
 def model_type_of(path: str) -> str:
     """``model_type`` from a checkpoint folder's ``config.json``."""
     import json

@@ -3,7 +3,7 @@
 # package pinned by the tested lock (lmms_rekv/requirements-lock.txt, written by
 # scripts/lock.sh from a venv whose suite passed).
 #   CPU (no NVIDIA GPU): the whole lock, torch/torchvision included (the pair these machines
-#     serve from local disk -- a CUDA build, ~7 GB venv; see README "Install").
+#     serve from local disk -- a CUDA build, ~7 GB venv; see docs/installation.md).
 #   GPU: the lock without its torch/torchvision/CUDA lines, so pip keeps or picks the torch
 #     build that matches the machine.
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu: torch/torchvision at the locked

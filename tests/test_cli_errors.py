@@ -67,7 +67,7 @@ def test_rekv_demo_bad_input(argv, message, no_model_loads, capsys):
 @pytest.mark.parametrize("model_args,message", [
     ("pretrained=miniature,topk_frames=0", "topk_frames must be a positive int or None, got 0"),
     ("pretrained=miniature,window_tokens=-1", "window_tokens must be a positive int or None, got -1"),
-    ("pretrained=miniature,retrival=external", "unknown ReKVConfig fields: ['retrival']"),
+    ("pretrained=miniature,retrival=external", "unknown ReKVConfig field 'retrival' (did you mean retrieval?)"),
     ("pretrained=miniature,stream_tolerance=-2", "stream_tolerance must be >= 0"),
     ("window_tokens=64", "pretrained= is required"),
 ])
@@ -121,3 +121,54 @@ def test_a_former_flag_maps_to_its_field(no_model_loads, capsys):
 
     assert main(["--topk", "0"]) == 2
     assert "--topk-frames must be a positive int or None, got 0" in capsys.readouterr().err
+
+
+def _run_command(argv, cwd, env_extra=None):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "lmms_rekv.commands.cli", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["live", "CLIP", "--topk", "3"], "unrecognized arguments: --topk 3 (did you mean --topk-frames?)"),  # no abbreviations
+    (["live", "CLIP", "--top-k", "3"], "(did you mean --topk-frames?)"),
+    (["live", "FAKE"], "not a video PyAV can read (Invalid data found when processing input)"),
+    (["demo", "--qestion", "x"], "(did you mean --question?)"),
+    (["world", "w.mp4", "--second", "3"], "(did you mean --seconds"),
+    (["eval", "--model", "rekv", "--model_args", "pretrained=./no-such-model", "--tasks", "rekv_demo"],
+     "model directory not found: './no-such-model'"),
+    (["eval", "--model", "rekv", "--model_args", "pretrained=miniature,topk=3", "--tasks", "rekv_demo"],
+     "unknown ReKVConfig field 'topk' (did you mean topk_frames?)"),
+])
+def test_command_line_mistakes_are_one_line_with_a_suggestion(argv, message, clip, tmp_path):
+    """As typed in a shell: exit status 2, one line on stderr naming the problem (and the flag
+    meant), nothing on stdout -- before any model is loaded."""
+    (tmp_path / "fake.mp4").write_text("not a video\n")
+    argv = [clip if a == "CLIP" else str(tmp_path / "fake.mp4") if a == "FAKE" else a for a in argv]
+    done = _run_command(argv, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "Loading weights" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("delay", [1.0, 6.0])  # while the model loads / while the stream plays
+def test_ctrl_c_ends_a_command_without_a_traceback(clip, tmp_path, delay):
+    """SIGINT to the whole process group (what Ctrl-C in a shell sends), early or late:
+    no traceback, exit status 130 (interrupted) or 0 (the stream had ended)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "lmms_rekv.commands.cli", "live", clip, "--realtime"], cwd=tmp_path,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 130) and "Traceback" not in err and "KeyboardInterrupt" not in err, err

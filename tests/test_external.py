@@ -238,7 +238,7 @@ def test_model_args_reach_the_config(tiny_dir, clip_json, tmp_path):
     request = Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
                        arguments=("what?", {"max_new_tokens": 3}, lambda d: [path], 0, "t", "test"))
     assert lm.generate_until([request])[0] and not lm.failures
-    with pytest.raises(ValueError, match="unknown ReKVConfig fields"):
+    with pytest.raises(ValueError, match="unknown ReKVConfig field"):
         ReKVConfig.from_strings(topk=3)
     with pytest.raises(ValueError, match="cannot read"):
         ReKVConfig.from_strings(topk_frames="many")

@@ -163,6 +163,35 @@ def test_live_source_answers_as_of_now_and_after_the_end_until_stdin_closes(epis
     assert status.getvalue().endswith("\n") and encoded[-1] == 16  # the final status stays, everything encoded
 
 
+@pytest.mark.parametrize("questions", [0, 1])
+def test_a_live_source_with_stdin_already_closed_ends_with_the_stream(episode_video, questions):
+    """stdin closed during the stream (``< /dev/null``, or one piped question): the command ends
+    when the stream does -- it used to wait forever on a closed stdin. (A hang detector: the
+    whole run takes seconds; the limit is far above it.)"""
+    import queue
+    import threading
+
+    from lmms_rekv import ReKV, ReKVConfig
+    from lmms_rekv.commands.live import run_live
+    from lmms_rekv.io.video import iter_video
+
+    path, episode = episode_video
+    typed: "queue.Queue" = queue.Queue()
+    for q in episode.questions[:questions]:
+        typed.put(q.text)
+    typed.put(None)  # stdin closed before the stream starts
+    engine = ReKV.from_pretrained("miniature", dtype="float32", device="cpu")
+    engine = engine.with_config(ReKVConfig(window_tokens=4 * engine.block_tokens, topk_frames=4, chunk_frames=2))
+    done: list = []
+    frames = [(float(i), f) for i, f in enumerate(iter_video(path, fps=1))]
+    worker = threading.Thread(target=lambda: done.append(run_live(engine, path, 1.0, typed=typed, out=io.StringIO(),
+                                                                  frames=iter(frames), live_source=True)), daemon=True)
+    worker.start()
+    worker.join(timeout=600)
+    assert done, "rekv live waited on a closed stdin after the end of the stream"
+    assert len(done[0]) == questions
+
+
 def test_rekv_live_takes_every_rekv_setting_flag(episode_video, tmp_path):
     """``--retrieval external`` (the miniature's embedder picked for it) and the other
     ReKVConfig flags reach the engine."""

@@ -144,20 +144,22 @@ def test_a_hanging_decoder_fails_its_document_within_doc_timeout(lm, tmp_path, m
     def hanging(path, *args, **kwargs):
         for i, item in enumerate(real(path, *args, **kwargs)):
             if path == stuck and i == 1:
-                release.wait(60)  # hangs (the test releases it at the end)
+                release.wait(600)  # hangs (the test releases it at the end)
             yield item
 
     monkeypatch.setattr(streams_module, "iter_video_timed", hanging)
-    monkeypatch.setattr(lm, "doc_timeout", 2.0)
+    # the limit is far above the good video's work (about a second), so a loaded machine cannot
+    # push that one past it; the stuck one never finishes
+    monkeypatch.setattr(lm, "doc_timeout", 10.0)
     lm.failures.clear()
     start = time.perf_counter()
     try:
         answers = lm.generate_until(_requests(lm, [{"q": "a?", "visual": stuck}, {"q": "b?", "visual": good}]))
     finally:
         release.set()
-    assert time.perf_counter() - start < 40
+    assert time.perf_counter() - start < 300  # failed at the limit, not when the decoder was released
     assert answers[0] == "" and answers[1] != "" and [f["doc_id"] for f in lm.failures] == [0]
-    assert f"reading and encoding {stuck} took longer than the 2 s limit (model arg doc_timeout)" in lm.failures[0]["error"]
+    assert f"reading and encoding {stuck} took longer than the 10 s limit (model arg doc_timeout)" in lm.failures[0]["error"]
 
 
 def test_deadline_passes_items_errors_and_the_end_through():
@@ -176,12 +178,12 @@ def test_deadline_passes_items_errors_and_the_end_through():
         import time
 
         yield 1
-        time.sleep(5)
+        time.sleep(60)  # far past the limit, which is far above the first item's work
         yield 2
 
     got = []
-    with pytest.raises(DeadlineExceeded, match="decoding took longer than the 0.5 s limit"):
-        for item in with_deadline(slow, 0.5, "decoding"):
+    with pytest.raises(DeadlineExceeded, match="decoding took longer than the 2 s limit"):
+        for item in with_deadline(slow, 2, "decoding"):
             got.append(item)
     assert got == [1]
 
@@ -224,6 +226,8 @@ def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(),
 def test_cli_rekv_demo_single_and_torchrun(tmp_path, tiny_dir):
     results, single, output = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "one")
     assert "accuracy,none" in results["results"]["rekv_demo"]
+    empty = [k for k, v in results["results"]["rekv_demo"].items() if v == [] or v == {}]
+    assert not empty, f"empty metrics in results.json: {empty}"
     assert len(single) == 16
     assert "Traceback" not in output and "rekv-eval: finished, no failed document" in output
     _, double, _ = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "two", torchrun=True)

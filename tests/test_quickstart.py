@@ -32,3 +32,16 @@ def test_quickstart_runs_as_written(tmp_path):
     assert frames == 60 and encoded + provisional + waiting == frames and encoded == 48
     assert lines[-1] == answers[0].group(2)  # the reopened session answers the first question alike
     assert (tmp_path / "world.mp4").is_file() and (tmp_path / "world.questions.jsonl").is_file()
+
+
+def test_readme_quickstart_runs_as_pasted(tmp_path):
+    """The README's Python block, pasted into a fresh folder: it makes its own video, runs with
+    no traceback and no warning, and answers the video's questions (each has one right answer)."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    code = text.split("<!-- readme-quickstart -->\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme.py").write_text(code)
+    done = subprocess.run([sys.executable, "readme.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr[-3000:]
+    rows = [re.match(r"(.+\?) (\w+) \| truth: (\w+)$", line) for line in done.stdout.strip().splitlines()]
+    assert len(rows) == 3 and all(rows), done.stdout
+    assert sum(m.group(2) == m.group(3) for m in rows) >= 2, done.stdout  # 3/3 when written

@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from ..io.console import interruptible
+
 COMMANDS = {
     "live": ("lmms_rekv.commands.live", "follow a live video source and answer questions as they come"),
     "demo": ("lmms_rekv.commands.demo", "stream a clip through the trained miniature (or a checkpoint) and ask questions"),
@@ -26,6 +28,7 @@ def usage() -> str:
     return "usage: rekv <command> [args]  (rekv <command> --help for its options)\n\ncommands:\n" + "\n".join(lines)
 
 
+@interruptible("rekv")
 def main(argv: Optional[List[str]] = None) -> int:
     """``rekv COMMAND ARGS``: 0 for ``--help``; 2 with a one-line reason for a missing or unknown command."""
     argv = list(sys.argv[1:] if argv is None else argv)

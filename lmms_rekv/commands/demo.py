@@ -1,7 +1,7 @@
 """Demo: stream a video through LLaVA-OneVision with ReKV and ask questions about it.
 
-    python -m lmms_rekv.commands.demo                 # the trained miniature on a held-out world video
-    python -m lmms_rekv.commands.demo --model llava-hf/llava-onevision-qwen2-0.5b-ov-hf --dtype bfloat16
+    rekv demo                 # the trained miniature on a held-out world video
+    rekv demo --model llava-hf/llava-onevision-qwen2-0.5b-ov-hf --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from ..io.console import interruptible
 from ..io.home import cache_home
 
 
@@ -98,19 +99,21 @@ def _stack(frames):
     return np.stack(frames)
 
 
+@interruptible("rekv demo")
 def main(argv: Optional[List[str]] = None) -> int:
     """``rekv demo``; returns the exit status (0, or 2 with a one-line error)."""
-    from .flags import COMMON, add_config_flags, check_device, config_from
+    from .flags import COMMON, Parser, add_config_flags, check_device, config_from
 
-    parser = argparse.ArgumentParser(prog="rekv demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="rekv demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="LLaVA-OneVision directory or hub id (default: the trained miniature)")
     parser.add_argument("--frames", type=int, default=60, help="miniature: frames of the held-out world video")
     parser.add_argument("--seed", type=int, default=0, help="miniature: which held-out video (rekv world --seed writes the same)")
     parser.add_argument("--seconds", type=float, default=60.0, help="--model: length of the generated clip")
     parser.add_argument("--fps", type=float, default=1.0, help="--model: frames sampled per second of video")
     parser.add_argument("--burst", type=int, default=8, help="frames per add_frames call")
-    parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"))
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                        help="model precision (default auto: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument("--question", action="append", dest="questions", help="--model: question to ask (repeatable)")
     add_config_flags(parser, defaults={"window_tokens": "4 blocks (miniature) or 15000", "topk_frames": "4 (miniature) or 64",
                                        "chunk_frames": "--burst"},

@@ -11,7 +11,6 @@ bound the package declares (those bounds mark known breaks).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata as metadata
 import os
@@ -20,6 +19,9 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
+
+from ..io.console import interruptible
+from .flags import Parser
 
 DISTRIBUTION = "lmms-rekv"
 SHIPPED_LOCK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements-lock.txt")
@@ -193,8 +195,9 @@ def run_checks(lock_path: str = LOCK_FILE, version_of=installed_version) -> Repo
     return report
 
 
+@interruptible("rekv doctor")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="rekv doctor", description=__doc__.splitlines()[0])
+    parser = Parser(prog="rekv doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--lock", default=LOCK_FILE, help="lock file to compare against (default: the shipped one)")
     args = parser.parse_args(argv)
     report = run_checks(args.lock)

@@ -14,7 +14,7 @@ HELP: Dict[str, str] = {
     "window_tokens": "sliding-window tokens while encoding (none = unbounded)",
     "topk_frames": "blocks retrieved per question (a block: 1 frame on LLaVA-OV, 2 on Qwen; none = every block)",
     "chunk_frames": "most frames per encoding forward, and the commit grid",
-    "retrieval": "internal (the model's own keys), external (open_clip; clip_model=miniature for the miniature) or hybrid",
+    "retrieval": "internal (the model's own keys), external (open_clip; --clip-model miniature for the miniature) or hybrid",
     "clip_model": "open_clip model for external/hybrid retrieval ('miniature': the embedder shipped with the miniature)",
     "offload": "where every block's KV goes: cpu, device or disk",
     "kv_quant": "int8 or int4: offloaded KV stored quantized (none = exact)",
@@ -22,11 +22,40 @@ HELP: Dict[str, str] = {
     "score": "dot or cosine",
     "token_reduction": "temporal, salient or merge: each block cut to --token-keep of its tokens before offload (LLaVA-OV)",
     "token_keep": "fraction of a block's tokens kept with --token-reduction (default 0.5)",
+    "recent_frames": "the most recent blocks always in the answer's context, inside --topk-frames (questions about now)",
+    "hub_correction": "center or template: internal retrieval stops favouring blocks every question ranks high",
 }
 
 #: the fields ``rekv live`` / ``demo`` / ``bench`` take as flags
 COMMON = ("window_tokens", "topk_frames", "chunk_frames", "retrieval", "clip_model", "offload", "kv_quant", "summary_tier", "score",
-          "token_reduction", "token_keep")
+          "token_reduction", "token_keep", "recent_frames", "hub_correction")
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``rekv`` commands' parser: no abbreviations (``--topk`` is not silently
+    ``--topk-frames``), and an unknown flag is reported with the closest ones (exit 2)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        for text in ("description", "epilog"):  # docstrings' ``code`` markup, shown as plain text
+            if kwargs.get(text):
+                kwargs[text] = kwargs[text].replace("``", "")
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            from lmms_rekv.config import did_you_mean
+
+            flags = [f for f in self._option_string_actions if f.startswith("--")]
+            unknown = [a for a in extra if a.startswith("-")] or extra
+            self.error("unrecognized arguments: " + " ".join(extra) + "".join(did_you_mean(a.split("=")[0], flags)
+                                                                            for a in unknown[:1] if a.startswith("-")))
+        return parsed
+
+    def error(self, message: str):
+        """One line on stderr (not argparse's usage block) and exit status 2."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def flag(field: str) -> str:
@@ -87,6 +116,19 @@ def is_url(source: str) -> bool:
 
 
 def check_source(source: str) -> None:
-    """Refuse a local video path that does not exist (a URL or pipe is opened later)."""
-    if not is_url(source) and not os.path.exists(source):
+    """Refuse a local video path that does not exist, or a regular file PyAV cannot read a
+    video stream from (a URL or a named pipe is opened later: opening would consume it)."""
+    if is_url(source):
+        return
+    if not os.path.exists(source):
         raise ValueError(f"{source}: no such file")
+    if not os.path.isfile(source):
+        return
+    import av
+
+    try:
+        with av.open(source) as container:
+            if not container.streams.video:
+                raise ValueError(f"{source}: no video stream in it")
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"{source}: not a video PyAV can read ({exc.strerror or exc})") from None

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, TextIO
 
+from ..io.console import interruptible
+
 logger = logging.getLogger(__name__)
 
 
@@ -134,7 +136,8 @@ def _drain(typed: Optional["queue.Queue[Optional[str]]"], live: Live, wait: bool
     """Answer the questions typed so far; ``wait``: also those still to come, until stdin closes."""
     while typed is not None and (wait or not typed.empty()):
         line = typed.get() if wait else typed.get_nowait()
-        if line is None:
+        if line is None:  # stdin closed: put the mark back, so that a later drain returns at once too
+            typed.put(None)
             return
         live.ask(line)
 
@@ -180,9 +183,9 @@ def run_live(engine, source: str, fps: float, realtime: bool = False, questions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .flags import add_config_flags
+    from .flags import Parser, add_config_flags
 
-    p = argparse.ArgumentParser(prog="rekv live", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="rekv live", description=__doc__.split("\n\n")[0],
                                 epilog="A file read faster than real time is not live: questions typed on stdin are answered "
                                        "about the whole video once it is encoded (use --realtime, or --questions with times, "
                                        "for answers as of the moment they are asked).")
@@ -192,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="play a file at its own pace, as if live")
     p.add_argument("--questions", help='JSON lines {"t": seconds, "q": "..."}; default: questions typed on stdin')
     add_config_flags(p, defaults={"window_tokens": "4 blocks", "topk_frames": "4", "chunk_frames": "2"})
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in tokens (default 16)")
+    p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                   help="model precision (default auto: float16 on CUDA, float32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     return p
 
@@ -210,17 +214,19 @@ def _settings(args: argparse.Namespace):
     return config_from(args, **fixed), args.window_tokens is None
 
 
+@interruptible("rekv live")
 def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, out: Optional[TextIO] = None,
          status: Optional[TextIO] = None) -> int:
     """``rekv live``; returns the exit status (0, or 2 with a one-line error)."""
     import os
+
+    args = build_parser().parse_args(argv)  # before the heavy imports: --help and flag errors are instant
 
     from lmms_rekv import ReKV
 
     from ..io.video import VideoError
     from .flags import check_device, check_source, is_url
 
-    args = build_parser().parse_args(argv)
     stdin, out = stdin or sys.stdin, out or sys.stdout
     status = status if status is not None else (sys.stderr if sys.stderr.isatty() else None)
     try:

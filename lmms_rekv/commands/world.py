@@ -13,10 +13,14 @@ import argparse
 import sys
 from typing import List, Optional
 
+from ..io.console import interruptible
+from .flags import Parser
 
+
+@interruptible("rekv world")
 def main(argv: Optional[List[str]] = None) -> int:
     """``rekv world PATH``; returns the exit status (0, or 2 with a one-line error)."""
-    parser = argparse.ArgumentParser(prog="rekv world", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="rekv world", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="video to write (.mp4: H.264; .avi / .mkv: lossless)")
     parser.add_argument("--seconds", type=int, default=60, help="length at 1 frame per second (default 60)")

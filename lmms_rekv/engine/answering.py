@@ -112,6 +112,7 @@ class QuestionAnswering:
         step = QAStep(
             state, bb.rope, self._positions(state, strategy, padded),
             selector, new_tokens, question_offset=offset + start, question_end=offset + end,
+            template_end=offset + len(suffix) if self.config.hub_correction == "template" else None,
             fixed=getattr(selector, "fixed", None), by_index=bb.positions_use_indices(strategy),
             rows=lambda blocks, device: bb.block_rows(blocks, device, fps=self.fps, padded=padded),
         )

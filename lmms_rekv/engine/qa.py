@@ -59,6 +59,7 @@ class QAStep:
     by_index: bool = False  # positions depend on which blocks were retrieved, not only how many
     question_offset: int = 1  # prefill tokens before the question (the family may place some, e.g. a newline)
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
+    template_end: Optional[int] = None  # the template's tokens after the question end here (hub_correction="template")
     fixed: Optional[torch.Tensor] = None  # frames shared by every layer (external): prefetched at once
     rows: Optional[Callable[[torch.Tensor, torch.device], Optional[torch.Tensor]]] = None  # slots holding tokens (Backbone.block_rows)
     decoding: bool = False
@@ -104,7 +105,8 @@ class QAStep:
                 self._prefetched = st.store.gather_all(index, q_pre.device)
             k_ctx, v_ctx = self._prefetched[0][layer], self._prefetched[1][layer]
         else:
-            index = self.select(layer, q_pre[:, self.question_offset : self.question_end].float())
+            neutral = None if self.template_end is None else q_pre[:, self.question_end : self.template_end].float()
+            index = self.select(layer, q_pre[:, self.question_offset : self.question_end].float(), neutral)
             k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         self.selected[layer] = index
         keep = None if self.rows is None else self.rows(index, q_pre.device)

@@ -147,6 +147,9 @@ class ReKVLlavaOV(lmms):
         rest = {k: v for k, v in model_args.items() if k not in own}
         if "pretrained" not in model_args:
             raise ValueError("pretrained= is required (a checkpoint folder, a hub id or 'miniature')")
+        from lmms_rekv.model import check_source
+
+        check_source(str(model_args["pretrained"]))  # FileNotFoundError: reported as bad model args
         cls.settings(str(model_args["pretrained"]), model_args.get("fps"), model_args.get("stream_tolerance"), rest)
 
     @staticmethod

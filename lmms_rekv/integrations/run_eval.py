@@ -22,6 +22,8 @@ import tempfile
 import time
 from typing import List, Optional, Tuple
 
+from lmms_rekv.io.console import interruptible
+
 ALLOW_FLAG = "--allow-failed-docs"
 LISTING = ("list", "list_groups", "list_subtasks", "list_tags")
 MODELS = ("rekv", "rekv_llava_ov")  # this plugin's model names (``plugin.py``)
@@ -105,6 +107,7 @@ def check_model_args(argv: List[str]) -> Optional[str]:
     return None
 
 
+@interruptible("rekv eval")
 def main(argv: Optional[List[str]] = None) -> int:
     """``rekv eval``; lmms-eval's exit status, or 1/2 as the module docstring says."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -112,8 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"rekv eval: missing arguments\n{USAGE}", file=sys.stderr)
         return 2
     if {"-h", "--help"} & set(argv):
-        print(USAGE + "\n\nlmms-eval's options:", flush=True)
-        return subprocess.call([sys.executable, "-m", "lmms_eval", *argv])
+        print(USAGE + "\n\nlmms-eval's options (lmms-eval eval --help):", flush=True)
+        return subprocess.call([sys.executable, "-m", "lmms_eval", "eval", "--help"])
     if (option(argv, "--tasks") or "").startswith(LISTING):
         return subprocess.call([sys.executable, "-m", "lmms_eval", *argv])
     problem = check_model_args(argv)

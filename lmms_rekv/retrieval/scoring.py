@@ -14,52 +14,86 @@ score it in one of three ways (``pool``):
 
 ``score="dot"`` uses raw dot products (ReKV's code); ``"cosine"`` divides by the norms
 (ReKV's paper), per token (and per head for ``"head"``).
+
+``hub`` corrects for what a block scores whatever the question (a *hub*: e.g. an empty frame that
+every question ranks high), from the same prefill, with no pass over the stored KV:
+
+* ``"center"``: each block's score minus its mean z-score over the question's rows (tokens, or
+  tokens x heads) -- a block that every token ranks high gains nothing from it;
+* ``"template"``: minus its mean z-score over the rows of ``neutral`` queries -- the chat
+  template's tokens after the question, which are the same for every question (a neutral prompt
+  that costs nothing: they are in the prefill anyway).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 POOLS = ("mean", "max", "head")
+HUBS = ("center", "template")
 
 
-def frame_scores(queries: torch.Tensor, summaries: torch.Tensor, score: str = "dot", pool: str = "mean") -> torch.Tensor:
+def frame_scores(queries: torch.Tensor, summaries: torch.Tensor, score: str = "dot", pool: str = "mean",
+                 hub: Optional[str] = None, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Scores of every stored frame for one layer.
 
     Args:
         queries: ``(Hq, T, D)`` pre-RoPE queries of the question tokens (fp32); a
             ``(Hq, D)`` tensor is taken as one token.
         summaries: ``(F, Hkv, D)`` mean pre-RoPE key of each frame (fp32).
+        hub: None, ``"center"`` or ``"template"`` (see the module docstring).
+        neutral: ``(Hq, R, D)`` queries of the template tokens (``hub="template"``).
     Returns ``(F,)`` fp32.
     """
     if queries.dim() == 2:
         queries = queries[:, None]
     if score not in ("dot", "cosine"):
         raise ValueError(f"unknown score {score!r}")
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; choose from {POOLS}")
+    if hub is not None and hub not in HUBS:
+        raise ValueError(f"unknown hub correction {hub!r}; choose from {HUBS}")
+    if pool == "mean" and hub is None:
+        return _grouped(queries.mean(dim=1, keepdim=True), summaries, score)[0]
+    rows = _rows(queries, summaries, score, pool)  # (R, F) z-scored over frames
+    best = rows.amax(dim=0)
+    if hub == "center":
+        return best - rows.mean(dim=0)
+    if hub == "template":
+        if neutral is None or neutral.shape[-2] == 0:
+            raise ValueError("hub correction 'template' needs the template's queries (neutral)")
+        return best - _rows(neutral, summaries, score, pool).mean(dim=0)
+    return best
+
+
+def _rows(queries: torch.Tensor, summaries: torch.Tensor, score: str, pool: str) -> torch.Tensor:
+    """``(R, F)`` per-row scores z-normalised over the frames: one row (``"mean"``: the mean
+    query), one per token (``"max"``) or one per head and token (``"head"``)."""
     hq, tokens, dim = queries.shape
     frames, hkv, _ = summaries.shape
-    group = hq // hkv
     if pool == "mean":
-        return _grouped(queries.mean(dim=1, keepdim=True), summaries, score)[0]
+        return _zscore_rows(_grouped(queries.mean(dim=1, keepdim=True), summaries, score))
     if pool == "max":
-        return _zscore_rows(_grouped(queries, summaries, score)).amax(dim=0)
-    if pool == "head":
-        per_head = queries.view(hkv, group, tokens, dim)
-        dots = torch.einsum("hgtd,fhd->hgtf", per_head, summaries)
-        if score == "cosine":
-            q_norm = per_head.norm(dim=-1)[..., None]
-            k_norm = summaries.norm(dim=-1).T[:, None, None, :]  # (Hkv, 1, 1, F)
-            dots = dots / (q_norm * k_norm).clamp_min(torch.finfo(dots.dtype).tiny)
-        return _zscore_rows(dots.reshape(-1, frames)).amax(dim=0)
-    raise ValueError(f"unknown pool {pool!r}; choose from {POOLS}")
+        return _zscore_rows(_grouped(queries, summaries, score))
+    per_head = queries.view(hkv, hq // hkv, tokens, dim)
+    dots = torch.einsum("hgtd,fhd->hgtf", per_head, summaries)
+    if score == "cosine":
+        q_norm = per_head.norm(dim=-1)[..., None]
+        k_norm = summaries.norm(dim=-1).T[:, None, None, :]  # (Hkv, 1, 1, F)
+        dots = dots / (q_norm * k_norm).clamp_min(torch.finfo(dots.dtype).tiny)
+    return _zscore_rows(dots.reshape(-1, frames))
 
 
-def token_scores(queries: torch.Tensor, keys: torch.Tensor, score: str = "dot", pool: str = "mean") -> torch.Tensor:
+def token_scores(queries: torch.Tensor, keys: torch.Tensor, score: str = "dot", pool: str = "mean",
+                 hub: Optional[str] = None, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Scores of every stored block by its best token: ``keys`` ``(F, T, Hkv, D)`` (each block's
     stored pre-RoPE keys, fp32) are scored as ``F * T`` rows by ``frame_scores`` and each block
     takes the maximum over its ``T`` tokens. Returns ``(F,)`` fp32."""
     frames, tokens = keys.shape[:2]
-    return frame_scores(queries, keys.reshape(frames * tokens, *keys.shape[2:]), score, pool).view(frames, tokens).amax(dim=1)
+    flat = keys.reshape(frames * tokens, *keys.shape[2:])
+    return frame_scores(queries, flat, score, pool, hub, neutral).view(frames, tokens).amax(dim=1)
 
 
 def _grouped(queries: torch.Tensor, summaries: torch.Tensor, score: str) -> torch.Tensor:

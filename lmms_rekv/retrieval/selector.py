@@ -15,9 +15,11 @@ import torch
 from .scoring import frame_scores, token_scores
 from .selection import SelectionPolicy, fuse, select
 
-#: ``(layer, queries (Hq, T, D)) -> block indices (time order)``; ``.fixed``: the same blocks for
-#: every layer, known before the first layer runs (external retrieval), or None
-Selector = Callable[[int, torch.Tensor], torch.Tensor]
+#: ``(layer, queries (Hq, T, D), neutral (Hq, R, D) or None) -> block indices (time order)``:
+#: ``queries`` of the question's tokens, ``neutral`` of the template's tokens after it;
+#: ``.fixed``: the same blocks for every layer, known before the first layer runs (external
+#: retrieval), or None
+Selector = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
 def policy_of(config) -> SelectionPolicy:
@@ -36,29 +38,30 @@ def make_selector(config, summaries: Callable[[int], torch.Tensor],
     tokens, kv_heads, head_dim)`` stored keys, for ``block_score="tokens"``."""
     policy = policy_of(config)
 
-    def internal(layer: int, queries: torch.Tensor) -> torch.Tensor:
-        if config.block_score == "tokens":
-            keys = token_keys(layer).float()
-            return token_scores(queries.to(keys.device), keys, config.score, config.query_pool)
-        rows = summaries(layer)
-        return frame_scores(queries.to(rows.device), rows, config.score, config.query_pool)
+    hub = getattr(config, "hub_correction", None)
+
+    def internal(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor]) -> torch.Tensor:
+        rows = token_keys(layer).float() if config.block_score == "tokens" else summaries(layer)
+        neutral = None if neutral is None else neutral.to(rows.device)
+        scorer = token_scores if config.block_score == "tokens" else frame_scores
+        return scorer(queries.to(rows.device), rows, config.score, config.query_pool, hub, neutral)
 
     if config.retrieval == "external":
         chosen = select(external_scores(), policy)
 
-        def same_for_all(layer: int, queries: torch.Tensor) -> torch.Tensor:
+        def same_for_all(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
             return chosen
 
         same_for_all.fixed = chosen  # every layer's blocks fetched in one batched read
         return same_for_all
     if config.retrieval == "internal":
-        def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
-            return select(internal(layer, queries), policy)
+        def per_layer(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
+            return select(internal(layer, queries, neutral), policy)
     else:
         external = external_scores()
 
-        def per_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
-            return select(fuse(internal(layer, queries), external, config.hybrid_rule, config.hybrid_alpha), policy)
+        def per_layer(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
+            return select(fuse(internal(layer, queries, neutral), external, config.hybrid_rule, config.hybrid_alpha), policy)
     return per_layer if config.layer_frames == "own" else _from_first_layer(per_layer)
 
 
@@ -66,9 +69,9 @@ def _from_first_layer(per_layer: Selector) -> Selector:
     """The first layer's selection for every layer (the first layer's prefill runs first)."""
     first: List[torch.Tensor] = []
 
-    def from_first_layer(layer: int, queries: torch.Tensor) -> torch.Tensor:
+    def from_first_layer(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not first:
-            first.append(per_layer(layer, queries))
+            first.append(per_layer(layer, queries, neutral))
         return first[0]
 
     return from_first_layer
