@@ -18,15 +18,9 @@ LOG=${INSTALL_LOG:-$VENV/install.log}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 : > "$LOG"
 # pip's own output (and setuptools' notices) go to the log; a failure prints its end
-step() {
-  echo "install: $1"
-  shift
-  if ! "$@" >> "$LOG" 2>&1; then
-    echo "install: FAILED -- the end of $LOG:" >&2
-    tail -n 40 "$LOG" >&2
-    exit 1
-  fi
-}
+STEP_NAME=install
+# shellcheck source=step.sh
+. scripts/step.sh
 step "pip up to date" "$VENV/bin/python" -m pip install -q --upgrade pip
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT

@@ -35,15 +35,9 @@ fi
 rm -f "$MARKER"
 [ -x "$VENV/bin/python" ] || "$BASE/bin/python" -m venv "$VENV"
 : > "$LOG"
-step() {
-  echo "reference_venv: $1"
-  shift
-  if ! "$@" >> "$LOG" 2>&1; then
-    echo "reference_venv: FAILED -- the end of $LOG:" >&2
-    tail -n 40 "$LOG" >&2
-    exit 1
-  fi
-}
+STEP_NAME=reference_venv
+# shellcheck source=step.sh
+. scripts/step.sh
 base_site=$("$BASE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 own_site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 base_site=$(cd "$base_site" && pwd -P)

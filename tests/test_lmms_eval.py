@@ -258,8 +258,13 @@ def test_cli_survives_bad_documents(tmp_path, tiny_dir):
 
 
 def test_cli_evaluation_error_fails_the_command(tmp_path):
-    """lmms-eval prints a traceback and exits 0 when the model cannot be built; rekv-eval exits 1."""
-    results, _, output = _cli(tmp_path, str(tmp_path / "no-such-model"), TASKS_DIR, tmp_path / "err", expect=1)
+    """lmms-eval prints a traceback and exits 0 when the model cannot be built; rekv-eval exits 1.
+    (A missing folder is refused before lmms-eval starts: tests/test_cli_errors.py; this one has a
+    config.json and nothing else, so only building the model finds it broken.)"""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "llava_onevision"}))
+    results, _, output = _cli(tmp_path, str(broken), TASKS_DIR, tmp_path / "err", expect=1)
     assert results is None and "rekv-eval: FAILED: lmms-eval wrote no results" in output
 
 

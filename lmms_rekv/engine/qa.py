@@ -105,8 +105,11 @@ class QAStep:
                 self._prefetched = st.store.gather_all(index, q_pre.device)
             k_ctx, v_ctx = self._prefetched[0][layer], self._prefetched[1][layer]
         else:
-            neutral = None if self.template_end is None else q_pre[:, self.question_end : self.template_end].float()
-            index = self.select(layer, q_pre[:, self.question_offset : self.question_end].float(), neutral)
+            question = q_pre[:, self.question_offset : self.question_end].float()
+            if self.template_end is None:  # a two-argument selector stays valid
+                index = self.select(layer, question)
+            else:
+                index = self.select(layer, question, q_pre[:, self.question_end : self.template_end].float())
             k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
         self.selected[layer] = index
         keep = None if self.rows is None else self.rows(index, q_pre.device)

@@ -57,6 +57,7 @@ def interval(diffs: List[int]) -> Dict[str, float]:
 def run(model_dir: str, videos: int, lengths: List[int], k: int, variants: List[str],
         on_length=None) -> dict:
     from lmms_rekv import ReKV, ReKVConfig
+    from research.miniature.accuracy import ask
     from research.miniature.build import world_module
 
     with open(os.path.join(model_dir, "world.json")) as fh:
@@ -89,19 +90,11 @@ def run(model_dir: str, videos: int, lengths: List[int], k: int, variants: List[
                 kinds["kind"].append(q.kind)
                 for name in variants:
                     session = sessions["full" if name == "full" else "rekv"]
-                    qa = {f: (k if v == "k" else v) for f, v in VARIANTS[name].items()}
-                    saved = session.config
-                    session.config = saved.replace(**qa)
-                    try:
-                        answer = session.answer(q.text, max_new_tokens=2)
-                    finally:
-                        session.config = saved
-                    words = answer.text.strip().split()
-                    per_q[name].append(int(bool(words) and words[0].strip("?.,!") == q.answer))
-                    if name != "full" and answer.selected and answer.selected[0] is not None:
-                        chosen = [int(i) for i in answer.selected[0]]
-                        hub_slots[name][0] += sum(f in empty for f in chosen)
-                        hub_slots[name][1] += len(chosen)
+                    right, selected = ask(session, q, **{f: (k if v == "k" else v) for f, v in VARIANTS[name].items()})
+                    per_q[name].append(int(right))
+                    if name != "full" and selected and selected[0] is not None:
+                        hub_slots[name][0] += len(selected[0] & empty)
+                        hub_slots[name][1] += len(selected[0])
             for session in sessions.values():
                 session.close()
         results[str(length)] = _summary(per_q, kinds["kind"], hub_slots, vw.CHANCE)
