@@ -51,8 +51,9 @@ def test_pyav_frames_are_those_lmms_eval_read_video_reads(clips, count):
     assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
 
 
-def test_linspace_differs_from_a_time_grid_where_it_matters(clips):
-    """The reason for the rule: 16 frames, 8 wanted -- linspace ends on the last frame."""
+def test_sixteen_frames_sampled_to_eight_end_on_the_last_one(clips):
+    """Where the rule matters: 16 frames, 8 wanted -- linspace ends on frame 15 (a time grid
+    over the same span ended on frame 14)."""
     assert uniform_indices(clips[16], 8) == [0, 2, 4, 6, 8, 10, 12, 15]
 
 
