@@ -36,7 +36,7 @@ LIVE = [
     (["CLIP", "--kv-quant", "int3"], "--kv-quant"),
     (["CLIP", "--fps", "0"], "--fps must be > 0, got 0"),
     (["CLIP", "--device", "bogus"], "--device 'bogus' is not a device"),
-    (["CLIP", "--questions", "/nowhere/q.jsonl"], "/nowhere/q.jsonl"),
+    (["CLIP", "--questions-file", "/nowhere/q.jsonl"], "/nowhere/q.jsonl"),
 ]
 if not torch.cuda.is_available():
     LIVE.append((["CLIP", "--device", "cuda"], "--device cuda: no CUDA device on this machine"))
@@ -138,6 +138,7 @@ def _run_command(argv, cwd, env_extra=None):
     (["live", "CLIP", "--top-k", "3"], "(did you mean --topk-frames?)"),
     (["live", "FAKE"], "not a video PyAV can read (Invalid data found when processing input)"),
     (["demo", "--qestion", "x"], "(did you mean --question?)"),
+    (["live", "CLIP", "--questions", "q.jsonl"], "(did you mean --questions-file?)"),  # a file, not a question
     (["world", "w.mp4", "--second", "3"], "(did you mean --seconds"),
     (["eval", "--model", "rekv", "--model_args", "pretrained=./no-such-model", "--tasks", "rekv_demo"],
      "model directory not found: './no-such-model'"),

@@ -43,7 +43,7 @@ def test_live_file_answers_at_the_stream_times(episode_video, tmp_path):
     path, episode = episode_video
     times = [15.0, 9.5, 100.0][: len(episode.questions)]  # the last one after the end
     out = io.StringIO()
-    assert main([path, "--questions", _questions(tmp_path, episode, times), "--fps", "1"], out=out) == 0
+    assert main([path, "--questions-file", _questions(tmp_path, episode, times), "--fps", "1"], out=out) == 0
     text = out.getvalue()
     blocks = [b for b in text.split("[") if "Q:" in b]
     assert len(blocks) == len(episode.questions)
@@ -99,7 +99,7 @@ def test_live_from_a_named_pipe_fed_by_a_writer(episode_video, tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", writer_code, fifo])
     out = io.StringIO()
     try:
-        code = main([fifo, "--questions", _questions(tmp_path, episode, [3.0, 12.0, 14.0]), "--fps", "1"], out=out)
+        code = main([fifo, "--questions-file", _questions(tmp_path, episode, [3.0, 12.0, 14.0]), "--fps", "1"], out=out)
     finally:
         writer.wait(timeout=60)
     assert code == 0 and writer.returncode == 0
@@ -208,7 +208,7 @@ def test_rekv_live_takes_every_rekv_setting_flag(episode_video, tmp_path):
     live.run_live = spy
     try:
         out = io.StringIO()
-        args = [path, "--retrieval", "external", "--topk-frames", "3", "--kv-quant", "int8", "--questions",
+        args = [path, "--retrieval", "external", "--topk-frames", "3", "--kv-quant", "int8", "--questions-file",
                 _questions(tmp_path, episode, [15.0])]
         assert live.main(args, out=out) == 0
     finally:

@@ -1,6 +1,6 @@
 """``rekv live``: follow a live video source and answer questions as they come.
 
-    rekv live clip.mp4 --realtime --fps 1 --questions q.jsonl        # a file played as if live
+    rekv live clip.mp4 --realtime --fps 1 --questions-file q.jsonl        # a file played as if live
     rekv live /tmp/camera.fifo --fps 2                                # questions typed on stdin
     rekv live rtsp://camera.local/stream --model llava-hf/llava-onevision-qwen2-0.5b-ov-hf
 
@@ -187,13 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = Parser(prog="rekv live", description=__doc__.split("\n\n")[0],
                                 epilog="A file read faster than real time is not live: questions typed on stdin are answered "
-                                       "about the whole video once it is encoded (use --realtime, or --questions with times, "
+                                       "about the whole video once it is encoded (use --realtime, or --questions-file with times, "
                                        "for answers as of the moment they are asked).")
     p.add_argument("source", help="video file, named pipe or URL PyAV can open")
     p.add_argument("--model", default="miniature", help="checkpoint folder or hub id (default: the shipped trained miniature)")
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of stream (default 1)")
     p.add_argument("--realtime", action="store_true", help="play a file at its own pace, as if live")
-    p.add_argument("--questions", help='JSON lines {"t": seconds, "q": "..."}; default: questions typed on stdin')
+    p.add_argument("--questions-file", dest="questions", metavar="FILE",
+                   help='JSON lines {"t": seconds, "q": "..."}; default: questions typed on stdin')
     add_config_flags(p, defaults={"window_tokens": "4 blocks", "topk_frames": "4", "chunk_frames": "2"})
     p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in tokens (default 16)")
     p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),

@@ -1,7 +1,7 @@
 """``rekv world``: write a video of the miniature's world and its questions.
 
     rekv world world.mp4 --seconds 60      # world.mp4 + world.questions.jsonl (with the true answers)
-    rekv live world.mp4 --questions world.questions.jsonl
+    rekv live world.mp4 --questions-file world.questions.jsonl
 
 The shipped miniature was trained on this world only (``lmms_rekv.miniature``); these videos are
 what it can answer about.

@@ -43,7 +43,7 @@ class WorldQuestion:
 class WorldVideo:
     """A world video written to ``path`` (``FPS`` frames per second) and its questions (also
     written beside it as ``<name>.questions.jsonl``: ``{"t", "q", "truth", "kind"}`` per line,
-    asked at the end of the video; the format ``rekv live --questions`` reads)."""
+    asked at the end of the video; the format ``rekv live --questions-file`` reads)."""
 
     path: str
     questions_path: str
