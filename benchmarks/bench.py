@@ -46,6 +46,8 @@ class Preset:
     chunk: int
     uniform_frames: int
     answer_tokens: int = 8
+    recent_frames: Optional[int] = None  # ReKVConfig.recent_frames (counted in topk); None: the default
+    hub_correction: Optional[str] = None  # ReKVConfig.hub_correction
 
 
 PRESETS: Dict[str, Preset] = {
@@ -83,7 +85,8 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
     from lmms_rekv.io.preprocess import CheckpointFrames
     from research.tiny import CHAT_TEMPLATE, build_tiny_model, build_tokenizer
 
-    rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, block_tokens=16 if preset == "tiny" else 196)
+    rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, block_tokens=16 if preset == "tiny" else 196,
+                          hub_correction=cfg.hub_correction, **({} if cfg.recent_frames is None else {"recent_frames": cfg.recent_frames}))
     if preset == "tiny":
         path = build_tiny_model(os.path.join(workdir, "tiny-model"))  # a temporary folder
         rekv = ReKVLlavaOneVision.from_pretrained(path, config=rekv_cfg, dtype=dtype, device=device)
@@ -101,7 +104,7 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
             finally:
                 torch.set_default_dtype(torch.float32)
         rekv = ReKVLlavaOneVision(model, tokenizer, CHAT_TEMPLATE, CheckpointFrames.square(384), rekv_cfg)
-    full_cfg = rekv_cfg.replace(window_tokens=None, topk_frames=None, offload="device", qa_budget_tokens=None)
+    full_cfg = rekv_cfg.replace(window_tokens=None, topk_frames=None, offload="device", qa_budget_tokens=None, recent_frames=0, hub_correction=None)
     full = rekv.with_config(full_cfg)
     return rekv, full
 
@@ -294,7 +297,7 @@ def run(args) -> Dict:
     cfg = Preset(
         frames=args.frames or cfg.frames, window_tokens=args.window_tokens or cfg.window_tokens, topk=args.topk or cfg.topk,
         chunk=args.chunk or cfg.chunk, uniform_frames=args.uniform_frames or cfg.uniform_frames,
-        answer_tokens=args.answer_tokens or cfg.answer_tokens,
+        answer_tokens=args.answer_tokens or cfg.answer_tokens, recent_frames=args.recent_frames, hub_correction=args.hub_correction,
     )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(args.dtype, device)
@@ -356,6 +359,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="ReKVConfig.chunk_frames, also the frames per add_frames call (default: the preset's)")
     parser.add_argument("--uniform-frames", type=int, help="frames the uniform-sampling baseline uses")
     parser.add_argument("--answer-tokens", type=int, help="fixed answer length for latency")
+    parser.add_argument("--recent-frames", type=int, default=None, help="ReKVConfig.recent_frames (default: ReKVConfig's, 1)")
+    parser.add_argument("--hub-correction", choices=("center", "template"), default=None, help="ReKVConfig.hub_correction (default off)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--device", default=None)

@@ -51,11 +51,12 @@ def _render(name: str, world, episode, rng):
 
 
 def configurations(keeps: List[float], quants: List[Optional[str]], k: int, window: int,
-                   clip: Optional[List[str]] = None) -> Dict[str, dict]:
+                   clip: Optional[List[str]] = None, recent: int = 0) -> Dict[str, dict]:
     """name -> ReKVConfig fields (``full``: full attention). ``clip``: ``[config JSON,
     weights]`` of an embedder for the world -- every ReKV row once more with external
-    retrieval, named ``ext/<row>``."""
-    base = dict(window_tokens=window, topk_frames=k, chunk_frames=8)
+    retrieval, named ``ext/<row>``. ``recent``: ``recent_frames`` of every ReKV row (0:
+    retrieval alone; 1: the package default)."""
+    base = dict(window_tokens=window, topk_frames=k, chunk_frames=8, recent_frames=recent)
     out = {"full": dict(window_tokens=None, topk_frames=None, chunk_frames=8), "rekv": base,
            "rekv/token-score": dict(base, block_score="tokens")}  # a block scored by its best token, not its mean key
     out.update(_reductions(base, keeps, quants))
@@ -81,15 +82,16 @@ def _reductions(base: dict, keeps: List[float], quants: List[Optional[str]]) -> 
 
 
 def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: List[Optional[str]], k: int,
-        clip: Optional[List[str]] = None) -> dict:
+        clip: Optional[List[str]] = None, recent: int = 0) -> dict:
     from lmms_rekv import ReKV, ReKVConfig
 
     name, world = _world(model_dir)
     base = ReKV.from_pretrained(model_dir, dtype="float32", device="cpu")
     window = 4 * base.block_tokens
-    configs = configurations(keeps, quants, k, window, clip)
+    configs = configurations(keeps, quants, k, window, clip, recent)
     engines = {n: base.with_config(ReKVConfig(**c)) for n, c in configs.items()}
     tallies: Dict[str, Dict[str, List[int]]] = {n: {} for n in configs}
+    outcomes: Dict[str, List[int]] = {n: [] for n in configs}  # every question, in one order for all
     bytes_per_frame: Dict[str, int] = {}
     started = time.time()
     for seed in range(videos):
@@ -105,6 +107,7 @@ def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: Li
                 words = session.ask(q.text, max_new_tokens=1).split()
                 right = int(bool(words) and words[0].strip("?.,!") == q.answer)
                 tallies[n].setdefault(q.kind, []).append(right)
+                outcomes[n].append(right)
             session.close()
     rows = {}
     for n, kinds in tallies.items():
@@ -114,21 +117,35 @@ def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: Li
         rows[n] = {"accuracy": sum(flat) / len(flat), "per_kind": {kd: sum(v) / len(v) for kd, v in kinds.items()},
                    "n": {kd: len(v) for kd, v in kinds.items()}, "kv_bytes_per_frame": bytes_per_frame[n],
                    "projected_7b_gib_per_hour": projected_gib_per_hour(keep, c.get("kv_quant"))}
+        reference = "ext/rekv" if n.startswith("ext/") else "rekv"
+        if n not in (reference, "full") and reference in outcomes:  # paired: the same questions without reduction
+            rows[n]["vs_rekv"] = interval([a - b for a, b in zip(outcomes[n], outcomes[reference])])
     return {"world": name, "model": model_dir, "videos": videos, "length": length, "k": k, "window_tokens": window,
+            "recent_frames": recent,
             "embedder": clip,
-            "chance": dict(world.CHANCE), "rows": rows, "seconds": round(time.time() - started, 1),
+            "chance": dict(world.CHANCE), "rows": rows, "outcomes": {n: "".join(map(str, v)) for n, v in outcomes.items()}, "seconds": round(time.time() - started, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"}
+
+
+def interval(diffs: List[int]) -> Dict[str, float]:
+    """Mean of paired per-question differences and its 95 % interval (``hub_study.interval``)."""
+    from research.miniature.hub_study import interval as paired
+
+    return paired(diffs)
 
 
 def markdown(results: dict) -> str:
     kinds = list(next(iter(results["rows"].values()))["per_kind"])
     head = (f"Held-out {results['world']} world, {results['videos']} videos of {results['length']} frames, retrieval "
-            f"top-{results['k']} (internal; `ext/` rows: external, the world's embedder), window "
-            f"{results['window_tokens']} tokens; {results['machine']}.\n\n")
-    lines = ["| setting | accuracy | " + " | ".join(f"{kd} (chance {results['chance'][kd]:.1%}, n {next(iter(results['rows'].values()))['n'][kd]})" for kd in kinds)
-             + " | KV bytes/frame (miniature) | LLaVA-OV-7B GiB/h at 0.5 fps |", "|---" * (len(kinds) + 4) + "|"]
+            f"top-{results['k']} (internal; `ext/` rows: external, the world's embedder), `recent_frames={results.get('recent_frames', 0)}`, window "
+            f"{results['window_tokens']} tokens; {results['machine']}. *vs no reduction*: the paired difference to the same "
+            "retrieval without reduction over the same questions, with its 95 % interval.\n\n")
+    lines = ["| setting | accuracy | vs no reduction (95 % CI) | " + " | ".join(f"{kd} (chance {results['chance'][kd]:.1%}, n {next(iter(results['rows'].values()))['n'][kd]})" for kd in kinds)
+             + " | KV bytes/frame (miniature) | LLaVA-OV-7B GiB/h at 0.5 fps |", "|---" * (len(kinds) + 5) + "|"]
     for n, row in results["rows"].items():
-        lines.append(f"| {n} | {row['accuracy']:.1%} | " + " | ".join(f"{row['per_kind'][kd]:.0%}" for kd in kinds)
+        c = row.get("vs_rekv")
+        paired = "--" if c is None else f"{100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+        lines.append(f"| {n} | {row['accuracy']:.1%} | {paired} | " + " | ".join(f"{row['per_kind'][kd]:.0%}" for kd in kinds)
                      + f" | {row['kv_bytes_per_frame']} | {row['projected_7b_gib_per_hour']:.2f} |")
     return head + "\n".join(lines) + "\n"
 
@@ -182,12 +199,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     parser.add_argument("--quants", nargs="+", default=["none", "int8", "int4"])
     parser.add_argument("--topk-frames", dest="k", type=int, default=4)
+    parser.add_argument("--recent-frames", type=int, default=0,
+                        help="recent_frames of every ReKV row (default 0: retrieval alone; 1: the package default)")
     parser.add_argument("--clip", nargs=2, metavar=("CONFIG_JSON", "WEIGHTS"), default=None,
                         help="an embedder for the world (python -m research.miniature clip --world video): adds ext/ rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     quants = [None if q == "none" else q for q in args.quants]
-    results = run(args.model, args.videos, args.length, args.keeps, quants, args.k, args.clip)
+    results = run(args.model, args.videos, args.length, args.keeps, quants, args.k, args.clip, args.recent_frames)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)

@@ -52,7 +52,7 @@ class ReKVConfig:
             ``"mean"`` (ReKV: the mean query), ``"max"`` (each token's scores z-normalised
             over frames, max over tokens; default) or ``"head"`` (the same per query head);
             see ``lmms_rekv.retrieval.scoring``. ReKV as published: ``query_pool="mean",
-            query_span="prompt", layer_frames="own"``; the defaults are the variant the
+            query_span="prompt", layer_frames="own", recent_frames=0``; the defaults are the variant the
             retrieval study measured best on the trained miniature (docs/results/miniature.md).
         query_span: which prefill tokens' queries score frames: ``"prompt"`` (ReKV: the
             question and the rest of the chat template after it) or ``"question"`` (the
@@ -115,7 +115,12 @@ class ReKVConfig:
         adaptive: ``None`` (load ``topk_frames``) or ``"mass"``: the fewest frames covering
             ``adaptive_mass`` of ``softmax(zscore(score) / adaptive_temperature)``, at least
             ``adaptive_min_frames`` and at most ``topk_frames``.
-        recent_frames: the last N frames are always loaded (within the budget).
+        recent_frames: the last N blocks are always in the answer's context, inside
+            ``topk_frames`` (they count in it and in ``Answer.selected``). Default 1: the
+            present moment -- on the video-world miniature it took questions about what is on
+            screen now from 42-69 % to 95-98 % (top-4); about the past it costs a slot of the
+            budget (-4 to -5 points at top-4 on the tiled world, -0.5 to -2.6 at top-8;
+            docs/results/miniature.md). 0: retrieval alone, as ReKV published it.
         group_frames: frames are scored and loaded in groups of this many consecutive frames.
         token_reduction: ``None`` (default: every token of a block is stored) or how a block's
             tokens are cut to ``token_keep`` of them before offload, training-free (see
@@ -125,9 +130,9 @@ class ReKVConfig:
             the retrieval summaries, the question's position layout and ``stats()`` count the
             tokens kept; the encoding window keeps every token. 1-D families (LLaVA-OV) only.
         token_keep: fraction of a block's tokens kept with ``token_reduction`` (0 < keep <= 1;
-            at least one token). Default 1/2: with ``"temporal"`` and int4 it kept accuracy at
-            13 % of the bytes on the video-world miniature, where 1/4 lost 4.7 points
-            (docs/results/accuracy-per-byte.md).
+            at least one token). Default 1/2: with ``"temporal"`` and int4, 13 % of the bytes
+            for 3.6 points (6.8 with ``recent_frames=1``) on the video-world miniature, where
+            1/4 lost 9-16 (docs/results/accuracy-per-byte.md).
         block_score: what internal retrieval scores a block by: ``"mean"`` (default: its mean
             pre-RoPE key, ReKV's summary) or ``"tokens"`` (its best stored token: every stored
             key is read at each question -- for measuring local content, not for long streams).
@@ -169,7 +174,7 @@ class ReKVConfig:
     adaptive_mass: float = 0.9
     adaptive_temperature: float = 0.1
     adaptive_min_frames: int = 1
-    recent_frames: int = 0
+    recent_frames: int = 1
     group_frames: int = 1
     token_reduction: Optional[str] = None
     token_keep: float = 0.5

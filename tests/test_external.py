@@ -21,7 +21,8 @@ def clip_json(tmp_path_factory):
 
 def _engine(load, clip_json, **config):
     base = dict(window_tokens=48, topk_frames=3, chunk_frames=4, clip_model=clip_json, clip_pretrained=None,
-                query_pool="mean", query_span="prompt", layer_frames="own")  # brute forces below score with the mean query
+                query_pool="mean", query_span="prompt", layer_frames="own",  # brute forces below score with the mean query
+                recent_frames=0)  # ... and rank every block (recency: test_hub.py)
     engine = load(**{**base, **config})
     if engine.config.uses_embeddings:
         engine.embedder  # built once per engine
@@ -80,7 +81,7 @@ class PlantedEmbedder:
 
 @pytest.mark.parametrize("mode,extra", [("external", {}), ("hybrid", {"hybrid_alpha": 0.8}), ("hybrid", {"hybrid_rule": "rrf", "hybrid_alpha": 0.9})])
 def test_planted_frames_are_retrieved(load, frames, mode, extra):
-    engine = load(window_tokens=48, topk_frames=2, chunk_frames=4, retrieval=mode, **extra)
+    engine = load(window_tokens=48, topk_frames=2, chunk_frames=4, retrieval=mode, recent_frames=0, **extra)
     engine.embedder = PlantedEmbedder()
     video = frames(12, seed=11)
     video[[3, 9]] = 255  # the planted frames

@@ -55,7 +55,8 @@ def _z_table(store, layer, query_rows, group):
 
 @pytest.mark.parametrize("hub", ["center", "template"])
 def test_corrected_selection_equals_brute_force(load, frames, hub):
-    engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, query_pool="max", layer_frames="own", hub_correction=hub)
+    engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, query_pool="max", layer_frames="own", hub_correction=hub,
+                  recent_frames=0)
     session = engine.new_session()
     session.add_frames(frames(12, seed=5))
     answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
@@ -89,3 +90,22 @@ def test_hub_correction_is_validated():
         ReKVConfig(hub_correction="center", query_pool="mean")
     with pytest.raises(ValueError, match="query_span='question'"):
         ReKVConfig(hub_correction="template", query_span="prompt")
+
+
+@pytest.mark.parametrize("recent", [1, 2])
+def test_recent_frames_are_in_the_answer_and_the_rest_is_the_same_ranking(load, frames, recent):
+    """``recent_frames=r`` inside ``topk_frames=k``: every layer's selection holds the last r blocks
+    and k - r others, and those others are among the k the plain ranking picks (at most r recent
+    blocks can outrank them) -- the present moment is added, the ranking is not changed."""
+    video = frames(14, seed=21)
+    picked = {}
+    for r in (0, recent):
+        session = load(window_tokens=48, topk_frames=4, chunk_frames=4, recent_frames=r).new_session()
+        session.add_frames(video)
+        picked[r] = [set(s.tolist()) for s in session.answer(QUESTION, max_new_tokens=2).selected]
+        session.close()
+    last = set(range(14 - recent, 14))
+    for plain, with_recent in zip(picked[0], picked[recent]):
+        assert len(with_recent) == 4 and last <= with_recent
+        others = with_recent - last
+        assert len(others) == 4 - recent and others <= plain

@@ -48,7 +48,7 @@ def test_engine_retrieves_with_the_shipped_embedder(embedder):
     """``retrieval="external", clip_model="miniature"``: every layer loads the 4 frames closest
     to the question under the shipped embedder, computed here directly."""
     engine = ReKVLlavaOneVision.from_pretrained(
-        shipped_path(), config=ReKVConfig(window_tokens=16, topk_frames=4, retrieval="external", clip_model="miniature"),
+        shipped_path(), config=ReKVConfig(window_tokens=16, topk_frames=4, retrieval="external", clip_model="miniature", recent_frames=0),
         dtype=torch.float32, device="cpu")
     rng = world.rng_for(world.HELD_OUT, 31)
     episode = world.make_episode(rng, 32)

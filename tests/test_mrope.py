@@ -353,7 +353,8 @@ def test_external_retrieval_scores_blocks(load_qwen2, tmp_path):
     from research.tiny import write_tiny_clip_config
 
     clip = write_tiny_clip_config(str(tmp_path))
-    engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4, retrieval="external", clip_model=clip, clip_pretrained=None)
+    engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4, retrieval="external", clip_model=clip, clip_pretrained=None,
+                        recent_frames=0)
     video = _video(11, seed=9)
     session = engine.new_session(fps=FPS)
     session.add_frames(video)

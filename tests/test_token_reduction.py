@@ -132,5 +132,9 @@ def test_the_accuracy_per_byte_benchmark_runs_and_accounts_bytes(tmp_path):
     assert set(rows) == {"full", "rekv/token-score"} | internal | {f"ext/{n}" for n in internal}
     assert all(sum(r["n"].values()) == sum(rows["full"]["n"].values()) > 0 for r in rows.values())
     assert rows["salient/0.5"]["kv_bytes_per_frame"] * 2 == rows["rekv"]["kv_bytes_per_frame"]
+    assert "vs_rekv" not in rows["rekv"] and "vs_rekv" not in rows["ext/rekv"]
+    for name, reference in (("temporal/0.5", "rekv"), ("ext/merge/0.5", "ext/rekv")):  # paired over the same questions
+        assert rows[name]["vs_rekv"]["low"] <= rows[name]["vs_rekv"]["diff"] <= rows[name]["vs_rekv"]["high"]
+        assert rows[name]["vs_rekv"]["diff"] == pytest.approx(rows[name]["accuracy"] - rows[reference]["accuracy"])
     plot(results, str(tmp_path / "plot.svg"))
     assert (tmp_path / "plot.svg").read_text().lstrip().startswith("<?xml")

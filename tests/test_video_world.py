@@ -112,8 +112,8 @@ def test_scene_rules_hold_in_the_pixels():
         assert enters == sorted(set(enters)) and leaves == sorted(leaves)
         assert all(a < b for a, b in zip(leaves, leaves[1:]) if b < episode.length - 1)
         for q in episode.questions:
-            for name in q.objects:
-                assert episode.objects.count(vw.OBJECTS.index(name)) == 1  # a needle makes one visit
+            for name in q.objects:  # a needle makes one visit; "now" asks about a repeat where it can
+                assert episode.objects.count(vw.OBJECTS.index(name)) == 1 or q.kind == "now"
 
 
 def _moments(seen) -> List[Tuple[int, int]]:
@@ -121,32 +121,70 @@ def _moments(seen) -> List[Tuple[int, int]]:
     return [(f, obj) for f, shown in enumerate(seen) for obj in shown if f == 0 or obj not in seen[f - 1]]
 
 
+def check_answer(q, seen) -> bool:
+    """Assert ``q``'s answer from the decoded frames ``seen`` alone (the frames a viewer has seen
+    when it is asked); returns whether a ``now`` question's object was seen before, in another
+    colour."""
+    entries = _moments(seen)
+    needle = vw.OBJECTS.index(q.objects[0])
+    shown_at = [f for f, s in enumerate(seen) if needle in s]
+    if q.kind == "now":  # on screen at the last frame seen, in the answer's colour
+        last = len(seen) - 1
+        assert needle in seen[last] and q.answer == vw.COLORS[seen[last][needle][0]]
+        current = [f for f in shown_at if all(needle in seen[g] for g in range(f, last + 1))]
+        return any(seen[f][needle][0] != seen[last][needle][0] for f in shown_at if f < current[0])
+    first, last = shown_at[0], shown_at[-1]
+    assert shown_at == list(range(first, last + 1)) and set(shown_at) <= set(q.frames)
+    if q.kind == "color":
+        assert q.answer == vw.COLORS[seen[first][needle][0]]
+    elif q.kind == "before":  # the last other object seen before the needle entered
+        earlier = [f for f in range(first) if seen[f]]
+        others = set(seen[earlier[-1]])
+        assert len(others) == 1 and q.answer == vw.OBJECTS[others.pop()]
+    elif q.kind == "entered_after":  # the first object to enter after the needle's last frame
+        after = [obj for f, obj in entries if f > last]
+        assert last < len(seen) - 1 and q.answer == vw.OBJECTS[after[0]]
+    else:
+        other = vw.OBJECTS.index(q.objects[1])
+        colours = [seen[next(f for f, s in enumerate(seen) if o in s)][o][0] for o in (needle, other)]
+        assert q.answer == ("yes" if colours[0] == colours[1] else "no")
+    return False
+
+
 def test_every_answer_follows_from_the_pixels():
-    """Brute force: each question's answer is recomputed from the decoded frames alone."""
-    asked = {k: 0 for k in vw.KINDS}
+    """Brute force: each question's answer is recomputed from the decoded frames alone; most
+    ``now`` questions from 8 frames on ask about an object seen before in another colour."""
+    asked, now, repeats = {k: 0 for k in vw.KINDS}, 0, 0
     for episode, frames in episodes(vw.HELD_OUT, 2):
         seen = timeline(frames)
-        entries = _moments(seen)
         for q in episode.questions:
             asked[q.kind] += 1
-            needle = vw.OBJECTS.index(q.objects[0])
-            shown_at = [f for f, s in enumerate(seen) if needle in s]
-            first, last = shown_at[0], shown_at[-1]
-            assert shown_at == list(range(first, last + 1)) and set(shown_at) <= set(q.frames)
-            if q.kind == "color":
-                assert q.answer == vw.COLORS[seen[first][needle][0]]
-            elif q.kind == "before":  # the last other object seen before the needle entered
-                earlier = [f for f in range(first) if seen[f]]
-                others = set(seen[earlier[-1]])
-                assert len(others) == 1 and q.answer == vw.OBJECTS[others.pop()]
-            elif q.kind == "entered_after":  # the first object to enter after the needle's last frame
-                after = [obj for f, obj in entries if f > last]
-                assert q.answer == vw.OBJECTS[after[0]]
-            else:
-                other = vw.OBJECTS.index(q.objects[1])
-                colours = [seen[next(f for f, s in enumerate(seen) if o in s)][o][0] for o in (needle, other)]
-                assert q.answer == ("yes" if colours[0] == colours[1] else "no")
+            repeated = check_answer(q, seen)
+            if q.kind == "now" and episode.length >= 8:
+                now, repeats = now + 1, repeats + repeated
     assert min(asked.values()) >= 20, asked
+    assert repeats >= 0.75 * now, (repeats, now)
+
+
+def test_mid_stream_questions_follow_from_the_frames_seen_so_far():
+    """``questions_at(t)``: asked after frame t - 1, answered from the first t decoded frames
+    only; the episode is left as it was (the rendered video stays its ground truth)."""
+    asked = {k: 0 for k in vw.KINDS}
+    rng = vw.rng_for(vw.HELD_OUT, 12)
+    for episode, frames in episodes(vw.HELD_OUT, 3, lengths=(8, 16, 40)):
+        before = (list(episode.objects), list(episode.colors), [(v.enter, v.leave, v.color) for v in episode.visits])
+        seen = timeline(frames)
+        t = int(rng.integers(episode.length // 2, episode.length))
+        for q in vw.questions_at(rng, episode, t):
+            asked[q.kind] += 1
+            assert max(q.frames) < t
+            check_answer(q, seen[:t])
+        assert before == (episode.objects, episode.colors, [(v.enter, v.leave, v.color) for v in episode.visits])
+        cut = vw.seen_until(episode, t)
+        assert cut.length == t and all(v.leave < t and len(v.path) == len(v.frames) for v in cut.visits)
+    assert min(asked.values()) >= 5, asked
+    with pytest.raises(ValueError):
+        vw.seen_until(episode, 0)
 
 
 def test_entered_after_is_right_by_construction():
@@ -222,12 +260,12 @@ def test_background_is_static_and_objects_are_local():
 def test_chance_kinds_and_words():
     from lmms_rekv.miniature import world
 
-    assert vw.KINDS == ("color", "before", "same", "entered_after") and set(vw.KINDS) == set(vw.TEMPLATES) == set(vw.CHANCE)
-    assert vw.CHANCE == {"color": 1 / 8, "before": 1 / 15, "same": 1 / 2, "entered_after": 1 / 15}
+    assert vw.KINDS == ("color", "before", "same", "entered_after", "now") and set(vw.KINDS) == set(vw.TEMPLATES) == set(vw.CHANCE)
+    assert vw.CHANCE == {"color": 1 / 8, "before": 1 / 15, "same": 1 / 2, "entered_after": 1 / 15, "now": 1 / 8}
     assert {k: vw.TEMPLATES[k] for k in ("color", "before", "same")} == {k: world.TEMPLATES[k] for k in ("color", "before", "same")}
     assert vw.OBJECTS is world.OBJECTS and vw.Episode is world.Episode and vw.rng_for is world.rng_for
     words = vw.answer_words()
-    assert set(words) == set(vw.KINDS) and words["entered_after"] == vw.OBJECTS
+    assert set(words) == set(vw.KINDS) and words["entered_after"] == vw.OBJECTS and words["now"] == vw.COLORS
     text = " ".join(vw.corpus(vw.rng_for(vw.TRAIN, 0), lines=400))
     assert "entered after" in text and " left?" in text
     rng = vw.rng_for(vw.TRAIN, 6)
@@ -301,8 +339,10 @@ def test_bind_loss_is_the_attention_the_model_computes():
     a, b = batch.named[:, 0], batch.named[:, 1]
     wanted = torch.stack([
         (objects[i] == a[i]) | (objects[i] == b[i]) if k == "same"
-        else batch.left[i, ..., a[i]].reshape(-1) > 0 if k == "entered_after" else objects[i] == a[i]
-        for i, k in enumerate(batch.kinds)]).float()
+        else batch.left[i, ..., a[i]].reshape(-1) > 0 if k == "entered_after"
+        else ((batch.objects[i] == a[i]) & batch.asked_frames[i][:, None]).reshape(-1) if k == "now"  # the visit on screen only
+        else objects[i] == a[i]
+        for i, k in enumerate(batch.kinds)]).reshape(len(rows), -1).float()
     terms = [(0, batch.first, (objects == a[:, None]).float()), (0, batch.anchor, (objects == b[:, None]).float()),
              (2, batch.answer_at - 1, wanted)]
     theirs = 0.0

@@ -158,6 +158,8 @@ def run_live(engine, source: str, fps: float, realtime: bool = False, questions:
     if typed is not None and not live_source:
         live.say(f"reading {source} faster than real time: questions on stdin are answered about the whole video once it "
                  "is encoded (--realtime answers them as it plays)")
+    elif typed is not None:
+        live.say(f"playing {source} at {fps:g} fps: questions on stdin are answered as of the moment they arrive")
     try:
         for t, frame in frames if frames is not None else iter_live(source, fps, realtime=realtime):
             live.add(t, frame)

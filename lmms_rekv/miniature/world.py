@@ -167,6 +167,32 @@ def _ask(rng, episode: Episode, kind: str, slots: List[Tuple[int, int]], same_ra
     raise ValueError(f"unknown question kind {kind!r}; choose from {tuple(TEMPLATES)}")
 
 
+def questions_at(rng: np.random.Generator, episode: Episode, t: int, kinds: Sequence[str] = KINDS) -> List[Question]:
+    """Questions asked mid-stream, right after frame ``t - 1``: about objects seen exactly once in
+    the first ``t`` frames (needles or not), answered from those frames; the episode is not
+    changed (``same`` answers whatever the two colours are)."""
+    if not 1 <= t <= episode.length:
+        raise ValueError(f"t={t} is outside 1..{episode.length}")
+    seen = Episode(list(episode.objects[:t]), list(episode.colors[:t]))
+    once = [p for p in range(t) if seen.objects.count(seen.objects[p]) == 1]
+    slots = [(seen.objects[once[j]], once[j]) for j in rng.permutation(len(once))[:NEEDLES]]
+    out: List[Question] = []
+    for kind in kinds:
+        if not slots:
+            break
+        if kind == "same":
+            if len(slots) >= 2:
+                (a, pa), (b, pb) = slots[-2], slots[-1]
+                answer = "yes" if seen.colors[pa] == seen.colors[pb] else "no"
+                out.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[a], b=OBJECTS[b]), answer, tuple(sorted((pa, pb))),
+                                    (OBJECTS[a], OBJECTS[b])))
+            continue
+        question = _ask(rng, seen, kind, slots, 0.5)
+        if question is not None:
+            out.append(question)
+    return out
+
+
 def same_colors(rng: np.random.Generator, colors: List[int], first: int, second: int, same_rate: float) -> None:
     """Recolour ``colors[second]`` for a ``same`` question: the same colour as ``colors[first]``
     with probability ``same_rate``, else surely another one (changed in place)."""

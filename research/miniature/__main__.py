@@ -3,7 +3,7 @@
     python -m research.miniature train --minutes 15 --seed 0 --out DIR   # ~15 min on 2 CPU cores
     python -m research.miniature train --world video --minutes M --out DIR   # the video-like world (video_world.py)
     python -m research.miniature train --world video --init DIR --start-frames 8 ...   # continue a saved run
-    python -m research.miniature recipe --out DIR   # the video-world miniature's staged recipe (~100 min)
+    python -m research.miniature recipe --out DIR   # the video-world miniature's staged recipe (~130 min)
     python -m research.miniature eval [--model DIR] [--lengths 16 32 64] [--videos 100]
     python -m research.miniature clip --minutes 3 --out DIR   # the external embedder (open_clip)
 """
@@ -151,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "16 tokens each, objects entering, moving and leaving)")
     train_p.add_argument("--family", default="llava_onevision", choices=FAMILIES,
                          help="the model family's shape (Qwen families: real Qwen classes, one-frame temporal patches)")
-    recipe_p = sub.add_parser("recipe", help="train the video-world miniature with its staged recipe (about 100 minutes)")
+    recipe_p = sub.add_parser("recipe", help="train the video-world miniature with its staged recipe (about 130 minutes)")
     recipe_p.add_argument("--seed", type=int, default=0)
     recipe_p.add_argument("--out", required=True)
     clip_p = sub.add_parser("clip", help="train the external embedder (a tiny open_clip model)")

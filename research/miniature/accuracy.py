@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 # internal retrieval as ReKV publishes it (mean question query, every layer its own frames) and
 # the variant the retrieval study (retrieval_study.py) found best on this miniature
-PUBLISHED = {"query_pool": "mean", "query_span": "prompt", "layer_frames": "own"}
-TUNED = {"query_pool": "max", "query_span": "question", "layer_frames": "first"}
+PUBLISHED = {"query_pool": "mean", "query_span": "prompt", "layer_frames": "own", "recent_frames": 0}
+TUNED = {"query_pool": "max", "query_span": "question", "layer_frames": "first", "recent_frames": 0}  # as measured: retrieval alone
 
 
 @dataclass

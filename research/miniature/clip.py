@@ -172,22 +172,25 @@ def needle_hit_rate(embedder, lengths: Sequence[int] = (64, 1024), videos: int =
 
 @torch.no_grad()
 def video_hit_rate(embedder, lengths: Sequence[int] = (8, 16), videos: int = 50, k: int = 4,
-                   seed: int = 0) -> Dict[str, Dict[str, Tuple[float, float]]]:
+                   seed: int = 0, kinds: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Tuple[float, float]]]:
     """The video world's ``needle_hit_rate``: share of questions for which every named object
-    has a frame of its visit among the ``k`` frames closest to the question, beside the share
-    for ``k`` frames drawn at random from the same videos -- ``{kind: {str(length): (rate,
-    random rate)}}``."""
+    has a frame of its visit among the ``k`` frames closest to the question (``now``: a frame of
+    the visit on screen), beside the share for ``k`` frames drawn at random from the same
+    videos -- ``{kind: {str(length): (rate, random rate)}}``; ``kinds``: the world's ``KINDS``
+    unless given."""
     from . import video_world as vw
 
-    out: Dict[str, Dict[str, Tuple[float, float]]] = {kind: {} for kind in vw.KINDS}
+    kinds = tuple(vw.KINDS if kinds is None else kinds)
+    out: Dict[str, Dict[str, Tuple[float, float]]] = {kind: {} for kind in kinds}
     for length in lengths:
         rng = vw.rng_for(vw.HELD_OUT, 20_000_000 + seed * 1_000_003 + length)
-        hits: Dict[str, list] = {kind: [] for kind in vw.KINDS}
+        hits: Dict[str, list] = {kind: [] for kind in kinds}
         for _ in range(videos):
-            episode = vw.make_episode(rng, length)
+            episode = vw.make_episode(rng, length, kinds=kinds)
             frames = embedder.embed_frames(torch.from_numpy(vw.render(episode, rng)))
             for q in episode.questions:
-                needed = [set(episode.visits[episode.objects.index(vw.OBJECTS.index(o))].frames) for o in q.objects]
+                needed = [set(q.frames)] if q.kind == "now" else \
+                    [set(episode.visits[episode.objects.index(vw.OBJECTS.index(o))].frames) for o in q.objects]
                 top = set((frames @ embedder.embed_text(q.text)).topk(min(k, length)).indices.tolist())
                 drawn = set(rng.choice(length, size=min(k, length), replace=False).tolist())
                 hits[q.kind].append((all(n & top for n in needed), all(n & drawn for n in needed)))

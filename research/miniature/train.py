@@ -194,6 +194,7 @@ class Batch:
     prev: Optional[torch.Tensor] = None  # token_labels worlds: (B, L, frame_tokens) the previous visit's object, -1 none
     left: Optional[torch.Tensor] = None  # token_labels worlds: (B, L, frame_tokens, objects) 0/1, objects that left since the previous entry
     named: Optional[torch.Tensor] = None  # (B, 2) the question's first and last named objects (object indices)
+    asked_frames: Optional[torch.Tensor] = None  # (B, L) bool: the frames the answer is read from (Question.frames)
 
 
 def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int, size: int,
@@ -203,7 +204,7 @@ def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int,
     drawn with ``weights``). ``crowd`` (worlds with ``on_screen``): with this probability an
     episode is redrawn until one of the question's objects is on screen together with another
     object on some frame (0: no extra random draw at all)."""
-    pixels, seqs, objects, colors, chosen, needle_colors, prev, left, named_objects = [], [], [], [], [], [], [], [], []
+    pixels, seqs, objects, colors, chosen, needle_colors, prev, left, named_objects, asked = [], [], [], [], [], [], [], [], [], []
     p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
     source = layout.world
     per_token = hasattr(source, "token_labels")
@@ -237,6 +238,7 @@ def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int,
         named = [episode.objects.index(source.OBJECTS.index(o)) for o in episode.questions[0].objects]
         needle_colors.append([episode.colors[named[0]], episode.colors[named[-1]]])
         named_objects.append([episode.objects[named[0]], episode.objects[named[-1]]])
+        asked.append(np.isin(np.arange(frames), episode.questions[0].frames))
     width = max(len(s[0]) for s in seqs)
     ids = torch.full((size, width), layout.pad_id, dtype=torch.long)
     mask = torch.zeros((size, width), dtype=torch.long)
@@ -247,7 +249,7 @@ def make_batch(rng: np.random.Generator, layout: Layout, processor, frames: int,
     return Batch(torch.stack(pixels), ids, mask, torch.tensor([s[1] for s in seqs]), torch.tensor([s[2] for s in seqs]),
                  torch.tensor([s[3] for s in seqs]), stack(objects), stack(colors), chosen,
                  torch.tensor(needle_colors), stack(prev) if per_token else None, stack(left) if per_token else None,
-                 torch.tensor(named_objects))
+                 torch.tensor(named_objects), torch.from_numpy(np.stack(asked)))
 
 
 def _crowded(source, episode) -> bool:
@@ -369,8 +371,9 @@ def bind_loss(layers, inputs: Dict[int, tuple], batch: Batch, layout: Layout) ->
     in the first layer each object word of the question attends to the tokens of that object,
     and in the last layer the position that answers attends to the tokens the answer is read
     from -- the asked object's (``color``, ``before``: its tokens carry the previous visit's
-    object after the second layer), both named objects' (``same``), or those that carry the
-    asked object in their ``left`` target (``entered_after``). Each term is ``-log`` of the
+    object after the second layer), both named objects' (``same``), those that carry the
+    asked object in their ``left`` target (``entered_after``), or the asked object's on the
+    frames of its visit on screen (``now``: not its earlier visits). Each term is ``-log`` of the
     attention mass on the target tokens. ``inputs[layer] = (normed hidden states, rope)``."""
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
@@ -388,6 +391,7 @@ def bind_loss(layers, inputs: Dict[int, tuple], batch: Batch, layout: Layout) ->
     wanted = torch.stack([
         last_obj[i] | first_obj[i] if k == "same"
         else batch.left[i, ..., named[i, 0]] > 0 if k == "entered_after"
+        else first_obj[i] & batch.asked_frames[i][:, None] if k == "now"
         else first_obj[i] for i, k in enumerate(batch.kinds)])
     plan = {0: [(batch.first, keys(first_obj)), (batch.anchor, keys(last_obj))],
             len(layers) - 1: [(batch.answer_at - 1, keys(wanted))]}

@@ -38,11 +38,16 @@ Questions (``KINDS``), answered with one word:
 * ``same``:          "Were the <obj> and the <obj2> the same color?" -> yes / no (1/2)
 * ``entered_after``: "What entered after the <obj> left?"         -> the first object to enter
   after the needle's last frame (1/15): a moment (the needle leaving), not a frame.
+* ``now``:           "What color is the <obj> now?"                 -> the colour of the object on
+  screen at the moment of the question (the last frame) (1/8). The asked object is made a
+  repeat: where an earlier distractor can take its place, the visit shows that distractor's
+  object again in another colour, so that the answer is the present visit's colour and the
+  earlier visit's is wrong (a streaming user's "what is it now?" against "what was it then?").
 
 ``Question.frames`` lists every frame of the visits the answer is read from: the needle's
 visit for ``color`` and ``before`` (as in the tiled world, the needle's tokens carry the
 previous object, encoded after it), both needles' visits for ``same``, the needle's visit and
-the entering object's visit for ``entered_after``.
+the entering object's visit for ``entered_after``, the visit on screen for ``now``.
 
 Episodes reuse the tiled world's ``Episode``: ``objects[i]`` / ``colors[i]`` are the object and
 colour of *visit* ``i`` (visits in the order they enter), so a needle's colour is
@@ -72,11 +77,11 @@ from lmms_rekv.miniature.world import (  # noqa: F401  (re-exported)
     same_colors,
 )
 
-KINDS = ("color", "before", "same", "entered_after")
+KINDS = ("color", "before", "same", "entered_after", "now")
 TEMPLATES = {**{k: _tiled.TEMPLATES[k] for k in ("color", "before", "same")},
-             "entered_after": "What entered after the {a} left?"}
+             "entered_after": "What entered after the {a} left?", "now": "What color is the {a} now?"}
 CHANCE = {"color": 1 / len(COLORS), "before": 1 / (len(OBJECTS) - 1), "same": 0.5,
-          "entered_after": 1 / (len(OBJECTS) - 1)}
+          "entered_after": 1 / (len(OBJECTS) - 1), "now": 1 / len(COLORS)}
 TILE = _tiled.TILE  # pixels per tile side = the miniature's vision patch
 FRAME_SIZE = 32  # pixels per frame side: 8 x 8 tiles
 TILES = FRAME_SIZE // TILE  # tiles per frame side
@@ -150,7 +155,8 @@ class VideoEpisode(Episode):
 def render(episode: VideoEpisode, rng: Optional[np.random.Generator] = None, noise: float = 6.0,
            scale: int = 1) -> np.ndarray:
     """``(N, 32*scale, 32*scale, 3)`` uint8 frames. ``noise``: std of per-pixel noise and (x2)
-    of a per-frame jitter of each object's colour, in 0..255 levels; the background gets the
+    of a per-frame jitter of each object's colour (cut at 2.5 of its std, so that no colour
+    drifts half-way to a palette neighbour), in 0..255 levels; the background gets the
     pixel noise only (its drift is the episode's)."""
     n, tile, half = episode.length, TILE, TILE // 2
     tiles = np.empty((n, TILES, TILES, tile, tile, 3), dtype=np.float32)
@@ -161,7 +167,7 @@ def render(episode: VideoEpisode, rng: Optional[np.random.Generator] = None, noi
         rgb = np.asarray(PALETTE[COLORS[visit.color]], dtype=np.float32)
         bits = ((visit.obj >> np.arange(tile)) & 1) * (BITS[1] - BITS[0]) + BITS[0]  # (4,) one level per column
         for f, (r, c) in zip(visit.frames, visit.path):
-            colour = rgb + rng.normal(0.0, 2 * noise, 3) if jitter else rgb
+            colour = rgb + np.clip(rng.normal(0.0, 2 * noise, 3), -5 * noise, 5 * noise) if jitter else rgb
             square = tiles[f, r : r + OBJECT_TILES, c : c + OBJECT_TILES]
             square[:, :, :half] = colour
             square[:, :, half:] = bits[None, None, None, :, None]
@@ -249,11 +255,42 @@ def make_episode(rng: np.random.Generator, length: int, kinds: Sequence[str] = K
     visits = [Visit(obj, col, enter, leave, lane, _path(rng, lane, leave - enter + 1))
               for obj, col, (enter, leave, lane) in zip(objects, colors, schedule)]
     episode = VideoEpisode(objects, colors, frames=length, visits=visits, background=_background(rng))
+    now = _present(rng, episode, needles) if "now" in kinds else None
+    usable = [(owner[s], s) for s in slots if objects[s] == owner[s] and objects.count(owner[s]) == 1]
     for kind in kinds:
-        question = _ask(rng, episode, kind, [(owner[s], s) for s in slots], same_rate)
+        if kind == "now":
+            if now is not None:
+                visit = visits[now]
+                episode.questions.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[visit.obj]), COLORS[visit.color],
+                                                  visit.frames, (OBJECTS[visit.obj],)))
+            continue
+        question = _ask(rng, episode, kind, usable, same_rate)
         if question is not None:
             episode.questions.append(question)
     return episode
+
+
+def _present(rng: np.random.Generator, episode: VideoEpisode, needles: Sequence[int] = ()) -> Optional[int]:
+    """The visit a ``now`` question asks about: one of those on screen at the last frame (None
+    if none is), turned into a repeat where it can be: it takes the object of the earliest
+    visit before its predecessor whose object neither of its neighbours in entry order shows
+    (a distractor's before a needle's), in a colour other than that visit's -- so the object was seen before, in another colour.
+    (A needle whose object is taken makes two visits from then on: ``make_episode`` stops
+    asking about it.)"""
+    showing = episode.on_screen(episode.length - 1)
+    if not showing:
+        return None
+    at = showing[int(rng.integers(0, len(showing)))] if len(showing) > 1 else showing[0]
+    objects, visits = episode.objects, episode.visits
+    neighbours = {objects[i] for i in (at - 1, at + 1) if 0 <= i < len(objects)}
+    candidates = [u for u in range(at - 1) if objects[u] not in neighbours and objects[u] != objects[at]]
+    earlier = min(candidates, key=lambda u: (objects[u] in needles, u), default=None)
+    if earlier is None:
+        return at
+    objects[at] = visits[at].obj = objects[earlier]
+    if episode.colors[at] == episode.colors[earlier]:
+        episode.colors[at] = visits[at].color = (episode.colors[earlier] + 1 + at % (len(COLORS) - 1)) % len(COLORS)
+    return at
 
 
 def entered_after(episode: VideoEpisode, index: int) -> Optional[int]:
@@ -296,6 +333,49 @@ def _ask(rng, episode: VideoEpisode, kind: str, slots: List[Tuple[int, int]], sa
     raise ValueError(f"unknown question kind {kind!r}; choose from {tuple(TEMPLATES)}")
 
 
+def seen_until(episode: VideoEpisode, t: int) -> VideoEpisode:
+    """The first ``t`` frames of ``episode`` as an episode of its own (what a viewer has seen at
+    the moment after frame ``t - 1``): the visits that entered by then, cut at ``t - 1``; no
+    questions. Frame indices are the stream's."""
+    if not 1 <= t <= episode.length:
+        raise ValueError(f"t={t} is outside 1..{episode.length}")
+    visits = [Visit(v.obj, v.color, v.enter, min(v.leave, t - 1), v.lane, v.path[: t - v.enter])
+              for v in episode.visits if v.enter < t]
+    return VideoEpisode([v.obj for v in visits], [v.color for v in visits], frames=t, visits=visits,
+                        background=episode.background)
+
+
+def questions_at(rng: np.random.Generator, episode: VideoEpisode, t: int, kinds: Sequence[str] = KINDS) -> List[Question]:
+    """Questions asked mid-stream, right after frame ``t - 1`` of the rendered ``episode``: about
+    what has been seen by then (the backward kinds about objects seen once so far, ``now`` about
+    an object on screen at frame ``t - 1``). Nothing of the episode changes -- unlike
+    ``make_episode``, no colour or object is adjusted, so ``same`` answers whatever the colours are
+    and ``now`` may ask about an object seen only once."""
+    seen = seen_until(episode, t)
+    once = [i for i, v in enumerate(seen.visits) if seen.objects.count(v.obj) == 1]
+    slots = [(seen.objects[once[j]], once[j]) for j in rng.permutation(len(once))[:NEEDLES]]
+    out: List[Question] = []
+    for kind in kinds:
+        if kind == "now":
+            showing = seen.on_screen(t - 1)
+            if showing:
+                visit = seen.visits[showing[int(rng.integers(0, len(showing)))]]
+                out.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[visit.obj]), COLORS[visit.color],
+                                    visit.frames, (OBJECTS[visit.obj],)))
+        elif kind == "same":
+            if len(slots) >= 2:
+                (a, pa), (b, pb) = slots[-2], slots[-1]
+                answer = "yes" if seen.colors[pa] == seen.colors[pb] else "no"
+                frames = tuple(sorted(set(seen.visits[pa].frames) | set(seen.visits[pb].frames)))
+                out.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[a], b=OBJECTS[b]), answer, frames,
+                                    (OBJECTS[a], OBJECTS[b])))
+        else:
+            question = _ask(rng, seen, kind, slots, 0.5)
+            if question is not None:
+                out.append(question)
+    return out
+
+
 def token_tiles(row: int, col: int) -> List[Tuple[int, int]]:
     """The tokens ``(i, j)`` a 2 x 2-tile square with top-left tile ``(row, col)`` touches."""
     return sorted({((row + dr) // 2, (col + dc) // 2) for dr in range(OBJECT_TILES) for dc in range(OBJECT_TILES)})
@@ -331,7 +411,7 @@ def token_labels(episode: VideoEpisode) -> Dict[str, np.ndarray]:
 
 def answer_words() -> Dict[str, Tuple[str, ...]]:
     """The answer vocabulary of each kind."""
-    return {"color": COLORS, "before": OBJECTS, "same": ("yes", "no"), "entered_after": OBJECTS}
+    return {"color": COLORS, "before": OBJECTS, "same": ("yes", "no"), "entered_after": OBJECTS, "now": COLORS}
 
 
 def corpus(rng: np.random.Generator, lines: int = 4000) -> List[str]:
