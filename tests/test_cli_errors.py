@@ -169,9 +169,12 @@ def test_ctrl_c_ends_a_command_without_a_traceback(clip, tmp_path, moment):
     import threading
     import time
 
+    # as a shell starts a foreground command: SIGINT at its default, even where this test runs in the
+    # background (a non-interactive shell's "&" jobs ignore SIGINT, and an ignored signal survives exec)
     proc = subprocess.Popen([sys.executable, "-m", "lmms_rekv.commands.cli", "live", clip, "--realtime"], cwd=tmp_path,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                            start_new_session=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err: list = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
     reader.start()
@@ -180,7 +183,11 @@ def test_ctrl_c_ends_a_command_without_a_traceback(clip, tmp_path, moment):
     while not ready("".join(err)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=300)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     reader.join(timeout=60)
     text = "".join(err)
     assert proc.returncode in (0, 130) and "Traceback" not in text and "KeyboardInterrupt" not in text, text

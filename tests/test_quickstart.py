@@ -4,6 +4,7 @@ its stats add up, and the reopened session answers as the original did."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -63,3 +64,6 @@ def test_readme_command_line_runs_as_pasted(tmp_path):
                               stdin=subprocess.DEVNULL)
         output = done.stdout + done.stderr
         assert done.returncode == 0 and "Traceback" not in output, (line, output[-3000:])
+        if line.startswith("rekv live world.mp4"):  # the README's own example is answered right, as it stands
+            truth = [json.loads(row)["truth"] for row in (tmp_path / "world.questions.jsonl").read_text().splitlines()]
+            assert re.findall(r"A: (\w+)", done.stdout) == truth, done.stdout
