@@ -50,13 +50,15 @@ def test_readme_quickstart_runs_as_pasted(tmp_path):
 
 def test_readme_command_line_runs_as_pasted(tmp_path):
     """Each line of the README's Command line block, pasted into a shell in a fresh folder with the
-    installed commands on PATH, in order: exit 0, no traceback. The camera line (an rtsp:// source
-    that needs a camera and a real checkpoint) is the one left out."""
+    venv activated (its commands first on PATH), in order: exit 0, no traceback, and the world
+    example's answers right. The camera line (an rtsp:// source that needs a camera and a real
+    checkpoint) is the one left out."""
     text = open(os.path.join(ROOT, "README.md")).read()
     block = text.split("## Command line\n\n```bash\n", 1)[1].split("```", 1)[0]
     lines = [line.split("  #", 1)[0].strip() for line in block.strip().splitlines()]
-    runnable = [line for line in lines if "rtsp://" not in line]
-    assert len(runnable) == len(lines) - 1 and all(line.startswith("rekv ") for line in runnable)
+    assert lines[0] == "source .venv/bin/activate"  # done below by putting the running venv first on PATH
+    runnable = [line for line in lines[1:] if "rtsp://" not in line]
+    assert len(runnable) == len(lines) - 2 and all(line.startswith("rekv ") for line in runnable)
     env = dict(os.environ, LMMS_REKV_HOME=str(tmp_path / "home"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     for line in runnable:
