@@ -22,7 +22,7 @@ HELP: Dict[str, str] = {
     "score": "dot or cosine",
     "token_reduction": "temporal, salient or merge: each block cut to --token-keep of its tokens before offload (LLaVA-OV)",
     "token_keep": "fraction of a block's tokens kept with --token-reduction (default 0.5)",
-    "recent_frames": "the most recent blocks always in the answer's context, inside --topk-frames (questions about now)",
+    "recent_frames": "the latest blocks always in the answer's context, inside --topk-frames (default 1: questions about now; 0: retrieval alone)",
     "hub_correction": "center or template: internal retrieval stops favouring blocks every question ranks high",
 }
 
