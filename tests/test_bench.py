@@ -34,3 +34,22 @@ def test_kv_accounting_of_real_configs(name, mib_frame, gib_hour):
     assert got["frame_tokens"] == 196
     assert round(got["mib_per_frame"], 2) == mib_frame
     assert round(got["gib_per_hour"], 2) == gib_hour
+
+
+def test_ttft_curve_interleaves_every_method_at_every_length(tmp_path):
+    """``python -m benchmarks.ttft_curve`` (tiny preset): every method answers at every length
+    that fits, each point keeps its repeats (warm-up dropped) with median inside [min, max], and
+    the table and plot are written -- no timing asserted."""
+    from benchmarks.ttft_curve import METHODS, main
+
+    out = tmp_path / "ttft"
+    assert main(["--preset", "tiny", "--frames", "8", "24", "--repeats", "2", "--k", "4", "--out", str(out)]) == 0
+    results = json.load(open(out / "results.json"))
+    assert set(results["curve"]) == set(METHODS) and results["lengths"] == [8, 24]
+    for method in METHODS:
+        points = results["curve"][method]
+        assert [p["frames"] for p in points] == [8, 24], method
+        for p in points:
+            assert len(p["samples"]) == 2 and p["min_s"] <= p["ttft_s"] <= p["max_s"]
+    assert results["recent_frames"] == 1 and len(results["load_before"]) == 3
+    assert (out / "results.md").read_text().count("|") > 20 and os.path.getsize(out / "ttft.png") > 0
