@@ -52,9 +52,17 @@ class Preset:
 
 PRESETS: Dict[str, Preset] = {
     "tiny": Preset(frames=[40, 100, 200, 400], window_tokens=256, topk=8, chunk=4, uniform_frames=16),
+    # the 0.5B text shapes with 4 layers and a small vision tower (36 tokens per frame): attention
+    # over the stored context is a visible share of a question's cost, and it runs in minutes on a CPU
+    "small": Preset(frames=[40, 400], window_tokens=288, topk=8, chunk=8, uniform_frames=16),
     "0.5b": Preset(frames=[180, 450, 900, 1800], window_tokens=15_000, topk=64, chunk=64, uniform_frames=32),
     "7b": Preset(frames=[180, 450, 900, 1800], window_tokens=15_000, topk=64, chunk=64, uniform_frames=32),
 }
+
+
+#: presets built by research.tiny.build_tiny_model (random weights, through from_pretrained)
+SHAPES: Dict[str, dict] = {"tiny": {}, "small": dict(layers=4, hidden=896, heads=14, kv_heads=2, image_size=96, patch_size=8)}
+BLOCK_TOKENS = {"tiny": 16, "small": 36}
 
 
 def synthetic_frames(first: int, count: int, size: int = 96) -> np.ndarray:
@@ -85,10 +93,10 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
     from lmms_rekv.io.preprocess import CheckpointFrames
     from research.tiny import CHAT_TEMPLATE, build_tiny_model, build_tokenizer
 
-    rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, block_tokens=16 if preset == "tiny" else 196,
+    rekv_cfg = ReKVConfig(window_tokens=cfg.window_tokens, topk_frames=cfg.topk, chunk_frames=cfg.chunk, block_tokens=BLOCK_TOKENS.get(preset, 196),
                           hub_correction=cfg.hub_correction, **({} if cfg.recent_frames is None else {"recent_frames": cfg.recent_frames}))
-    if preset == "tiny":
-        path = build_tiny_model(os.path.join(workdir, "tiny-model"))  # a temporary folder
+    if preset in SHAPES:
+        path = build_tiny_model(os.path.join(workdir, f"{preset}-model"), **SHAPES[preset])  # a temporary folder
         rekv = ReKVLlavaOneVision.from_pretrained(path, config=rekv_cfg, dtype=dtype, device=device)
     else:
         from transformers import LlavaOnevisionForConditionalGeneration
@@ -134,15 +142,32 @@ def run_stream(engine, points: List[int], chunk: int, answer_tokens: int, repeat
             done += n
             bar.update(n)
         answers = [session.answer(QUESTION, max_new_tokens=answer_tokens, eos_token_ids=()) for _ in range(repeats)]
+        ttft, total = [a.first_token_seconds for a in answers], [a.seconds for a in answers]
         at_points.append({
             "frames": point,
-            "ttft_s": statistics.median(a.first_token_seconds for a in answers),
-            "total_s": statistics.median(a.seconds for a in answers),
+            "ttft_s": statistics.median(ttft), "ttft_range_s": [min(ttft), max(ttft)],
+            "total_s": statistics.median(total), "total_range_s": [min(total), max(total)],
             **{k: session.stats()[k] for k in ("device_bytes", "device_kv_bytes", "summary_device_bytes", "cpu_bytes")},
             **_memory(device),
         })
     bar.close()
     return {"encode": encode, "points": at_points, "kv_bytes_per_frame": session.stats()["kv_bytes_per_frame"]}
+
+
+def warm_up(engines, chunk: int, answer_tokens: int) -> None:
+    """One throwaway session per engine (two chunks, one question) and one vanilla ``generate``:
+    first-call costs (allocator, kernels, caches) stay out of the measurements."""
+    for engine in engines:
+        session = engine.new_session()
+        session.add_frames(synthetic_frames(10_000_000, 2 * chunk))
+        session.flush()
+        session.answer(QUESTION, max_new_tokens=answer_tokens, eos_token_ids=())
+        session.close()
+    engine = engines[0]
+    ids = engine.vanilla_input_ids(QUESTION, 2)
+    with torch.inference_mode():
+        engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=1,
+                              pixel_values_videos=engine.processor(synthetic_frames(0, 2), dtype=engine.dtype, device=engine.device)[None])
 
 
 def run_uniform(engine, points: List[int], n_frames: int, answer_tokens: int, repeats: int) -> Dict:
@@ -305,7 +330,9 @@ def run(args) -> Dict:
     with tempfile.TemporaryDirectory(prefix="rekv-bench-") as workdir:
         rekv, full = build_engines(args.preset, workdir, device, dtype, cfg)
     results = {"preset": args.preset, "machine": machine_name(device), "dtype": str(dtype).replace("torch.", ""),
-               "config": asdict(cfg), "points": sorted(cfg.frames)}
+               "config": asdict(cfg), "points": sorted(cfg.frames), "threads": torch.get_num_threads(),
+               "load_before": [round(x, 2) for x in os.getloadavg()]}
+    warm_up([rekv, full], cfg.chunk, cfg.answer_tokens)
     results["rekv"] = run_stream(rekv, cfg.frames, cfg.chunk, cfg.answer_tokens, args.repeats, "ReKV stream")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -316,6 +343,7 @@ def run(args) -> Dict:
     formula = kv_bytes_from_model(rekv.model, dtype)["bytes_per_frame"]
     results["kv_per_hour"] = {"measured_gib": gib_per_hour(results["rekv"]["kv_bytes_per_frame"]), "formula_gib": gib_per_hour(formula)}
     results["summary"] = summarize(results, cfg)
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     write_markdown(os.path.join(args.out, "results.md"), results)
