@@ -206,15 +206,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     quants = [None if q == "none" else q for q in args.quants]
+    from research.miniature.accuracy import write_outputs
+
     results = run(args.model, args.videos, args.length, args.keeps, quants, args.k, args.clip, args.recent_frames)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    text = markdown(results)
-    with open(os.path.join(args.out, "results.md"), "w") as fh:
-        fh.write(text)
-    plot(results, os.path.join(args.out, "accuracy-per-byte.svg"))
-    print(text)
+    write_outputs(args.out, results, markdown(results), lambda r, folder: plot(r, os.path.join(folder, "accuracy-per-byte.svg")))
     return 0
 
 

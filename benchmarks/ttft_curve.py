@@ -24,7 +24,6 @@ before and after are recorded. Writes ``results.json``, ``results.md`` and ``ttf
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -181,15 +180,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from research.miniature.accuracy import write_outputs
+
     results = run(args.preset, args.frames, args.repeats, args.k, device, resolve_dtype(args.dtype, device))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    text = markdown(results)
-    with open(os.path.join(args.out, "results.md"), "w") as fh:
-        fh.write(text)
-    plot(results, os.path.join(args.out, "ttft.png"))
-    print(text)
+    write_outputs(args.out, results, markdown(results), lambda r, folder: plot(r, os.path.join(folder, "ttft.png")))
     return 0
 
 
