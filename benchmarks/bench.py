@@ -163,36 +163,43 @@ def warm_up(engines, chunk: int, answer_tokens: int) -> None:
         session.flush()
         session.answer(QUESTION, max_new_tokens=answer_tokens, eos_token_ids=())
         session.close()
-    engine = engines[0]
-    ids = engine.vanilla_input_ids(QUESTION, 2)
-    with torch.inference_mode():
-        engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=1,
-                              pixel_values_videos=engine.processor(synthetic_frames(0, 2), dtype=engine.dtype, device=engine.device)[None])
+    vanilla_seconds(engines[0], synthetic_frames(0, 2), 1)
 
 
 def run_uniform(engine, points: List[int], n_frames: int, answer_tokens: int, repeats: int) -> Dict:
     """Vanilla generate on ``n_frames`` frames sampled uniformly from the first ``p`` frames."""
     from tqdm.auto import tqdm
 
-    model, device, out = engine.model, engine.device, []
+    out = []
     for point in tqdm(points, desc="uniform-sampling baseline", unit="point"):
         n = min(n_frames, point)
-        idx = np.linspace(0, point - 1, n).round().astype(int)
-        frames = np.concatenate([synthetic_frames(int(i), 1) for i in idx])
+        frames = frames_at(np.linspace(0, point - 1, n).round().astype(int))
         timings = {"ttft_s": [], "total_s": []}
         for _ in range(repeats):
             for key, tokens in (("ttft_s", 1), ("total_s", answer_tokens)):
-                _sync(device)
-                start = time.perf_counter()
-                pixels = engine.processor(frames, dtype=engine.dtype, device=device)
-                ids = engine.vanilla_input_ids(QUESTION, n)
-                with torch.inference_mode():
-                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels[None],
-                                   max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-                _sync(device)
-                timings[key].append(time.perf_counter() - start)
-        out.append({"frames": point, "sampled": n, **{k: statistics.median(v) for k, v in timings.items()}, **_memory(device)})
+                timings[key].append(vanilla_seconds(engine, frames, tokens))
+        out.append({"frames": point, "sampled": n, **{k: statistics.median(v) for k, v in timings.items()}, **_memory(engine.device)})
     return {"points": out}
+
+
+def frames_at(indices) -> np.ndarray:
+    """The stream's frames at ``indices`` (``synthetic_frames`` regenerates any frame)."""
+    return np.concatenate([synthetic_frames(int(i), 1) for i in indices])
+
+
+def vanilla_seconds(engine, frames: np.ndarray, tokens: int) -> float:
+    """Seconds of vanilla ``generate`` answering ``QUESTION`` with ``tokens`` tokens on ``frames``,
+    their pixels included (a baseline without memory encodes them at every question)."""
+    device = engine.device
+    _sync(device)
+    start = time.perf_counter()
+    pixels = engine.processor(frames, dtype=engine.dtype, device=device)
+    ids = engine.vanilla_input_ids(QUESTION, len(frames))
+    with torch.inference_mode():
+        engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels[None],
+                              max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def per_frame_time(encode: List[Dict], point: int, span: int) -> Optional[float]:

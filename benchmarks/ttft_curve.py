@@ -28,13 +28,12 @@ import logging
 import os
 import statistics
 import tempfile
-import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from .bench import PRESETS, QUESTION, _sync, build_engines, machine_name, synthetic_frames
+from .bench import PRESETS, QUESTION, build_engines, frames_at, machine_name, synthetic_frames, vanilla_seconds
 
 logger = logging.getLogger(__name__)
 METHODS = ("rekv", "full", "uniform", "last-k")
@@ -42,20 +41,7 @@ METHODS = ("rekv", "full", "uniform", "last-k")
 
 def _vanilla(engine, frames: np.ndarray) -> Callable[[], float]:
     """A function timing vanilla generate (one token) on ``frames``, pixels included."""
-    model, device = engine.model, engine.device
-
-    def ask() -> float:
-        _sync(device)
-        start = time.perf_counter()
-        pixels = engine.processor(frames, dtype=engine.dtype, device=device)
-        ids = engine.vanilla_input_ids(QUESTION, len(frames))
-        with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels[None],
-                           max_new_tokens=1, min_new_tokens=1, do_sample=False)
-        _sync(device)
-        return time.perf_counter() - start
-
-    return ask
+    return lambda: vanilla_seconds(engine, frames, 1)
 
 
 def _session(session) -> Callable[[], float]:
@@ -81,8 +67,8 @@ def measure(rekv, full, lengths: List[int], k: int, repeats: int, chunk: int) ->
                         session.flush()
                 done += len(frames)
             asks = {"rekv": _session(sessions["rekv"]),
-                    "uniform": _vanilla(rekv, synthetic_frames_at(np.linspace(0, n - 1, min(k, n)).round().astype(int))),
-                    "last-k": _vanilla(rekv, synthetic_frames_at(np.arange(max(0, n - k), n)))}
+                    "uniform": _vanilla(rekv, frames_at(np.linspace(0, n - 1, min(k, n)).round().astype(int))),
+                    "last-k": _vanilla(rekv, frames_at(np.arange(max(0, n - k), n)))}
             if _fits(full, n):
                 asks["full"] = _session(sessions["full"])
             samples: Dict[str, List[float]] = {m: [] for m in asks}
@@ -101,11 +87,6 @@ def measure(rekv, full, lengths: List[int], k: int, repeats: int, chunk: int) ->
         for session in sessions.values():
             session.close()
     return out
-
-
-def synthetic_frames_at(indices) -> np.ndarray:
-    """The stream's frames at ``indices`` (``synthetic_frames`` regenerates any frame)."""
-    return np.concatenate([synthetic_frames(int(i), 1) for i in indices])
 
 
 def markdown(results: dict) -> str:

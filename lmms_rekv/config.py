@@ -118,7 +118,7 @@ class ReKVConfig:
         recent_frames: the last N blocks are always in the answer's context, inside
             ``topk_frames`` (they count in it and in ``Answer.selected``). Default 1: the
             present moment -- on the video-world miniature it took questions about what is on
-            screen now from 42-69 % to 95-98 % (top-4); about the past it costs a slot of the
+            screen now from 42-69 % to 95-99 % (top-4); about the past it costs a slot of the
             budget (-4 to -5 points at top-4 on the tiled world, -0.5 to -2.6 at top-8;
             docs/results/miniature.md). 0: retrieval alone, as ReKV published it.
         group_frames: frames are scored and loaded in groups of this many consecutive frames.

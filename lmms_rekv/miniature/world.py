@@ -135,8 +135,10 @@ def make_episode(rng: np.random.Generator, length: int, kinds: Sequence[str] = K
     return episode
 
 
-def _ask(rng, episode: Episode, kind: str, slots: List[Tuple[int, int]], same_rate: float) -> Optional[Question]:
-    """A ``kind`` question about the first usable needle(s), or None if the video cannot hold it."""
+def _ask(rng, episode: Episode, kind: str, slots: List[Tuple[int, int]], same_rate: Optional[float]) -> Optional[Question]:
+    """A ``kind`` question about the first usable needle(s), or None if the video cannot hold it.
+    ``same_rate``: how often a ``same`` question's second needle is recoloured to match; None:
+    the colours are left as they are."""
     name = OBJECTS
     if kind == "color":
         obj, pos = slots[0]
@@ -161,7 +163,8 @@ def _ask(rng, episode: Episode, kind: str, slots: List[Tuple[int, int]], same_ra
         if len(slots) < 2:
             return None
         (a, pa), (b, pb) = slots[-2], slots[-1]
-        same_colors(rng, episode.colors, pa, pb, same_rate)
+        if same_rate is not None:
+            same_colors(rng, episode.colors, pa, pb, same_rate)
         answer = "yes" if episode.colors[pa] == episode.colors[pb] else "no"
         return Question(kind, TEMPLATES[kind].format(a=name[a], b=name[b]), answer, tuple(sorted((pa, pb))), (name[a], name[b]))
     raise ValueError(f"unknown question kind {kind!r}; choose from {tuple(TEMPLATES)}")
@@ -176,21 +179,8 @@ def questions_at(rng: np.random.Generator, episode: Episode, t: int, kinds: Sequ
     seen = Episode(list(episode.objects[:t]), list(episode.colors[:t]))
     once = [p for p in range(t) if seen.objects.count(seen.objects[p]) == 1]
     slots = [(seen.objects[once[j]], once[j]) for j in rng.permutation(len(once))[:NEEDLES]]
-    out: List[Question] = []
-    for kind in kinds:
-        if not slots:
-            break
-        if kind == "same":
-            if len(slots) >= 2:
-                (a, pa), (b, pb) = slots[-2], slots[-1]
-                answer = "yes" if seen.colors[pa] == seen.colors[pb] else "no"
-                out.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[a], b=OBJECTS[b]), answer, tuple(sorted((pa, pb))),
-                                    (OBJECTS[a], OBJECTS[b])))
-            continue
-        question = _ask(rng, seen, kind, slots, 0.5)
-        if question is not None:
-            out.append(question)
-    return out
+    asked = [_ask(rng, seen, kind, slots, None) for kind in kinds] if slots else []
+    return [q for q in asked if q is not None]
 
 
 def same_colors(rng: np.random.Generator, colors: List[int], first: int, second: int, same_rate: float) -> None:

@@ -184,7 +184,7 @@ class Tally:
     and the share of the stream's blocks the answer attended to."""
 
     def __init__(self, variants: List[str], k: int) -> None:
-        self.variants, self.k, self.kinds = variants, k, []
+        self.k, self.kinds = k, []
         self.right: Dict[str, List[int]] = {v: [] for v in variants}
         self.hub = {v: [0, 0] for v in variants}
         self.blocks: Dict[str, List[float]] = {v: [] for v in variants}

@@ -258,16 +258,15 @@ def make_episode(rng: np.random.Generator, length: int, kinds: Sequence[str] = K
     now = _present(rng, episode, needles) if "now" in kinds else None
     usable = [(owner[s], s) for s in slots if objects[s] == owner[s] and objects.count(owner[s]) == 1]
     for kind in kinds:
-        if kind == "now":
-            if now is not None:
-                visit = visits[now]
-                episode.questions.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[visit.obj]), COLORS[visit.color],
-                                                  visit.frames, (OBJECTS[visit.obj],)))
-            continue
-        question = _ask(rng, episode, kind, usable, same_rate)
+        question = (None if now is None else _now(visits[now])) if kind == "now" else _ask(rng, episode, kind, usable, same_rate)
         if question is not None:
             episode.questions.append(question)
     return episode
+
+
+def _now(visit: Visit) -> Question:
+    """The ``now`` question about ``visit`` (on screen when it is asked): its colour."""
+    return Question("now", TEMPLATES["now"].format(a=OBJECTS[visit.obj]), COLORS[visit.color], visit.frames, (OBJECTS[visit.obj],))
 
 
 def _present(rng: np.random.Generator, episode: VideoEpisode, needles: Sequence[int] = ()) -> Optional[int]:
@@ -299,8 +298,9 @@ def entered_after(episode: VideoEpisode, index: int) -> Optional[int]:
     return next((i for i, v in enumerate(episode.visits) if v.enter > leave), None)
 
 
-def _ask(rng, episode: VideoEpisode, kind: str, slots: List[Tuple[int, int]], same_rate: float) -> Optional[Question]:
-    """A ``kind`` question about the first usable needle(s) ``(object, visit)``, or None."""
+def _ask(rng, episode: VideoEpisode, kind: str, slots: List[Tuple[int, int]], same_rate: Optional[float]) -> Optional[Question]:
+    """A ``kind`` question about the first usable needle(s) ``(object, visit)``, or None
+    (``same_rate``: as the tiled world's ``_ask``; None leaves the colours as they are)."""
     name, visits = OBJECTS, episode.visits
     if not slots:
         return None
@@ -325,8 +325,9 @@ def _ask(rng, episode: VideoEpisode, kind: str, slots: List[Tuple[int, int]], sa
         if len(slots) < 2:
             return None
         (a, pa), (b, pb) = slots[-2], slots[-1]
-        same_colors(rng, episode.colors, pa, pb, same_rate)
-        visits[pb].color = episode.colors[pb]
+        if same_rate is not None:
+            same_colors(rng, episode.colors, pa, pb, same_rate)
+            visits[pb].color = episode.colors[pb]
         answer = "yes" if episode.colors[pa] == episode.colors[pb] else "no"
         frames = tuple(sorted(set(visits[pa].frames) | set(visits[pb].frames)))
         return Question(kind, TEMPLATES[kind].format(a=name[a], b=name[b]), answer, frames, (name[a], name[b]))
@@ -358,21 +359,11 @@ def questions_at(rng: np.random.Generator, episode: VideoEpisode, t: int, kinds:
     for kind in kinds:
         if kind == "now":
             showing = seen.on_screen(t - 1)
-            if showing:
-                visit = seen.visits[showing[int(rng.integers(0, len(showing)))]]
-                out.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[visit.obj]), COLORS[visit.color],
-                                    visit.frames, (OBJECTS[visit.obj],)))
-        elif kind == "same":
-            if len(slots) >= 2:
-                (a, pa), (b, pb) = slots[-2], slots[-1]
-                answer = "yes" if seen.colors[pa] == seen.colors[pb] else "no"
-                frames = tuple(sorted(set(seen.visits[pa].frames) | set(seen.visits[pb].frames)))
-                out.append(Question(kind, TEMPLATES[kind].format(a=OBJECTS[a], b=OBJECTS[b]), answer, frames,
-                                    (OBJECTS[a], OBJECTS[b])))
+            question = _now(seen.visits[showing[int(rng.integers(0, len(showing)))]]) if showing else None
         else:
-            question = _ask(rng, seen, kind, slots, 0.5)
-            if question is not None:
-                out.append(question)
+            question = _ask(rng, seen, kind, slots, None)
+        if question is not None:
+            out.append(question)
     return out
 
 
