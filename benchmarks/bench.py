@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -117,41 +117,142 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
     return rekv, full
 
 
-def run_stream(engine, points: List[int], chunk: int, answer_tokens: int, repeats: int, desc: str) -> Dict:
-    """Stream up to ``max(points)`` frames; at each point ask the question ``repeats`` times."""
+def build_sessions(engine, points: List[int], chunk: int, desc: str) -> Dict:
+    """One session per stream length in ``points`` (each streamed to its length and held), while
+    the engine's context holds it. ``{"sessions": {point: session}, "encode": [...], "stats":
+    {point: stats}}``; ``encode`` is the per-chunk encode time of the longest session's build
+    (seconds per frame at each length: the build curve, one pass, not interleaved)."""
     from tqdm.auto import tqdm
 
-    device = engine.device
-    session = engine.new_session()
-    encode, at_points = [], []
-    done, budget = 0, engine.config.qa_budget_tokens
-    bar = tqdm(total=max(points), desc=desc, unit="frame")
-    for point in sorted(points):
-        if budget is not None and engine.config.topk_frames is None and (point * engine.block_tokens + 512) > budget:
-            logger.info("%s: %d frames exceed the context; stopping", desc, point)
-            break
+    fitting = [p for p in sorted(points) if _fits(engine, p)]
+    if len(fitting) < len(points):
+        logger.info("%s: %s frames exceed the context; not measured", desc, sorted(set(points) - set(fitting)))
+    sessions, encode, stats = {}, [], {}
+    bar = tqdm(total=sum(fitting), desc=desc, unit="frame")
+    for point in fitting:
+        session, done = engine.new_session(), 0
         while done < point:
             n = min(chunk, point - done)
-            frames = synthetic_frames(done, n)
-            _sync(device)
-            start = time.perf_counter()
-            session.add_frames(frames)
-            session.flush()
-            _sync(device)
-            encode.append({"frames": done + n, "seconds_per_frame": (time.perf_counter() - start) / n})
+            seconds = _timed_add(session, synthetic_frames(done, n))
+            if point == fitting[-1]:
+                encode.append({"frames": done + n, "seconds_per_frame": seconds / n})
             done += n
             bar.update(n)
-        answers = [session.answer(QUESTION, max_new_tokens=answer_tokens, eos_token_ids=()) for _ in range(repeats)]
-        ttft, total = [a.first_token_seconds for a in answers], [a.seconds for a in answers]
-        at_points.append({
-            "frames": point,
-            "ttft_s": statistics.median(ttft), "ttft_range_s": [min(ttft), max(ttft)],
-            "total_s": statistics.median(total), "total_range_s": [min(total), max(total)],
-            **{k: session.stats()[k] for k in ("device_bytes", "device_kv_bytes", "summary_device_bytes", "cpu_bytes")},
-            **_memory(device),
-        })
+        sessions[point] = session
+        stats[point] = {**{k: session.stats()[k] for k in ("device_bytes", "device_kv_bytes", "summary_device_bytes", "cpu_bytes")},
+                        **_memory(engine.device)}
     bar.close()
-    return {"encode": encode, "points": at_points, "kv_bytes_per_frame": session.stats()["kv_bytes_per_frame"]}
+    kv = sessions[fitting[0]].stats()["kv_bytes_per_frame"] if fitting else None
+    return {"sessions": sessions, "encode": encode, "stats": stats, "kv_bytes_per_frame": kv}
+
+
+def _fits(engine, frames: int) -> bool:
+    """Whether ``frames`` frames and a question fit the engine's answer budget (full attention
+    answers from every block; ReKV from top-k)."""
+    budget = engine.config.qa_budget_tokens
+    return budget is None or engine.config.topk_frames is not None or frames * engine.block_tokens + 512 <= budget
+
+
+def _timed_add(session, frames: np.ndarray) -> float:
+    """Seconds to add ``frames`` to ``session`` and commit them (device synchronised)."""
+    device = session.engine.device
+    _sync(device)
+    start = time.perf_counter()
+    session.add_frames(frames)
+    session.flush()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+Ask = Callable[[], Dict[str, float]]
+
+
+def interleaved(asks: Dict[Tuple[str, int], Ask], repeats: int) -> Dict[Tuple[str, int], Dict[str, List[float]]]:
+    """Call every ask once per round, ``repeats + 1`` rounds, the order rotating by one from round
+    to round so no ask always follows the same one; round 0 warms up (first calls at a new
+    shape) and is dropped. ``{key: {metric: [repeats samples]}}``."""
+    keys = list(asks)
+    samples: Dict[Tuple[str, int], Dict[str, List[float]]] = {k: {} for k in keys}
+    for r in range(repeats + 1):
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            measured = asks[key]()
+            if r:
+                for metric, value in measured.items():
+                    samples[key].setdefault(metric, []).append(value)
+    return samples
+
+
+def spread(values: List[float]) -> Dict[str, float]:
+    """Median and range of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _answer(session, answer_tokens: int) -> Ask:
+    def ask() -> Dict[str, float]:
+        answer = session.answer(QUESTION, max_new_tokens=answer_tokens, eos_token_ids=())
+        return {"ttft_s": answer.first_token_seconds, "total_s": answer.seconds}
+
+    return ask
+
+
+def _uniform(engine, point: int, n_frames: int, answer_tokens: int) -> Ask:
+    """Vanilla generate on ``n_frames`` frames sampled uniformly from the first ``point``."""
+    frames = frames_at(np.linspace(0, point - 1, min(n_frames, point)).round().astype(int))
+    return lambda: {"ttft_s": vanilla_seconds(engine, frames, 1), "total_s": vanilla_seconds(engine, frames, answer_tokens)}
+
+
+def _probe(session, chunk: int, start: int) -> Ask:
+    """Adds one chunk of new frames to ``session`` per call: seconds per frame at its length."""
+    count = [0]
+
+    def ask() -> Dict[str, float]:
+        first = start + count[0] * chunk
+        count[0] += 1
+        return {"encode_s_per_frame": _timed_add(session, synthetic_frames(first, chunk)) / chunk}
+
+    return ask
+
+
+def measure(engines: Dict[str, object], cfg: Preset, repeats: int) -> Dict[str, Dict]:
+    """Every method at every stream length, repeats interleaved across both.
+
+    Sessions are built per method and length first and held; then ``repeats`` rounds of
+    questions (ReKV, full attention, uniform sampling; the sessions at their exact lengths), then
+    ``repeats`` rounds of encode probes (one chunk added to each session; the lengths grow by
+    ``chunk`` per round, recorded). ``{method: {"points": [...], ...}}``."""
+    built = {m: build_sessions(e, cfg.frames, cfg.chunk, f"{m} streams") for m, e in engines.items()}
+    try:
+        asks = {(m, p): _answer(s, cfg.answer_tokens) for m, b in built.items() for p, s in b["sessions"].items()}
+        asks.update({("uniform", p): _uniform(engines["rekv"], p, cfg.uniform_frames, cfg.answer_tokens) for p in sorted(cfg.frames)})
+        answers = interleaved(asks, repeats)
+        probes = interleaved({(m, p): _probe(s, cfg.chunk, 10**8 + p * 10**4) for m, b in built.items()
+                              for p, s in b["sessions"].items()}, repeats)
+    finally:
+        for b in built.values():
+            for session in b["sessions"].values():
+                session.close()
+    out = {}
+    for method in [*engines, "uniform"]:
+        points = []
+        for point in sorted(cfg.frames):
+            if (method, point) not in answers:
+                continue
+            row = {"frames": point, "samples": {**answers[(method, point)], **probes.get((method, point), {})}}
+            for metric, values in row["samples"].items():
+                s = spread(values)
+                row[metric], row[f"{metric}_range"] = s["median"], [s["min"], s["max"]]
+            if method in built:
+                row["encode_probe_frames"] = [point, point + repeats * cfg.chunk + cfg.chunk]
+                row.update(built[method]["stats"][point])
+            else:
+                row["sampled"] = min(cfg.uniform_frames, point)
+                row.update(_memory(engines["rekv"].device))
+            points.append(row)
+        out[method] = {"points": points}
+        if method in built:
+            out[method].update(encode=built[method]["encode"], kv_bytes_per_frame=built[method]["kv_bytes_per_frame"])
+    return out
 
 
 def warm_up(engines, chunk: int, answer_tokens: int) -> None:
@@ -164,22 +265,6 @@ def warm_up(engines, chunk: int, answer_tokens: int) -> None:
         session.answer(QUESTION, max_new_tokens=answer_tokens, eos_token_ids=())
         session.close()
     vanilla_seconds(engines[0], synthetic_frames(0, 2), 1)
-
-
-def run_uniform(engine, points: List[int], n_frames: int, answer_tokens: int, repeats: int) -> Dict:
-    """Vanilla generate on ``n_frames`` frames sampled uniformly from the first ``p`` frames."""
-    from tqdm.auto import tqdm
-
-    out = []
-    for point in tqdm(points, desc="uniform-sampling baseline", unit="point"):
-        n = min(n_frames, point)
-        frames = frames_at(np.linspace(0, point - 1, n).round().astype(int))
-        timings = {"ttft_s": [], "total_s": []}
-        for _ in range(repeats):
-            for key, tokens in (("ttft_s", 1), ("total_s", answer_tokens)):
-                timings[key].append(vanilla_seconds(engine, frames, tokens))
-        out.append({"frames": point, "sampled": n, **{k: statistics.median(v) for k, v in timings.items()}, **_memory(engine.device)})
-    return {"points": out}
 
 
 def frames_at(indices) -> np.ndarray:
@@ -202,21 +287,16 @@ def vanilla_seconds(engine, frames: np.ndarray, tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def per_frame_time(encode: List[Dict], point: int, span: int) -> Optional[float]:
-    """Median per-frame encode time of the chunks ending in ``(point - span, point]``."""
-    values = [e["seconds_per_frame"] for e in encode if point - span < e["frames"] <= point]
-    return statistics.median(values) if values else None
-
-
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b in (None, 0) else a / b
 
 
 def summarize(results: Dict, cfg: Preset) -> Dict:
-    """Headline numbers; ``*_ratio_10x`` compare the first stream length with ten times it."""
+    """Headline numbers; ``*_ratio_10x`` compare the first stream length with ten times it (medians
+    of interleaved repeats: question latency at exactly those lengths, per-frame encode time of
+    the probe chunks added after them)."""
     n0 = min(results["points"])
     n1 = 10 * n0
-    span = max(cfg.chunk * 2, n0 // 2)
     rekv_enc = results["rekv"]["encode"]
     full_points = [p["frames"] for p in results["full"]["points"]]
     f0, f1 = (min(full_points), max(full_points)) if full_points else (None, None)
@@ -226,22 +306,22 @@ def summarize(results: Dict, cfg: Preset) -> Dict:
         "n0": n0,
         "n1": n1,
         "encode_frames_per_s": encoded / seconds if seconds else None,
-        "encode_frame_time_ratio_10x": _ratio(per_frame_time(rekv_enc, n1, span), per_frame_time(rekv_enc, n0, span)),
+        "encode_frame_time_ratio_10x": _ratio(_at(results, "rekv", n1, "encode_s_per_frame"), _at(results, "rekv", n0, "encode_s_per_frame")),
         "qa_latency_ratio_10x": _ratio(_at(results, "rekv", n1, "total_s"), _at(results, "rekv", n0, "total_s")),
         "ttft_ratio_10x": _ratio(_at(results, "rekv", n1, "ttft_s"), _at(results, "rekv", n0, "ttft_s")),
         "full_attention_qa_latency_ratio_10x": _ratio(_at(results, "full", n1, "total_s"), _at(results, "full", n0, "total_s")),
+        "full_attention_ttft_ratio_10x": _ratio(_at(results, "full", n1, "ttft_s"), _at(results, "full", n0, "ttft_s")),
         "full_attention_measured_frames": [f0, f1],
         "full_attention_qa_latency_ratio_measured": _ratio(_at(results, "full", f1, "total_s"), _at(results, "full", f0, "total_s")),
         "full_attention_encode_frame_time_ratio_measured": _ratio(
-            per_frame_time(results["full"]["encode"], f1, span), per_frame_time(results["full"]["encode"], f0, span)
-        ) if f0 else None,
+            _at(results, "full", f1, "encode_s_per_frame"), _at(results, "full", f0, "encode_s_per_frame")),
         "kv_bytes_per_frame": results["rekv"]["kv_bytes_per_frame"],
     }
 
 
 def _at(results: Dict, method: str, point: Optional[int], key: str) -> Optional[float]:
     rows = [p for p in results[method].get("points", []) if p["frames"] == point]
-    return rows[0][key] if rows else None
+    return rows[0].get(key) if rows else None
 
 
 def _chunk_sizes(encode: List[Dict]) -> List[int]:
@@ -255,13 +335,17 @@ def _chunk_sizes(encode: List[Dict]) -> List[int]:
 def write_markdown(path: str, results: Dict) -> None:
     s, rows = results["summary"], []
     rows.append(f"machine: {results['machine']} | preset {results['preset']} | dtype {results['dtype']} | "
-                f"window {results['config']['window_tokens']} tokens | top-k {results['config']['topk']} | answer {results['config']['answer_tokens']} tokens\n")
-    rows.append("| frames | ReKV TTFT s | ReKV total s | full TTFT s | full total s | uniform TTFT s | uniform total s | ReKV device KV MiB | full device KV MiB |")
-    rows.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                f"window {results['config']['window_tokens']} tokens | top-k {results['config']['topk']} | answer {results['config']['answer_tokens']} tokens | "
+                f"median [min, max] of {results['repeats']} repeats interleaved across methods and lengths | load average "
+                f"{results['load_before']} before, {results['load_after']} after\n")
+    rows.append("| frames | method | TTFT s | total s | encode ms/frame | device KV MiB |")
+    rows.append("|---:|---|---:|---:|---:|---:|")
     for point in results["points"]:
-        cell = lambda m, k, scale=1.0: _fmt(_at(results, m, point, k), scale)  # noqa: E731
-        rows.append(f"| {point} | {cell('rekv', 'ttft_s')} | {cell('rekv', 'total_s')} | {cell('full', 'ttft_s')} | {cell('full', 'total_s')} | "
-                    f"{cell('uniform', 'ttft_s')} | {cell('uniform', 'total_s')} | {cell('rekv', 'device_kv_bytes', 2**-20)} | {cell('full', 'device_kv_bytes', 2**-20)} |")
+        for method in ("rekv", "full", "uniform"):
+            row = next((p for p in results[method]["points"] if p["frames"] == point), None)
+            if row is not None:
+                rows.append(f"| {point} | {method} | {_spread(row, 'ttft_s')} | {_spread(row, 'total_s')} | "
+                            f"{_spread(row, 'encode_s_per_frame', 1000)} | {_fmt(row.get('device_kv_bytes'), 2**-20)} |")
     rows.append("")
     for key, value in s.items():
         rows.append(f"- `{key}`: {_fmt(value) if isinstance(value, float) else value}")
@@ -269,6 +353,13 @@ def write_markdown(path: str, results: Dict) -> None:
     rows.append(f"- KV per hour at 0.5 fps: measured {kv['measured_gib']:.3f} GiB, formula {kv['formula_gib']:.3f} GiB")
     with open(path, "w") as fh:
         fh.write("\n".join(rows) + "\n")
+
+
+def _spread(row: Dict, key: str, scale: float = 1.0) -> str:
+    if row.get(key) is None:
+        return "-"
+    low, high = row[f"{key}_range"]
+    return f"{_fmt(row[key], scale)} [{_fmt(low, scale)}, {_fmt(high, scale)}]"
 
 
 def _fmt(value, scale: float = 1.0) -> str:
@@ -340,13 +431,7 @@ def run(args) -> Dict:
                "config": asdict(cfg), "points": sorted(cfg.frames), "threads": torch.get_num_threads(),
                "load_before": [round(x, 2) for x in os.getloadavg()]}
     warm_up([rekv, full], cfg.chunk, cfg.answer_tokens)
-    results["rekv"] = run_stream(rekv, cfg.frames, cfg.chunk, cfg.answer_tokens, args.repeats, "ReKV stream")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    results["full"] = run_stream(full, cfg.frames, cfg.chunk, cfg.answer_tokens, args.repeats, "full-attention stream")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    results["uniform"] = run_uniform(rekv, cfg.frames, cfg.uniform_frames, cfg.answer_tokens, args.repeats)
+    results.update(measure({"rekv": rekv, "full": full}, cfg, args.repeats), repeats=args.repeats)
     formula = kv_bytes_from_model(rekv.model, dtype)["bytes_per_frame"]
     results["kv_per_hour"] = {"measured_gib": gib_per_hour(results["rekv"]["kv_bytes_per_frame"]), "formula_gib": gib_per_hour(formula)}
     results["summary"] = summarize(results, cfg)
@@ -396,7 +481,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--answer-tokens", type=int, help="fixed answer length for latency")
     parser.add_argument("--recent-frames", type=int, default=None, help="ReKVConfig.recent_frames (default: ReKVConfig's, 1)")
     parser.add_argument("--hub-correction", choices=("center", "template"), default=None, help="ReKVConfig.hub_correction (default off)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of questions and of encode probes, interleaved across methods and lengths (after one warm-up round)")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)

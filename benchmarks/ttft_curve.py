@@ -15,9 +15,10 @@ Methods, at every stream length N:
 
 Time to first token is measured with one generated token: for the sessions, from the question to
 its first token (the frames are already encoded); for the two vanilla baselines, from the k
-frames' pixels to the first token (their encoding is part of answering). Each repeat asks every
-method once, in an order that rotates from repeat to repeat, after one warm-up round that is not
-kept; median and min-max per method and length. The machine, its threads and its load average
+frames' pixels to the first token (their encoding is part of answering). One session per method
+and length is streamed and held; each repeat then asks every method at every length once, in an
+order that rotates from repeat to repeat (``benchmarks.bench.interleaved``), after one warm-up
+round that is not kept; median and min-max per method and length. The machine, its threads and its load average
 before and after are recorded. Writes ``results.json``, ``results.md`` and ``ttft.png``.
 """
 
@@ -26,66 +27,46 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import tempfile
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from .bench import PRESETS, QUESTION, build_engines, frames_at, machine_name, synthetic_frames, vanilla_seconds
+from .bench import PRESETS, QUESTION, build_engines, build_sessions, frames_at, interleaved, machine_name, spread, vanilla_seconds
 
 logger = logging.getLogger(__name__)
 METHODS = ("rekv", "full", "uniform", "last-k")
 
 
-def _vanilla(engine, frames: np.ndarray) -> Callable[[], float]:
-    """A function timing vanilla generate (one token) on ``frames``, pixels included."""
-    return lambda: vanilla_seconds(engine, frames, 1)
+def _vanilla(engine, frames: np.ndarray) -> Callable[[], Dict[str, float]]:
+    """Times vanilla generate (one token) on ``frames``, pixels included."""
+    return lambda: {"ttft_s": vanilla_seconds(engine, frames, 1)}
 
 
-def _session(session) -> Callable[[], float]:
-    return lambda: session.answer(QUESTION, max_new_tokens=1, eos_token_ids=()).first_token_seconds
-
-
-def _fits(engine, frames: int) -> bool:
-    budget = engine.config.qa_budget_tokens
-    return budget is None or frames * engine.block_tokens + 512 <= budget
+def _session(session) -> Callable[[], Dict[str, float]]:
+    return lambda: {"ttft_s": session.answer(QUESTION, max_new_tokens=1, eos_token_ids=()).first_token_seconds}
 
 
 def measure(rekv, full, lengths: List[int], k: int, repeats: int, chunk: int) -> Dict[str, List[dict]]:
-    """``{method: [{frames, ttft_s (median), min_s, max_s, samples}]}`` over ``lengths``."""
-    sessions = {"rekv": rekv.new_session(), "full": full.new_session()}
-    done, out = 0, {m: [] for m in METHODS}
+    """``{method: [{frames, ttft_s (median), min_s, max_s, samples}]}`` over ``lengths``: one session
+    per method and length, held, then ``repeats`` rounds interleaved across methods and lengths."""
+    built = {"rekv": build_sessions(rekv, lengths, chunk, "rekv streams"), "full": build_sessions(full, lengths, chunk, "full streams")}
+    asks = {(m, n): _session(s) for m, b in built.items() for n, s in b["sessions"].items()}
+    for n in sorted(lengths):
+        asks[("uniform", n)] = _vanilla(rekv, frames_at(np.linspace(0, n - 1, min(k, n)).round().astype(int)))
+        asks[("last-k", n)] = _vanilla(rekv, frames_at(np.arange(max(0, n - k), n)))
     try:
-        for n in sorted(lengths):
-            while done < n:  # stream both sessions to n frames (not timed here)
-                frames = synthetic_frames(done, min(chunk, n - done))
-                for name, session in sessions.items():
-                    if name == "rekv" or _fits(full, done + len(frames)):
-                        session.add_frames(frames)
-                        session.flush()
-                done += len(frames)
-            asks = {"rekv": _session(sessions["rekv"]),
-                    "uniform": _vanilla(rekv, frames_at(np.linspace(0, n - 1, min(k, n)).round().astype(int))),
-                    "last-k": _vanilla(rekv, frames_at(np.arange(max(0, n - k), n)))}
-            if _fits(full, n):
-                asks["full"] = _session(sessions["full"])
-            samples: Dict[str, List[float]] = {m: [] for m in asks}
-            names = list(asks)
-            for r in range(repeats + 1):  # round 0 warms up and is dropped
-                order = names[r % len(names):] + names[: r % len(names)]
-                for name in order:
-                    seconds = asks[name]()
-                    if r:
-                        samples[name].append(seconds)
-            for name, values in samples.items():
-                out[name].append({"frames": n, "ttft_s": statistics.median(values), "min_s": min(values), "max_s": max(values),
-                                  "samples": values})
-            logger.info("ttft curve: %d frames done", n)
+        samples = interleaved(asks, repeats)
     finally:
-        for session in sessions.values():
-            session.close()
+        for b in built.values():
+            for session in b["sessions"].values():
+                session.close()
+    out: Dict[str, List[dict]] = {m: [] for m in METHODS}
+    for (method, n), measured in sorted(samples.items(), key=lambda item: item[0][1]):
+        values = measured["ttft_s"]
+        s = spread(values)
+        out[method].append({"frames": n, "ttft_s": s["median"], "min_s": s["min"], "max_s": s["max"], "samples": values})
     return out
 
 

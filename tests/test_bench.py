@@ -12,8 +12,17 @@ def test_bench_tiny_smoke(tmp_path):
     from benchmarks.bench import main
 
     out = tmp_path / "bench"
-    assert main(["--preset", "tiny", "--out", str(out), "--frames", "20", "60", "200", "--repeats", "1", "--uniform-frames", "8"]) == 0
+    assert main(["--preset", "tiny", "--out", str(out), "--frames", "20", "60", "200", "--repeats", "2", "--uniform-frames", "8"]) == 0
     results = json.load(open(out / "results.json"))
+    assert results["repeats"] == 2 and len(results["load_before"]) == 3 and results["threads"] >= 1
+    for method, metrics in (("rekv", 3), ("full", 3), ("uniform", 2)):
+        for p in results[method]["points"]:  # every figure: its repeats (warm-up dropped), the median inside their range
+            assert len(p["samples"]) == metrics and all(len(v) == 2 for v in p["samples"].values()), (method, p["frames"])
+            for metric in p["samples"]:
+                low, high = p[f"{metric}_range"]
+                assert low <= p[metric] <= high
+            if method != "uniform":  # the encode probes: one chunk per round after the length, warm-up round included
+                assert p["encode_probe_frames"] == [p["frames"], p["frames"] + 3 * 4]
     summary = results["summary"]
     for key in ("encode_frame_time_ratio_10x", "qa_latency_ratio_10x", "full_attention_qa_latency_ratio_10x", "kv_bytes_per_frame", "encode_frames_per_s"):
         assert summary[key] is not None and summary[key] > 0, key
