@@ -33,6 +33,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from research.tiny import noise_frames as synthetic_frames  # the stream every benchmark streams
+
 logger = logging.getLogger(__name__)
 
 QUESTION = "What is the person doing with the object on the table?"
@@ -63,14 +65,6 @@ PRESETS: Dict[str, Preset] = {
 #: presets built by research.tiny.build_tiny_model (random weights, through from_pretrained)
 SHAPES: Dict[str, dict] = {"tiny": {}, "small": dict(layers=4, hidden=896, heads=14, kv_heads=2, image_size=96, patch_size=8)}
 BLOCK_TOKENS = {"tiny": 16, "small": 36}
-
-
-def synthetic_frames(first: int, count: int, size: int = 96) -> np.ndarray:
-    """Frames ``first..first+count-1`` of a reproducible noise stream (any frame can be regenerated)."""
-    out = np.empty((count, size, size, 3), np.uint8)
-    for i in range(count):
-        out[i] = np.random.default_rng(first + i).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return out
 
 
 def _sync(device: torch.device) -> None:

@@ -18,6 +18,7 @@ of consecutive chunks are apart next to how far consecutive distinct frames are.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -70,13 +71,13 @@ def requests(lm, docs):
 
 
 def run(lm, docs, reuse: bool, tolerance: float) -> dict:
-    lm.reuse_streams, lm.stream_tolerance = reuse, tolerance
+    lm.runner.settings = dataclasses.replace(lm.runner.settings, reuse_streams=reuse, stream_tolerance=tolerance)
     encoded, spent = [], []
     real = lm.engine.new_session
 
     def counting(fps=None):
         session = real(fps=fps)
-        encode = session._encode
+        encode = session.writer.encode
 
         def timed(pixels, state=None):
             start = time.perf_counter()
@@ -84,7 +85,7 @@ def run(lm, docs, reuse: bool, tolerance: float) -> dict:
             encoded.append(pixels.shape[0])
             spent.append(time.perf_counter() - start)
 
-        session._encode = timed
+        session.writer.encode = timed
         return session
 
     lm.engine.new_session = counting

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import typing
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from .args import build, did_you_mean  # noqa: F401  (did_you_mean: imported from here by older code)
+from .registry import BACKENDS, REDUCERS, RETRIEVERS
+
 #: Visual tokens per frame of LLaVA-OneVision (27x27 SigLIP patches pooled to 14x14).
 LLAVA_OV_FRAME_TOKENS = 196
 
-RETRIEVAL_MODES = ("internal", "external", "hybrid")
+RETRIEVAL_MODES = ("internal", "external", "hybrid")  # the built-in ones; more: lmms_rekv.registry.RETRIEVERS
 FUSION_RULES = ("zscore", "rrf")
 ADAPTIVE_POLICIES = (None, "mass")
 SCORES = ("dot", "cosine")
-QUERY_POOLS = ("mean", "max", "head")  # = lmms_rekv.retrieval.scoring.POOLS (not imported: no torch here)
+QUERY_POOLS = ("mean", "max", "head")  # lmms_rekv.retrieval.scoring.POOLS is this tuple
 QUERY_SPANS = ("prompt", "question")
 LAYER_FRAMES = ("own", "first")
-OFFLOAD_TIERS = ("cpu", "device", "disk")
-TOKEN_REDUCTIONS = (None, "temporal", "salient", "merge")  # = lmms_rekv.storage.reduce.REDUCERS
+OFFLOAD_TIERS = ("cpu", "device", "disk")  # the built-in ones; more: lmms_rekv.registry.BACKENDS
+TOKEN_REDUCTIONS = (None, "temporal", "salient", "merge")  # the built-in ones; more: lmms_rekv.registry.REDUCERS
 BLOCK_SCORES = ("mean", "tokens")
-HUB_CORRECTIONS = (None, "center", "template")  # = (None,) + lmms_rekv.retrieval.scoring.HUBS
+HUB_CORRECTIONS = (None, "center", "template")  # lmms_rekv.retrieval.scoring.HUBS: these but None
 SUMMARY_TIERS = ("device", "cpu")
 KV_QUANT = (None, "int8", "int4")
-POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")  # = lmms_rekv.patches.base.POSITION_STRATEGIES
+POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")  # lmms_rekv.patches.base.POSITION_STRATEGIES is this tuple
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class ReKVConfig:
         _positive("window_tokens", self.window_tokens, optional=True)
         _positive("topk_frames", self.topk_frames, optional=True)
         _positive("chunk_frames", self.chunk_frames)
-        _choice("token_reduction", self.token_reduction, TOKEN_REDUCTIONS)
+        if self.token_reduction is not None:
+            REDUCERS.check(self.token_reduction)
         _choice("block_score", self.block_score, BLOCK_SCORES)
         _choice("hub_correction", self.hub_correction, HUB_CORRECTIONS)
         if self.hub_correction == "center" and self.query_pool == "mean":
@@ -212,12 +214,12 @@ class ReKVConfig:
         _positive("qa_budget_tokens", self.qa_budget_tokens, optional=True)
         if not isinstance(self.qa_reserve_tokens, int) or self.qa_reserve_tokens < 0:
             raise ValueError(f"qa_reserve_tokens must be an int >= 0, got {self.qa_reserve_tokens!r}")
-        _choice("retrieval", self.retrieval, RETRIEVAL_MODES)
+        RETRIEVERS.check(self.retrieval)
         _choice("score", self.score, SCORES)
         _choice("query_pool", self.query_pool, QUERY_POOLS)
         _choice("query_span", self.query_span, QUERY_SPANS)
         _choice("layer_frames", self.layer_frames, LAYER_FRAMES)
-        _choice("offload", self.offload, OFFLOAD_TIERS)
+        BACKENDS.check(self.offload)
         _choice("summary_tier", self.summary_tier, SUMMARY_TIERS)
         _choice("kv_quant", self.kv_quant, KV_QUANT)
         _positive("ram_budget_bytes", self.ram_budget_bytes)
@@ -262,12 +264,7 @@ class ReKVConfig:
     def from_strings(cls, **values) -> "ReKVConfig":
         """Build from command-line style values ("none" -> None, "64" -> 64, ...), e.g. lmms-eval
         ``--model_args``; raises ValueError for unknown names or unparsable values."""
-        hints = {k: v for k, v in typing.get_type_hints(cls).items() if not isinstance(v, dataclasses.InitVar)}
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise ValueError("unknown ReKVConfig field" + ("s " if len(unknown) > 1 else " ")
-                             + ", ".join(f"{name!r}{did_you_mean(name, hints)}" for name in unknown))
-        return cls(**{name: _parse(name, value, hints[name]) for name, value in values.items()})
+        return build(cls, values)
 
     def replace(self, **changes) -> "ReKVConfig":
         """A copy with ``changes`` applied (validated again)."""
@@ -281,48 +278,12 @@ class ReKVConfig:
         return self.replace(block_tokens=block_tokens, qa_budget_tokens=budget)
 
 
-def did_you_mean(name: str, choices) -> str:
-    """`` (did you mean X?)`` for the choices closest to a mistyped ``name`` (a prefix of one, or
-    close in spelling; dashes and underscores alike), else ``""``."""
-    key = name.strip().lstrip("-").replace("-", "_").lower()
-    plain = {c.lstrip("-").replace("-", "_").lower(): c for c in choices}
-    squash = key.replace("_", "")
-    found = [plain[p] for p in plain if squash and p.replace("_", "").startswith(squash)]
-    found += [plain[p] for p in difflib.get_close_matches(key, list(plain), n=2, cutoff=0.6) if plain[p] not in found]
-    return f" (did you mean {' or '.join(found[:3])}?)" if found else ""
-
-
 def _positive(name: str, value, optional: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         kind = "a positive int or None" if optional else "a positive int"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
-
-
-def _parse(name: str, value, hint):
-    """``value`` converted to the field type ``hint`` (int, float, str, an int pair,
-    possibly Optional)."""
-    args = typing.get_args(hint)
-    target = next((a for a in args if a is not type(None)), hint) if args else hint
-    if not isinstance(value, str):  # lmms-eval's parser turns "-1" into -1.0: an int field keeps it an int
-        return int(value) if target is int and isinstance(value, float) and value.is_integer() else value
-    if value.strip().lower() in ("none", "null") and type(None) in args:
-        return None
-    if target is bool:
-        word = value.strip().lower()
-        if word not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{name}: cannot read {value!r} as true/false")
-        return word in ("true", "1", "yes")
-    if typing.get_origin(target) is tuple:  # "448x448" or "448,448"
-        try:
-            return tuple(int(p) for p in value.lower().replace(",", "x").split("x"))
-        except ValueError as exc:
-            raise ValueError(f"{name}: cannot read {value!r} as HEIGHTxWIDTH") from exc
-    try:
-        return target(value) if target in (int, float) else value
-    except ValueError as exc:
-        raise ValueError(f"{name}: cannot read {value!r} as {target.__name__}") from exc
 
 
 def _unit(name: str, value, closed_low: bool) -> None:

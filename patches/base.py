@@ -36,6 +36,8 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Protocol, Se
 
 import torch
 
+from lmms_rekv.config import POSITION_STRATEGIES as _CONFIG_POSITION_STRATEGIES
+
 logger = logging.getLogger(__name__)
 
 
@@ -195,7 +197,7 @@ class ChunkInputs(NamedTuple):
 #: text]; ``original`` keeps each block's stream positions (gaps included); ``consecutive_t``
 #: numbers the blocks' time consecutively (height/width kept); ``1d`` numbers every token
 #: consecutively on all axes (ReKV on LLaVA-OV; for the M-RoPE study only).
-POSITION_STRATEGIES = ("layout", "original", "consecutive_t", "1d")
+POSITION_STRATEGIES = _CONFIG_POSITION_STRATEGIES  # the configuration's list (one list)
 
 
 class Backbone:

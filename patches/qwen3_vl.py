@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy
 import torch
@@ -71,65 +71,30 @@ def without_outer_wrapper(before: str, after: str, tokenizer, start_id: int, end
     return before[: -len(start)] if before.endswith(start) else before, after[len(end):] if after.startswith(end) else after
 
 
-class Qwen3VLBackbone(Qwen2VLBackbone):
-    """ReKV adapter for ``Qwen3VLForConditionalGeneration``."""
+class BlockClock:
+    """Qwen3-VL's block timestamps for one stream: each block's ``<{t:.1f} seconds>`` header, from
+    the stream's own frame times or ``frame / fps``, and per-fps tables of header lengths and of
+    block ends in stream tokens (grown by doubling, shared by threads). ``visual_tokens`` (set
+    by the adapter once its frame size is known) is the visual run of a block."""
 
-    model_type = "qwen3_vl"
-    model_class = "Qwen3VLForConditionalGeneration"
-    strategies = ("layout", "original", "1d")
-    default_side = 448
-    needs_fps = "Qwen3-VL blocks carry their time as text"
-    processor_kwargs = {"do_resize": False, "cap_pixels_per_frame": False}  # see _check_budget
-
-    def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
-        self._headers: Dict[str, List[int]] = {}
+    def __init__(self, tokenize: Callable[[str], List[int]], frames_per_block: int, visual_tokens: int = 0,
+                 frame_times: Optional[Tuple[float, ...]] = None, headers: Optional[Dict[str, List[int]]] = None) -> None:
+        self.tokenize, self.frames_per_block, self.visual_tokens = tokenize, frames_per_block, visual_tokens
+        self.frame_times = frame_times
+        self._headers = {} if headers is None else headers  # text -> ids, shared by every clock of a model
         self._lengths: Dict[float, torch.Tensor] = {}  # fps -> header tokens of blocks 0.. (unpadded)
         self._ends: Dict[float, torch.Tensor] = {}  # fps -> stream token count at the end of blocks 0..
         self._lock = threading.Lock()
-        self.frame_times: Optional[Tuple[float, ...]] = None  # the stream's own frame times (``timed``)
-        self.tokenizer = tokenizer
         self.header_slots = self._header_bound()
-        super().__init__(model, tokenizer, chat_template, processor, frame_size)
-        self.outer_wrapper = self._processor_keeps_outer_wrapper()
 
-    def _processor_keeps_outer_wrapper(self) -> bool:
-        cfg = self.model.config
-        return keeps_outer_wrapper(self.tokenizer, self.processor, self.chat_template, cfg.vision_start_token_id,
-                                   2 * self.unit, self.frames_per_block)
+    def retimed(self, frame_times: Optional[Tuple[float, ...]]) -> "BlockClock":
+        """A clock for a stream with its own ``frame_times`` (empty tables, shared header cache)."""
+        return BlockClock(self.tokenize, self.frames_per_block, self.visual_tokens, frame_times, self._headers)
 
-    def split_prompt(self, question: str) -> Tuple[str, str]:
-        """The template's text before and after the video, without the outer
-        ``<|vision_start|>``/``<|vision_end|>`` when the installed processor drops them."""
-        before, after = super().split_prompt(question)
-        if not getattr(self, "outer_wrapper", True):
-            cfg = self.model.config
-            before, after = without_outer_wrapper(before, after, self.tokenizer, cfg.vision_start_token_id, cfg.vision_end_token_id)
-        return before, after
+    def resized(self, visual_tokens: int) -> "BlockClock":
+        """A clock for blocks of ``visual_tokens`` visual tokens (another frame size)."""
+        return BlockClock(self.tokenize, self.frames_per_block, visual_tokens, self.frame_times, self._headers)
 
-    # -- structure ------------------------------------------------------------------------
-    @property
-    def visual_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def block_tokens(self) -> int:
-        """Stored slots per block: timestamp slots, ``<|vision_start|>``, pads, ``<|vision_end|>``."""
-        return self.header_slots + 2 + self.visual_tokens
-
-    @property
-    def summary_tokens(self) -> slice:
-        return slice(self.header_slots + 1, self.header_slots + 1 + self.visual_tokens)
-
-    def pre_rope_modules(self, layer: int) -> Tuple[torch.nn.Module, torch.nn.Module]:
-        attn = self.text_model.layers[layer].self_attn
-        return attn.q_norm, attn.k_norm  # q/k RMS norms come after the projections, before RoPE
-
-    def rotary_function(self):
-        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
-
-        return apply_rotary_pos_emb
-
-    # -- timestamps -----------------------------------------------------------------------
     def header_ids(self, seconds: float) -> List[int]:
         """Token ids of a block's timestamp text ``<{seconds:.1f} seconds>``."""
         text = f"<{seconds:.1f} seconds>"
@@ -145,19 +110,8 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         longest = max(len(self.header_ids(p)) for p in probes)
         return max(longest, len(f"<{MAX_SECONDS:.1f} seconds>".encode()))
 
-    def timed(self, frame_times: Optional[Tuple[float, ...]]) -> "Qwen3VLBackbone":
-        """This adapter for a stream whose frames were taken at ``frame_times`` (seconds, one
-        per frame): block timestamps come from them (frames past them continue at the
-        stream's fps). A view sharing the model, with its own timestamp tables."""
-        if frame_times is None:
-            return self
-        view = copy.copy(self)
-        view.frame_times = tuple(float(t) for t in frame_times)
-        view._lengths, view._ends, view._lock = {}, {}, threading.Lock()
-        return view
-
     def frame_seconds(self, frame: int, fps: float) -> float:
-        """The time of stream frame ``frame``: its own (``timed``) or ``frame / fps``."""
+        """The time of stream frame ``frame``: its own (``frame_times``) or ``frame / fps``."""
         times = self.frame_times
         if times is None:
             return frame / fps
@@ -202,6 +156,103 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
             self._lengths[fps] = table
         return table
 
+    def block_of(self, token: int, fps: float, padded: Optional[int]) -> Tuple[int, int]:
+        """(block, its first token) of stream token ``token`` (tokens counted without slots;
+        a binary search in the cached block ends: no work that grows with the stream)."""
+        blocks = max(64, self._lengths[fps].shape[0] if fps in self._lengths else 0)
+        while True:
+            self.header_lengths(torch.tensor([blocks - 1]), fps)  # grows the cached table
+            ends = self._ends[fps]
+            if int(ends[-1]) > token:
+                g = int(torch.searchsorted(ends, token, right=True))
+                if padded is not None:  # the padded block is a fork's last: its own length never moves a start
+                    g = min(g, padded)
+                return g, int(ends[g - 1]) if g else 0
+            blocks *= 2
+
+
+class Qwen3VLBackbone(Qwen2VLBackbone):
+    """ReKV adapter for ``Qwen3VLForConditionalGeneration``."""
+
+    model_type = "qwen3_vl"
+    model_class = "Qwen3VLForConditionalGeneration"
+    strategies = ("layout", "original", "1d")
+    default_side = 448
+    needs_fps = "Qwen3-VL blocks carry their time as text"
+    processor_kwargs = {"do_resize": False, "cap_pixels_per_frame": False}  # see _check_budget
+
+    def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
+        self.tokenizer = tokenizer
+        self.clock = BlockClock(self.tokenize, self.frames_per_block)
+        self.header_slots = self.clock.header_slots
+        super().__init__(model, tokenizer, chat_template, processor, frame_size)
+        self.clock = self.clock.resized(self.visual_tokens)
+        self.clock.frames_per_block = self.frames_per_block  # the checkpoint's temporal patch
+        self.outer_wrapper = self._processor_keeps_outer_wrapper()
+
+    def _processor_keeps_outer_wrapper(self) -> bool:
+        cfg = self.model.config
+        return keeps_outer_wrapper(self.tokenizer, self.processor, self.chat_template, cfg.vision_start_token_id,
+                                   2 * self.unit, self.frames_per_block)
+
+    def split_prompt(self, question: str) -> Tuple[str, str]:
+        """The template's text before and after the video, without the outer
+        ``<|vision_start|>``/``<|vision_end|>`` when the installed processor drops them."""
+        before, after = super().split_prompt(question)
+        if not getattr(self, "outer_wrapper", True):
+            cfg = self.model.config
+            before, after = without_outer_wrapper(before, after, self.tokenizer, cfg.vision_start_token_id, cfg.vision_end_token_id)
+        return before, after
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def visual_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def block_tokens(self) -> int:
+        """Stored slots per block: timestamp slots, ``<|vision_start|>``, pads, ``<|vision_end|>``."""
+        return self.header_slots + 2 + self.visual_tokens
+
+    @property
+    def summary_tokens(self) -> slice:
+        return slice(self.header_slots + 1, self.header_slots + 1 + self.visual_tokens)
+
+    def pre_rope_modules(self, layer: int) -> Tuple[torch.nn.Module, torch.nn.Module]:
+        attn = self.text_model.layers[layer].self_attn
+        return attn.q_norm, attn.k_norm  # q/k RMS norms come after the projections, before RoPE
+
+    def rotary_function(self):
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+        return apply_rotary_pos_emb
+
+    # -- timestamps (the stream's BlockClock) ----------------------------------------------
+    def header_ids(self, seconds: float) -> List[int]:
+        """Token ids of a block's timestamp text ``<{seconds:.1f} seconds>``."""
+        return self.clock.header_ids(seconds)
+
+    def timed(self, frame_times: Optional[Tuple[float, ...]]) -> "Qwen3VLBackbone":
+        """This adapter for a stream whose frames were taken at ``frame_times`` (seconds, one
+        per frame): block timestamps come from them (frames past them continue at the
+        stream's fps). A view sharing the model, with a clock of its own."""
+        if frame_times is None:
+            return self
+        view = copy.copy(self)
+        view.clock = self.clock.retimed(tuple(float(t) for t in frame_times))
+        return view
+
+    @property
+    def frame_times(self) -> Optional[Tuple[float, ...]]:
+        return self.clock.frame_times
+
+    def block_seconds(self, block: int, fps: float, padded: bool = False) -> float:
+        return self.clock.block_seconds(block, fps, padded)
+
+    def header_lengths(self, blocks: torch.Tensor, fps: float, padded: Optional[int] = None) -> torch.Tensor:
+        """``(K,)`` timestamp tokens of stream blocks ``blocks`` (block ``padded``: incomplete)."""
+        return self.clock.header_lengths(blocks, fps, padded)
+
     # -- vision and prompt ------------------------------------------------------------------
     def _default_size(self) -> Tuple[int, int]:
         """The largest square of side <= 448 (a multiple of 32) whose 2-frame block is within
@@ -233,7 +284,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
                                   factor=self.unit, min_pixels=low, max_pixels=high))
 
     def _reset_size_caches(self) -> None:
-        self._lengths, self._ends, self._lock = {}, {}, threading.Lock()  # block ends depend on the visual tokens
+        self.clock = self.clock.resized(self.visual_tokens)  # block ends depend on the visual tokens
 
     def _check_budget(self, merge: int) -> None:
         """Nothing to check: frames reach the processor at the fixed size with resizing off
@@ -320,20 +371,6 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         adv = self._advance(heads)
         return self._rows(heads, torch.cumsum(adv, 0) - adv)
 
-    def _stream_block_of(self, token: int, fps: float, padded: Optional[int]) -> Tuple[int, int]:
-        """(block, its first token) of stream token ``token`` (tokens counted without slots;
-        a binary search in the cached block ends: no work that grows with the stream)."""
-        blocks = max(64, self._lengths[fps].shape[0] if fps in self._lengths else 0)
-        while True:
-            self.header_lengths(torch.tensor([blocks - 1]), fps)  # grows the cached table
-            ends = self._ends[fps]
-            if int(ends[-1]) > token:
-                g = int(torch.searchsorted(ends, token, right=True))
-                if padded is not None:  # the padded block is a fork's last: its own length never moves a start
-                    g = min(g, padded)
-                return g, int(ends[g - 1]) if g else 0
-            blocks *= 2
-
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
                          device: torch.device, fps: Optional[float] = None,
                          padded: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -341,8 +378,8 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         that the time row of the oldest token of the window (for the queries: of their own
         window) sits at ``sinks``."""
         oldest = stream_tokens - window_len
-        g0, t0 = self._stream_block_of(oldest, fps, padded)
-        g1, _ = self._stream_block_of(stream_tokens + chunk - 1, fps, padded)
+        g0, t0 = self.clock.block_of(oldest, fps, padded)
+        g1, _ = self.clock.block_of(stream_tokens + chunk - 1, fps, padded)
         rows = self.stream_rows(g0, g1 + 1, fps, padded)[:, oldest - t0 : stream_tokens + chunk - t0]
         base = rows[0, 0] - sinks
         window_keys, chunk_pos = rows[:, :window_len] - base, rows[:, window_len:] - base

@@ -315,3 +315,15 @@ def build_tiny_lmms_lab_reference(out: str, hf_home: str, seed: int = 0, init_st
         fh.write(rev)
     logger.info("wrote tiny lmms-lab LLaVA-OneVision to %s (tower %s in %s)", out, TINY_REFERENCE_TOWER, hf_home)
     return out
+
+
+def noise_frames(first: int, count: int, size: int = 96):
+    """Frames ``first..first+count-1`` of a reproducible noise stream, uint8 ``(count, size, size,
+    3)``: frame ``i`` depends on ``i`` alone, so any frame can be regenerated however the stream is
+    cut (benchmarks, the soak run)."""
+    import numpy as np
+
+    out = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        out[i] = np.random.default_rng(first + i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return out

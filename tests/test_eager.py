@@ -57,13 +57,13 @@ def test_stored_blocks_do_not_depend_on_arrival_questions_or_threads(load, frame
 
 def _count_encodes(session):
     calls = []
-    original = session._encode
+    original = session.writer.encode
 
     def counted(pixels, state=None):
         calls.append(pixels.shape[0])
         return original(pixels, state)
 
-    session._encode = counted
+    session.writer.encode = counted
     return calls
 
 
@@ -135,16 +135,16 @@ def test_background_failure_is_raised_in_the_caller_and_the_session_goes_on(load
     video = frames(6, seed=35)
     session = engine.new_session()
     session.add_frames(video[:2])
-    original = session._add
+    original = session.writer.add
 
     def broken(batches, more_waiting):
         raise OSError("device lost")
 
-    session._add = broken
+    session.writer.add = broken
     session.add_frames(video[2:4], block=False)
     with pytest.raises(RuntimeError, match=r"background encoding failed \(OSError: device lost\); 2 submitted frames were not added"):
         session.ask("what is happening?")
-    session._add = original
+    session.writer.add = original
     session.add_frames(video[4:6], block=False)  # a new encoder thread
     assert session.frames == 4 and session.ask("what is happening?", max_new_tokens=2) is not None
     session.close()

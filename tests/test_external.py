@@ -174,12 +174,12 @@ def test_layers_may_load_different_counts(load, frames):
     # a selector that loads every frame on layer 0 and every frame on layer 1: same as full
     session = engine.new_session()
     session.add_frames(video)
-    session._selector = lambda question, frames, store: (lambda layer, query: torch.arange(8))
+    session.answerer.selector = lambda question, view: (lambda layer, query: torch.arange(8))
     same = session.answer(QUESTION, max_new_tokens=4, return_logits=True, eos_token_ids=())
     assert same.token_ids == reference.token_ids
     assert torch.allclose(same.logits[0], reference.logits[0], atol=1e-5)
     # now layer 1 loads only 3 frames: a different but valid answer
-    session._selector = lambda question, frames, store: (lambda layer, query: torch.arange(8) if layer == 0 else torch.tensor([1, 4, 6]))
+    session.answerer.selector = lambda question, view: (lambda layer, query: torch.arange(8) if layer == 0 else torch.tensor([1, 4, 6]))
     other = session.answer(QUESTION, max_new_tokens=4, return_logits=True, eos_token_ids=())
     assert [len(s) for s in other.selected] == [8, 3]
     assert not torch.allclose(other.logits[0], reference.logits[0], atol=1e-3)

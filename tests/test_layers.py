@@ -1,7 +1,7 @@
 """The import contract of the installed package: layers point one way, and no package imports
 itself back through another (read from the source with ``ast``: imports inside functions count).
 
-    config, io, storage, miniature (assets)       bottom
+    config, args, registry, io, storage, miniature (assets)   bottom
     retrieval
     engine | patches (neither names the other: the engine never names a family)
     model (the facade: ReKV, from_pretrained)
@@ -17,7 +17,7 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = {"lmms_rekv": "lmms_rekv", "lmms_rekv.patches": "patches", "lmms_rekv.tasks": "tasks"}
 LAYERS = [
-    {"lmms_rekv.config", "lmms_rekv.io", "lmms_rekv.storage", "lmms_rekv.miniature"},
+    {"lmms_rekv.config", "lmms_rekv.args", "lmms_rekv.registry", "lmms_rekv.io", "lmms_rekv.storage", "lmms_rekv.miniature"},
     {"lmms_rekv.retrieval"},
     {"lmms_rekv.engine", "lmms_rekv.patches"},
     {"lmms_rekv.model"},
@@ -125,3 +125,91 @@ def test_the_contract_sees_a_violation(tmp_path, monkeypatch):
     planted.write_text(open(modules["lmms_rekv.io.video"]).read() + "\n\ndef _x():\n    from ..model import ReKV\n")
     monkeypatch.setitem(globals(), "_modules", lambda: {**modules, "lmms_rekv.io.video": str(planted)})
     assert "lmms_rekv.model" in _edges()["lmms_rekv.io"]
+
+
+#: private names of upstream libraries the family adapters must use (transformers has no public
+#: way to register an attention function for one model or to read which one it runs)
+UPSTREAM_PRIVATE = {"_attn_implementation", "_global_mapping"}
+
+
+def _foreign_private(path: str):
+    """``(line, expression)`` of every ``obj._name`` in ``path`` where ``obj`` is not ``self``/``cls``
+    and ``_name`` is not defined in that file (a method, an attribute set on ``self``, a module
+    name): one part reaching into another's underscore names."""
+    tree = ast.parse(open(path).read())
+    own = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    own |= {t.attr for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) for t in ast.walk(t)
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    own |= {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign)) for t in ast.walk(n) if isinstance(t, ast.Name)}
+    return [(n.lineno, ast.unparse(n)) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+            and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))
+            and n.attr not in own and n.attr not in UPSTREAM_PRIVATE]
+
+
+def test_no_part_calls_another_parts_underscore_names():
+    """Parts talk through public interfaces: no module of the package reads or calls an
+    underscore name that another module defines (the session's writer, feeder and answerer,
+    the lmms-eval adapter and its runner, ...)."""
+    found = {path: hits for path in _modules().values() if (hits := _foreign_private(path))}
+    assert found == {}
+
+
+def test_the_private_name_check_sees_a_violation(tmp_path):
+    planted = tmp_path / "answering.py"
+    planted.write_text("def ask(session):\n    return session.writer._pending\n")
+    assert _foreign_private(str(planted)) == [(2, "session.writer._pending")]
+
+
+#: the repository's top-level parts, bottom to top: the package (with patches and tasks), the
+#: research code (tiny models, the miniature, studies), the benchmarks, the tests' helpers
+REPOSITORY = ["lmms_rekv", "research", "benchmarks", "tests"]
+
+
+def _repository_modules():
+    """``{module: path}`` of research/, benchmarks/ and the tests' helper modules (not test files)."""
+    found = {}
+    for top in ("research", "benchmarks", "tests"):
+        for dirpath, dirnames, files in os.walk(os.path.join(ROOT, top)):
+            dirnames[:] = [d for d in dirnames if d not in ("__pycache__",) and not d.startswith(".")]
+            rel = os.path.relpath(dirpath, ROOT).replace(os.sep, ".")
+            for name in files:
+                if name.endswith(".py") and not (top == "tests" and (name.startswith("test_") or name == "conftest.py")):
+                    found[rel if name == "__init__.py" else f"{rel}.{name[:-3]}"] = os.path.join(dirpath, name)
+    return found
+
+
+def _top_imports(path: str):
+    """The repository parts a file imports (``lmms_rekv``, ``research``, ``benchmarks``, or a tests
+    helper imported by its bare name, as the tests do)."""
+    helpers = {os.path.splitext(n)[0] for n in os.listdir(os.path.join(ROOT, "tests"))} | {"extensions"}
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            head = name.split(".")[0]
+            out.add("tests" if head in helpers and head not in REPOSITORY else head)
+    return out & set(REPOSITORY)
+
+
+def test_the_repository_points_one_way():
+    """The package never imports research, benchmarks or the tests; research never imports the
+    benchmarks or the tests; the benchmarks never import the tests."""
+    parts = {**{m: p for m, p in _modules().items()}, **_repository_modules()}
+    upward = []
+    for module, path in parts.items():
+        mine = REPOSITORY.index(module.split(".")[0]) if module.split(".")[0] in REPOSITORY else 0
+        upward += [(module, target) for target in _top_imports(path) if REPOSITORY.index(target) > mine]
+    assert upward == []
+
+
+def test_the_repository_check_sees_a_violation(tmp_path):
+    planted = tmp_path / "soak.py"
+    planted.write_text("def frames():\n    from benchmarks.bench import synthetic_frames\n")
+    assert _top_imports(str(planted)) == {"benchmarks"}  # in research/, one part up

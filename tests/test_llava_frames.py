@@ -83,11 +83,16 @@ def test_the_drop_in_samples_and_loads_as_llava_onevision(tiny_dir):
     grid; ``dtype=`` wins."""
     from lmms_rekv.integrations.lmms_eval_model import ReKVLlavaOV
 
+    def uniform(lm):
+        return lm.runner.sampling().uniform
+
     lm = ReKVLlavaOV(pretrained=tiny_dir, device="cpu", max_frames_num="8", conv_template="qwen_1_5")
-    assert (lm.uniform.count, lm.uniform.backend) == (8, "decord") and lm.engine.dtype == torch.float16
+    assert (uniform(lm).count, uniform(lm).backend) == (8, "decord") and lm.engine.dtype == torch.float16
+    assert lm.upstream.name == "llava_onevision"
     lm = ReKVLlavaOV(pretrained=tiny_dir, device="cpu", max_frames_num="8", video_decode_backend="pyav", dtype="float32")
-    assert lm.uniform.backend == "pyav" and lm.engine.dtype == torch.float32
+    assert uniform(lm).backend == "pyav" and lm.engine.dtype == torch.float32
     lm = ReKVLlavaOV(pretrained=tiny_dir, device="cpu", max_frames_num="8", fps="1", dtype="float32")
-    assert lm.uniform is None and (lm.fps, lm.max_frames) == (1.0, 8)
+    assert uniform(lm) is None and (lm.runner.settings.fps, lm.runner.settings.max_frames) == (1.0, 8)
     lm = ReKVLlavaOV(pretrained=tiny_dir, device="cpu", dtype="auto")
-    assert lm.uniform is None and lm.engine.dtype == torch.float32  # not the drop-in: our defaults
+    assert uniform(lm) is None and lm.engine.dtype == torch.float32  # not the drop-in: our defaults
+    assert lm.upstream.name == "rekv"

@@ -1,5 +1,6 @@
 """lmms-eval integration: the rekv_llava_ov model class and the rekv_demo task."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -60,8 +61,8 @@ def test_video_decoded_and_encoded_once(lm, tmp_path, monkeypatch):
 
     def counting_session(fps=None):
         session = real_session(fps=fps)
-        original = session._encode
-        session._encode = lambda pixels: (encodes.append(pixels.shape[0]), original(pixels))[1]
+        original = session.writer.encode
+        session.writer.encode = lambda pixels: (encodes.append(pixels.shape[0]), original(pixels))[1]
         return session
 
     monkeypatch.setattr(lm.engine, "new_session", counting_session)
@@ -150,7 +151,7 @@ def test_a_hanging_decoder_fails_its_document_within_doc_timeout(lm, tmp_path, m
     monkeypatch.setattr(streams_module, "iter_video_timed", hanging)
     # the limit is far above the good video's work (about a second), so a loaded machine cannot
     # push that one past it; the stuck one never finishes
-    monkeypatch.setattr(lm, "doc_timeout", 10.0)
+    monkeypatch.setattr(lm.runner, "settings", dataclasses.replace(lm.runner.settings, doc_timeout=10.0))
     lm.failures.clear()
     start = time.perf_counter()
     try:
@@ -370,8 +371,9 @@ def test_llava_onevision_args_honoured():
 
     args = {k: v for k, v in (a.split("=") for a in LLAVA_OV_ARGS.split(","))}
     args.update(truncation="True", use_cache="True", truncate_context="False", model_name="llava_qwen", window_tokens="64")
-    out = translate(args)
-    assert args == {"window_tokens": "64"}  # every llava_onevision arg taken, ours left
+    given = dict(args)
+    out, rest = translate(args)
+    assert rest == {"window_tokens": "64"} and args == given  # every llava_onevision arg read, ours left; a pure function
     assert out == {"conv_template": "qwen_1_5", "max_frames": 8, "uniform_frames": 8, "decode_backend": "pyav",
                    "dtype": "float16", "device": "cpu", "attn_implementation": "sdpa"}  # its sampling and its float16
     assert set(ARGS) >= {"pretrained", "conv_template", "max_frames_num", "mm_spatial_pool_stride", "mm_spatial_pool_mode",

@@ -1,6 +1,8 @@
 """lmms-eval's multi-round protocol: a list of per-round answers, each round from its own
 visuals, and rounds that continue one stream encode each frame once."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from lmms_eval.api.instance import Instance
@@ -62,8 +64,8 @@ def _count_encodes(monkeypatch, lm, log):
 
     def counting(fps=None):
         session = real(fps=fps)
-        encode = session._encode
-        session._encode = lambda pixels, state=None: (log.append((pixels.shape[0], state is None)), encode(pixels, state))[1]
+        encode = session.writer.encode
+        session.writer.encode = lambda pixels, state=None: (log.append((pixels.shape[0], state is None)), encode(pixels, state))[1]
         return session
 
     monkeypatch.setattr(lm.engine, "new_session", counting)
@@ -86,7 +88,7 @@ def test_rounds_that_extend_one_stream_encode_each_frame_once(lm, tmp_path, monk
     # without reuse, every round is encoded from zero
     log.clear()
     fresh_lm = lm
-    monkeypatch.setattr(fresh_lm, "reuse_streams", False)
+    monkeypatch.setattr(fresh_lm.runner, "settings", dataclasses.replace(fresh_lm.runner.settings, reuse_streams=False))
     _count_encodes(monkeypatch, fresh_lm, log)
     assert fresh_lm.generate_until_multi_round([_request(fresh_lm, rounds)]) == [answers]
     assert sum(n for n, kept in log if kept) == 4 + 8 + 16
@@ -153,8 +155,8 @@ def test_lossy_chunks_need_a_tolerance(make_lm, tmp_path):
     for tolerance, fresh in ((0, 3), (4.0, 1)):
         lm = make_lm(stream_tolerance=tolerance)
         opened = []
-        real = lm._open
-        lm._open = lambda path, start: opened.append(path) or real(path, start)
+        real = lm.runner.open
+        lm.runner.open = lambda path, start: opened.append(path) or real(path, start)
         (answers,) = lm.generate_until_multi_round([_request(lm, rounds)])
         assert len(answers) == 3 and len(opened) == fresh, (tolerance, opened)
 

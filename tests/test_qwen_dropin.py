@@ -114,12 +114,13 @@ def test_qwen_args_honoured_or_refused_with_the_reason():
     args = {"max_num_frames": "16", "max_pixels": "401408", "min_pixels": "3136", "fps": "1", "system_prompt": "Be brief.",
             "interleave_visuals": "False", "reasoning_prompt": "\\nThink.", "device_map": "cpu", "use_cache": "True",
             "batch_size": "1", "attn_implementation": "sdpa", "window_tokens": "64"}
-    out = qwen_args.translate(args, "qwen2_5_vl")
-    assert args == {"window_tokens": "64"}  # every qwen2_5_vl argument taken, ours left
+    given = dict(args)
+    out, rest = qwen_args.translate(args, "qwen2_5_vl")
+    assert rest == {"window_tokens": "64"} and args == given  # every qwen2_5_vl argument read, ours left; a pure function
     assert (out.reference, out.device, out.attn_implementation, out.system_message) == ("qwen2_5_vl", "cpu", "sdpa", None)
     assert out.sampling == {"reference": "qwen2_5_vl", "min_pixels": 3136, "max_pixels": 401408, "total_pixels": None,
                             "max_num_frames": 16, "fps": 1.0}
-    three = qwen_args.translate({"total_pixels": "1000", "enable_thinking": "True", "system_prompt": "Hi."}, "qwen3_vl_moe")
+    three, _ = qwen_args.translate({"total_pixels": "1000", "enable_thinking": "True", "system_prompt": "Hi."}, "qwen3_vl_moe")
     assert (three.reference, three.total_pixels, three.system_message, three.template_kwargs) == \
         ("qwen3_vl", 1000, "Hi.", {"enable_thinking": True})
     assert three.final_answer("<think>hmm</think> red") == "red" and three.final_answer("red") == ""  # as lmms-eval strips

@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):  # noqa: D102
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
-            from lmms_rekv.config import did_you_mean
+            from lmms_rekv.args import did_you_mean
 
             flags = [f for f in self._option_string_actions if f.startswith("--")]
             unknown = [a for a in extra if a.startswith("-")] or extra
@@ -95,14 +95,15 @@ def config_from(args: argparse.Namespace, fields: Iterable[str] = COMMON, **fixe
 
 def check_device(device: Optional[str]) -> None:
     """Refuse a device this machine does not have, before a model is loaded."""
+    from lmms_rekv.args import is_device
+
     if device in (None, "", "auto"):
         return
+    if not is_device(device):
+        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, mps)")
     import torch
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, mps)") from None
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA device on this machine (use --device cpu)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

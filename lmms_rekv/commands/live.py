@@ -103,14 +103,14 @@ class Live:
                          for f in range(b * per_block, (b + 1) * per_block) if f < len(self.times)})
         asked = Asked(t, question, answer.text.strip(), [round(self.times[f], 2) for f in frames])
         self.asked.append(asked)
-        self._clear_status()
+        self.clear_status()
         shown = ", ".join(f"{x:g}" for x in asked.retrieved)
         print(f"[{t:8.2f} s] Q: {question}\n{'':13}A: {asked.answer}   (frames retrieved at {shown} s)", file=self.out, flush=True)
         return asked
 
     def say(self, line: str) -> None:
         """An information line on the output (the status line moved out of its way)."""
-        self._clear_status()
+        self.clear_status()
         print(line, file=self.out, flush=True)
 
     def show_status(self, final: bool = False) -> None:
@@ -126,7 +126,7 @@ class Live:
         print("\r" + line + "\x1b[K", end="\n" if final else "", file=self.status, flush=True)
         self._shown = not final
 
-    def _clear_status(self) -> None:
+    def clear_status(self) -> None:
         if self.status is not None and self._shown:
             print("\r\x1b[K", end="", file=self.status, flush=True)
             self._shown = False
@@ -179,7 +179,7 @@ def run_live(engine, source: str, fps: float, realtime: bool = False, questions:
     except KeyboardInterrupt:
         live.say(f"stopped at stream time {live.times[-1] if live.times else 0.0:.2f} s")
     finally:
-        live._clear_status()
+        live.clear_status()
         live.session.close()
     return live.asked
 

@@ -14,13 +14,18 @@ long the stream is.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
-from ..storage.store import BlockStore
+from ..storage.store import BlockStore, OverlayStore
 from .attention import Rope, causal_attention, sink_window_attention
+
+logger = logging.getLogger(__name__)
+
+WINDOW_FIELDS = ("sink_k", "sink_v", "win_k", "win_v")
 
 
 @dataclass
@@ -47,6 +52,34 @@ class StreamState:
     def device_bytes(self) -> int:
         tensors = [*self.sink_k, *self.sink_v, *self.win_k, *self.win_v]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    def fork(self, extra) -> "StreamState":
+        """This state followed by ``extra`` (an empty store of its own): encoding into the fork
+        leaves this state (store, window, counters) untouched."""
+        return StreamState(store=OverlayStore(self.store, extra), window=self.window, sink_k=self.sink_k, sink_v=self.sink_v,
+                           win_k=list(self.win_k), win_v=list(self.win_v), stream_tokens=self.stream_tokens)
+
+    def export(self) -> Dict[str, torch.Tensor]:
+        """CPU tensors of everything but the stored blocks: block summaries ``summaries``
+        ``(layers, blocks, kv_heads, head_dim)``, per layer ``sink_k.L`` / ``sink_v.L`` /
+        ``win_k.L`` / ``win_v.L`` ``(heads, tokens, head_dim)`` and, with token reduction, the
+        reducer's memory (``reducer.L``)."""
+        tensors = {"summaries": self.store.all_summaries().contiguous().cpu()}
+        for name in WINDOW_FIELDS:
+            for layer, tensor in enumerate(getattr(self, name)):
+                tensors[f"{name}.{layer}"] = tensor.contiguous().cpu()
+        if self.store.reducer is not None:  # token reduction's memory of the last block (temporal)
+            tensors.update(self.store.reducer.state())
+        return tensors
+
+    def restore(self, tensors: Dict[str, torch.Tensor], stream_tokens: int) -> None:
+        """Take back what ``export`` gave (the blocks are already in the store)."""
+        self.store.load_summaries(tensors["summaries"])
+        for name in WINDOW_FIELDS:
+            getattr(self, name).extend(tensors[f"{name}.{layer}"] for layer in range(self.store.layers))
+        self.stream_tokens = stream_tokens
+        if self.store.reducer is not None:
+            self.store.reducer.load_state(tensors)
 
 
 class PrefixStep:
@@ -109,3 +142,53 @@ class ChunkStep:
             return x
         out = x.new_zeros((self.slot_count, *x.shape[1:]))
         return out.index_copy_(0, self.slots, x)
+
+
+@torch.inference_mode()
+def encode_blocks(engine, backbone, pixels: torch.Tensor, state: StreamState, fps: Optional[float],
+                  query_block_tokens: Optional[int]) -> None:
+    """Encode whole blocks of preprocessed ``pixels`` ``(N, 3, S, S)`` into ``state``: one forward
+    of the language model with sink + window attention (``ChunkStep``), the blocks committed to
+    the store at the end (a failure leaves the store and the window as they were)."""
+    bb, st, device = backbone, state, engine.device
+    n = pixels.shape[0] // bb.frames_per_block  # blocks
+    inputs = bb.chunk_inputs(pixels, st.store.blocks, fps=fps, padded=st.padded_block)
+    features = inputs.embeds  # (1, L, hidden)
+    first = st.store.reserve(n)
+    length = features.shape[1]
+    block = query_block_tokens or (2048 if device.type == "cuda" else 128)
+    window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device,
+                                                   fps=fps, padded=st.padded_block)
+    step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features, slots=inputs.slots, slot_count=n * bb.block_tokens)
+    window = list(st.win_k), list(st.win_v)  # the handler replaces (never mutates) them per layer
+    try:
+        with bb.routed(step):
+            bb.text_model(inputs_embeds=features, position_ids=bb.position_ids(chunk), use_cache=False, **inputs.lm_kwargs)
+    except BaseException:  # the reserved blocks stay uncommitted: restore the window too
+        st.win_k[:], st.win_v[:] = window
+        raise
+    st.store.commit(n)
+    st.stream_tokens += length
+    logger.debug("encoded %d blocks (stream: %d blocks)", n, st.store.blocks)
+
+
+@torch.inference_mode()
+def encode_sinks(engine, backbone, state: StreamState) -> None:
+    """Encode the sink tokens (the chat template before the video) into ``state`` (empty sinks
+    and window for a family without them); a failure leaves them empty."""
+    bb, st = backbone, state
+    ids = bb.prefix_ids()
+    if not ids:
+        empty = torch.empty((st.store.kv_heads, 0, st.store.head_dim), dtype=engine.dtype, device=engine.device)
+        for lst in (st.sink_k, st.sink_v, st.win_k, st.win_v):
+            lst.extend([empty] * st.store.layers)
+        return
+    ids_t = torch.tensor([ids], device=engine.device)
+    positions = bb.text_positions(0, len(ids), engine.device)
+    try:
+        with bb.routed(PrefixStep(st)):
+            bb.text_model(input_ids=ids_t, position_ids=bb.position_ids(positions), use_cache=False)
+    except BaseException:
+        for lst in (st.sink_k, st.sink_v, st.win_k, st.win_v):
+            lst.clear()
+        raise

@@ -1,23 +1,27 @@
-"""`ReKVSession`: one video stream -- add frames as they arrive, ask questions any time."""
+"""`ReKVSession`: one video stream -- add frames as they arrive, ask questions any time.
+
+A session is composed of parts that own their state: a `StreamWriter` (frames in, the chunk
+grid, the provisional tail, the stored KV), a `Feeder` (the background encoder feeding the
+writer) and an `Answerer` (questions, from a read-only view of the writer's stream);
+``stats`` is a function of the writer. The session holds them together, orders the calls
+(questions wait for the frames added before them) and keeps the public API."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-import threading
-from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Protocol, Sequence, Tuple
 
 import torch
 
-from ..storage.reduce import make_reducer
-from ..storage.store import BlockStore, GrowingRows
-from .answering import Answer, QuestionAnswering  # noqa: F401  (Answer: part of this module's API)
-from .background import BackgroundEncoder
+from ..io.preprocess import as_frames
+from .answering import Answer, Answerer  # noqa: F401  (Answer: part of this module's API)
 from .encoder import StreamState
-from .feeding import BackgroundFeeding
+from .feeding import Feeder
 from .generation import GenerationSettings
-from .intake import FrameIntake
-from .persistence import Persistence
-from .statistics import Statistics
+from .statistics import StreamStats, stream_stats
+from .writer import StreamWriter
 
 if TYPE_CHECKING:
     from ..config import ReKVConfig
@@ -39,7 +43,20 @@ class Engine(Protocol):
     def generation_settings(self, **kwargs) -> GenerationSettings: ...
 
 
-class ReKVSession(FrameIntake, BackgroundFeeding, QuestionAnswering, Persistence, Statistics):
+def settled(method):
+    """Run ``method`` once the background encoder (if any) has added every frame submitted
+    before the call, then under the stream's lock."""
+
+    @functools.wraps(method)
+    def settled(self, *args, **kwargs):
+        self.wait()
+        with self.writer.lock:
+            return method(self, *args, **kwargs)
+
+    return settled
+
+
+class ReKVSession:
     """Streaming state of one video: sinks + window on the device, every frame's KV in the
     block store. Questions never modify it, so many can be asked on one encoded stream.
 
@@ -52,56 +69,137 @@ class ReKVSession(FrameIntake, BackgroundFeeding, QuestionAnswering, Persistence
     def __init__(self, engine: Engine, fps: Optional[float] = None, frames: Optional[int] = None,
                  frame_size: Optional[Tuple[int, int]] = None, frame_times: Optional[Sequence[float]] = None) -> None:
         self.frame_times = None if frame_times is None else tuple(float(t) for t in frame_times)
-        self.engine, self.backbone = engine, engine.backbone.sized(frame_size).timed(self.frame_times)
-        self.config = engine.config
+        self.engine, self.config = engine, engine.config
         self.fps = None if fps is None else float(fps)
         self.expected_frames = frames  # how many frames the stream will have, when known (Qwen3-VL's clip budget)
-        self._sized = not self.backbone.sizes_per_stream  # else: sized from the first frame (``_size_from``)
-        self.backbone.check_stream(self.fps, self.config.position_strategy)
-        self._lock = threading.RLock()
-        self.state = StreamState(store=self._new_store(self.config.offload), window=self.config.window_tokens)
-        self._embeddings: Optional[GrowingRows] = None
-        self._pending: List[torch.Tensor] = []
-        self._pending_frames = 0
-        self._tail: Optional[StreamState] = None  # provisional encoding of pending whole blocks
-        self._tail_frames = 0  # pending frames the tail covers
-        self._tail_forwards = 0  # forwards that built it (1: identical to committing them now)
-        self._worker: Optional[BackgroundEncoder] = None
-        self._prefix_done = False
+        backbone = engine.backbone.sized(frame_size).timed(self.frame_times)
+        backbone.check_stream(self.fps, self.config.position_strategy)
+        self.writer = StreamWriter(engine, backbone, self.fps, frames, self.frame_times)
+        self.feeder = Feeder(self.writer, max_queued_frames=4 * self.config.chunk_frames)
+        self.answerer = Answerer(engine, self.writer.view, lambda: self.frames)
         self.saved_meta: dict = {}  # what ``save`` stored beside the stream (reopened sessions)
 
-    def _new_store(self, offload: str, capacity: int = 64, reducer=None) -> BlockStore:
-        """An empty block store on the ``offload`` tier with this stream's block layout
-        (``reducer``: the token reducer to continue, for a fork; default: a new one when
-        ``token_reduction`` is set)."""
-        engine, cfg = self.engine, self.config
-        if reducer is None and cfg.token_reduction is not None:
-            tokens = self.backbone.block_tokens
-            reducer = make_reducer(cfg.token_reduction, tokens, cfg.stored_tokens(tokens))
-        layers, kv_heads, head_dim = self.backbone.kv_shape()
-        storage = engine.device if offload == "device" else torch.device("cpu")
-        factory = None
-        if offload == "disk":
-            from ..storage.backends import DiskBackend
-
-            factory = lambda fields: DiskBackend(layers, fields, cfg.offload_dir, cfg.ram_budget_bytes)  # noqa: E731
-        return BlockStore(
-            layers, self.backbone.block_tokens, kv_heads, head_dim, engine.dtype, storage, engine.device,
-            initial_capacity=capacity, kv_quant=cfg.kv_quant, backend_factory=factory, summary_device=self._index_device,
-            summary_tokens=self.backbone.summary_tokens, reducer=reducer,
-        )
+    # -- the stream -----------------------------------------------------------------------
+    @property
+    def backbone(self):
+        """The family adapter sized and timed for this stream."""
+        return self.writer.backbone
 
     @property
-    def _index_on_device(self) -> bool:
-        """Whether the per-frame retrieval index (summaries, embeddings) is on the model's
-        device (``summary_tier="device"``) rather than in host RAM."""
-        return self.config.summary_tier == "device"
+    def state(self) -> StreamState:
+        """The committed stream: sinks, window and block store (read it; the writer owns it)."""
+        return self.writer.state
 
     @property
-    def _index_device(self) -> torch.device:
-        return self.engine.device if self._index_on_device else torch.device("cpu")
+    def frames(self) -> int:
+        """Frames added so far (committed, in the incomplete last chunk, or still queued for
+        the background encoder)."""
+        return self.writer.held_frames + self.feeder.queued_frames
 
-    # -- frames ---------------------------------------------------------------------------
+    @property
+    def embeddings(self) -> Optional[torch.Tensor]:
+        """``(frames, E)`` normalised frame embeddings (external/hybrid retrieval), else None."""
+        return self.writer.embeddings
+
+    def add_frames(self, frames, block: bool = True) -> None:
+        """Append frames (uint8 ``(N, H, W, 3)``, numpy or torch, time order) to the stream.
+
+        Complete chunks of ``chunk_frames`` are committed at once; with ``eager`` the rest
+        is encoded into the provisional tail before the call returns, so a question right
+        after a burst encodes nothing. ``block=False`` hands the frames to the session's
+        background encoder (started on first use, see ``start``) and returns at once; so
+        does every call while it runs, in order. Frames are checked in the caller's thread."""
+        frames = as_frames(frames)
+        if not self.feeder.running and block:
+            self.writer.add([frames])
+        else:
+            self.feeder.submit(frames, block)
+
+    @settled
+    def flush(self) -> None:
+        """Commit the incomplete last chunk (its whole blocks) now, e.g. at the end of a
+        video; see ``StreamWriter.flush``."""
+        self.writer.flush()
+
+    # -- background encoding --------------------------------------------------------------
+    def start(self) -> "ReKVSession":
+        """Start the background encoder: from now on ``add_frames`` queues frames and a
+        thread encodes them while the caller keeps feeding (``add_frames(block=True)``
+        still waits for its own frames). Questions wait for every frame added before them.
+        At most ``4 * chunk_frames`` frames wait in its queue: beyond that ``add_frames``
+        blocks until there is room (a source faster than the encoder is slowed down).
+        Returns the session (``with session.start(): ...`` stops and closes it at the end)."""
+        self.feeder.start()
+        return self
+
+    def wait(self) -> None:
+        """Block until the background encoder (if running) has added every frame submitted
+        so far; raises a failure it met."""
+        self.feeder.wait()
+
+    def stop(self) -> None:
+        """Encode what is queued and end the background encoder; raises a failure it met."""
+        self.feeder.stop()
+
+    # -- questions ------------------------------------------------------------------------
+    def ask(self, question: str, max_new_tokens: int = 16, frame_limit: Optional[int] = None, **generation) -> str:
+        """Answer ``question`` about the frames so far; greedy unless told otherwise.
+
+        ``frame_limit=n`` answers as of the ``n``-th frame: only frames ``0..n-1`` can be
+        retrieved (their KV never depends on later frames: encoding is causal).
+        ``generation`` takes the fields of ``GenerationSettings`` (do_sample, temperature,
+        top_p, stop, eos_token_ids, seed). Returns the answer text without surrounding
+        whitespace (``answer(...).text`` is the decoded text as is)."""
+        return self.answer(question, max_new_tokens=max_new_tokens, frame_limit=frame_limit, **generation).text.strip()
+
+    @settled
+    def answer(self, question: str, max_new_tokens: int = 16, return_logits: bool = False,
+               frame_limit: Optional[int] = None, **generation) -> Answer:
+        """Like ``ask`` but returns the tokens, the per-layer selected frames and optionally
+        the logits of every step."""
+        return self.answerer.answer(question, max_new_tokens, return_logits, frame_limit, **generation)
+
+    @settled
+    def loglikelihood(self, question: str, continuation: str, frame_limit: Optional[int] = None) -> Tuple[float, bool]:
+        """Log-probability of ``continuation`` as the answer to ``question`` (frames retrieved
+        with the question alone), and whether greedy decoding would produce it."""
+        return self.answerer.loglikelihood(question, continuation, frame_limit)
+
+    @contextlib.contextmanager
+    def question_settings(self, **changes) -> Iterator["ReKVSession"]:
+        """Question-time settings (``topk_frames``, ``score``, ``retrieval``, ...) changed for the
+        questions asked inside the ``with`` block, restored after it; the stream is untouched::
+
+            with session.question_settings(topk_frames=8, recent_frames=0):
+                session.ask("...")
+        """
+        saved = self.answerer.config
+        self.answerer.config = saved.replace(**changes)
+        try:
+            yield self
+        finally:
+            self.answerer.config = saved
+
+    # -- sizes, saving, lifetime ----------------------------------------------------------
+    def stats(self) -> StreamStats:
+        """Sizes of this stream: frames, tokens and bytes per tier (every field is described
+        in ``lmms_rekv.engine.statistics.stream_stats``)."""
+        return stream_stats(self.writer, self.frames)
+
+    @settled
+    def save(self, folder: str, **meta) -> None:
+        """Persist the encoded stream to ``folder`` (atomic; see ``lmms_rekv.storage.persist``)."""
+        from lmms_rekv.storage.persist import save_session
+
+        save_session(self, folder, **meta)
+
+    def export_state(self) -> Dict[str, torch.Tensor]:
+        """Everything but the stored blocks, as CPU tensors (see ``StreamWriter.export_state``)."""
+        return self.writer.export_state()
+
+    def restore_state(self, tensors: Dict[str, torch.Tensor], stream_tokens: int) -> None:
+        """Take back what ``export_state`` gave (see ``StreamWriter.restore_state``)."""
+        self.writer.restore_state(tensors, stream_tokens)
 
     def close(self) -> None:
         """Stop the background encoder (adding what it was given) and release the stores
@@ -109,9 +207,7 @@ class ReKVSession(FrameIntake, BackgroundFeeding, QuestionAnswering, Persistence
         try:
             self.stop()
         finally:
-            with self._lock:
-                self._drop_tail()
-                self.state.store.close()
+            self.writer.close()
 
     def __enter__(self) -> "ReKVSession":
         return self

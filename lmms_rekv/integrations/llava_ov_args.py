@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+from lmms_rekv.args import ONE_DEVICE, is_device
+
 #: name -> (values accepted, None = any; what rekv_llava_ov does with it)
 ARGS: Dict[str, Tuple[Optional[Tuple[str, ...]], str]] = {
     "pretrained": (None, "loaded; lmms-lab (LLaVA-NeXT) checkpoints are converted on load"),
@@ -47,18 +49,18 @@ DEFAULT_MAX_FRAMES_NUM = 32
 DEFAULT_DTYPE = "float16"  # its builder loads float16 and casts the pixels with .half()
 
 
-def translate(args: Dict[str, object]) -> Dict[str, object]:
-    """Take ``llava_onevision``'s arguments out of ``args`` (changed in place) and return
-    what they mean for ``rekv_llava_ov``: ``conv_template``, ``max_frames``, ``device``,
-    ``attn_implementation``, and -- when any of them is given (the drop-in) --
-    ``uniform_frames`` (llava_onevision's frame count, 32 unless given), ``decode_backend``
-    and ``dtype`` (its float16). Raises ValueError naming a refused value."""
+def translate(args: Dict[str, object]) -> Tuple[Dict[str, object], Dict[str, object]]:
+    """What ``llava_onevision``'s arguments among ``args`` mean for ``rekv_llava_ov`` --
+    ``conv_template``, ``max_frames``, ``device``, ``attn_implementation``, and, when any of
+    them is given (the drop-in), ``uniform_frames`` (llava_onevision's frame count, 32 unless
+    given), ``decode_backend`` and ``dtype`` (its float16) -- and the other arguments (``args``
+    is not changed). Raises ValueError naming a refused value."""
     out: Dict[str, object] = {}
     given = [n for n in args if n in ARGS and n != "pretrained"]
     if given:
         out.update(uniform_frames=DEFAULT_MAX_FRAMES_NUM, decode_backend="decord", dtype=DEFAULT_DTYPE)
     for name in given:
-        value = args.pop(name)
+        value = args[name]
         allowed, _ = ARGS[name]
         text = str(value).strip()
         if allowed is not None and text.lower() not in allowed:
@@ -72,10 +74,9 @@ def translate(args: Dict[str, object]) -> Dict[str, object]:
         elif name == "video_decode_backend":
             out["decode_backend"] = text.lower()
         elif name == "device_map":
-            if text not in ("auto", "cpu", "cuda") and not text.startswith("cuda:"):
-                raise ValueError(f"device_map={text!r} is not supported by rekv_llava_ov: one device per process "
-                                 "(auto, cpu, cuda or cuda:N); sharding a model over devices is not implemented")
+            if not is_device(text):
+                raise ValueError(f"device_map={text!r} is not supported by rekv_llava_ov: {ONE_DEVICE}")
             out["device"] = text
         elif name == "attn_implementation":
             out["attn_implementation"] = text
-    return out
+    return out, {k: v for k, v in args.items() if k not in given}

@@ -5,10 +5,13 @@
         --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,fps=0.5,topk_frames=64 \\
         --tasks egoschema
 
-Requests are grouped by video: each video is decoded once at ``fps`` and encoded once, and
-every question on it is answered from the same session; a video that continues the stream
-answered before (the same source cut later, as benchmarks hand streams over in chunk files)
-extends that session (``lmms_rekv.integrations.streams``). Multi-round documents answer
+This class only adapts lmms-eval's API: the work is a framework-free ``Runner``
+(``lmms_rekv.integrations.runner``) and the upstream model whose arguments were given is one
+object chosen at load (``lmms_rekv.integrations.upstream``). Requests are grouped by video:
+each video is decoded once at ``fps`` and encoded once, and every question on it is answered
+from the same session; a video that continues the stream answered before (the same source cut
+later, as benchmarks hand streams over in chunk files) extends that session
+(``lmms_rekv.integrations.streams``). Multi-round documents answer
 each round about that round's visuals (``lmms_rekv.integrations.multi_round``). A visual may carry a temporal
 fragment, ``path#t=END`` or ``path#t=START,END`` (seconds): the stream then covers START..
 and the question is answered as of END: only frames sampled at or before END can be
@@ -21,39 +24,27 @@ installation, not a bad document) ends the run at once.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from lmms_eval.api.model import lmms
-from tqdm.auto import tqdm
 
+from lmms_rekv.args import build
 from lmms_rekv.config import ReKVConfig
-from lmms_rekv.integrations import qwen_args
-from lmms_rekv.integrations.llava_ov_args import translate
-from lmms_rekv.integrations.multi_round import answer_rounds
-from lmms_rekv.integrations.qwen_frames import QwenSampling
+from lmms_rekv.integrations.multi_round import answer_all_rounds
 from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, clean_context, parse_visual  # noqa: F401  (public names)
-from lmms_rekv.integrations.streams import Sampling, Stream, Streams, UniformFrames, encode
-from lmms_rekv.io.video import VideoError
+from lmms_rekv.integrations.runner import Runner
+from lmms_rekv.integrations.upstream import Native, RunSettings, choose
 from lmms_rekv.model import ReKV
 
 logger = logging.getLogger(__name__)
 
-def _none_or_int(value) -> Optional[int]:
-    if value is None or str(value).lower() in ("none", "null", "all", ""):
-        return None
-    return int(value)
+#: this class's parameters that configure the runner (``RunSettings`` fields) and the loading
+RUN_ARGS = ("fps", "max_frames", "max_new_tokens", "doc_timeout", "reuse_streams", "stream_tolerance", "cache_dir")
+LOAD_ARGS = ("pretrained", "dtype", "device", "batch_size")
 
-
-def _none_or_float(value) -> Optional[float]:
-    if value is None or str(value).lower() in ("none", "null", "0", ""):
-        return None
-    return float(value)
 
 
 class ReKVLlavaOV(lmms):
@@ -97,237 +88,68 @@ class ReKVLlavaOV(lmms):
         super().__init__()
         if str(batch_size) not in ("1", "auto"):
             logger.warning("rekv_llava_ov answers one stream at a time; batch_size=%s ignored", batch_size)
-        self.reuse_streams = str(reuse_streams).lower() not in ("false", "0", "no", "none")
-        self.stream_tolerance = float(stream_tolerance or 0.0)  # see streams.FramePrints
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.qwen, ov, config, load = self.settings(pretrained, fps, stream_tolerance, rekv_args)
-        self._device = self._pick_device(device if device is not None else (self.qwen.device if self.qwen else ov.get("device")))
-        if self.qwen is not None:
-            dtype = self._qwen_load(dtype, load)
-        elif str(dtype) == "auto" and "dtype" in ov:  # llava_onevision's float16 (the drop-in)
-            dtype = ov["dtype"]
-        self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=dtype, device=self._device, **load)
-        self.fps = float(fps if fps is not None else ov.get("fps", 0.5))
-        self.max_frames = _none_or_int(max_frames if max_frames is not None else ov.get("max_frames"))
-        # llava_onevision's frame sampling (np.linspace over the frame count) unless fps= asks for a time grid
-        self.uniform = UniformFrames(int(ov["uniform_frames"]), str(ov["decode_backend"])) \
-            if "uniform_frames" in ov and fps is None and max_frames is None else None
-        self.max_new_tokens = int(max_new_tokens)
-        self.doc_timeout = _none_or_float(doc_timeout)  # seconds to read and encode one video (None/0: no limit)
-        self.cache_dir = None if str(cache_dir).lower() in ("none", "") else os.path.expanduser(str(cache_dir))
-        if self.cache_dir:
-            os.makedirs(self.cache_dir, exist_ok=True)
-        self.failures: List[Dict[str, Any]] = []
-        self.videos_decoded = 0  # videos decoded and encoded by this process
-        self.videos_from_cache = 0
+        own = {"fps": fps, "max_frames": max_frames, "max_new_tokens": max_new_tokens, "doc_timeout": doc_timeout,
+               "reuse_streams": reuse_streams, "stream_tolerance": stream_tolerance, "cache_dir": cache_dir}
+        self.upstream, config, run = self.settings(pretrained, own, rekv_args)
+        self._device = pick_device(device if device is not None else self.upstream.device)
+        self.engine = ReKV.from_pretrained(pretrained, config=config, dtype=self.upstream.dtype(dtype), device=self._device,
+                                           **self.upstream.load_kwargs)
+        if run.cache_dir:
+            os.makedirs(run.cache_dir, exist_ok=True)
+        self.runner = Runner(self.engine, self.upstream, run, lambda task, split, doc_id: self.task_dict[task][split][doc_id],
+                             show_progress=self._rank == 0)
 
     @classmethod
-    def settings(cls, pretrained: str, fps: Optional[float], stream_tolerance: Any, rekv_args: Dict[str, Any]):
-        """What the model args mean, without loading anything: ``(lmms-eval Qwen args or
-        None, llava_onevision args, ReKVConfig, loading kwargs)``; ``rekv_args`` (the args that
-        are not parameters of ``__init__``) are taken. Raises ValueError with a one-line reason."""
-        if float(stream_tolerance or 0.0) < 0:
-            raise ValueError(f"stream_tolerance must be >= 0 (pixel levels), got {stream_tolerance}")
-        if fps is not None and not float(fps) > 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        qwen = cls._qwen_args(pretrained, rekv_args, fps)  # lmms-eval qwen2_5_vl / qwen3_vl model_args
-        ov = translate(rekv_args)  # llava_onevision's model_args (drop-in): honoured or refused
-        load = {k: ov[k] for k in ("conv_template", "attn_implementation") if k in ov}
-        if rekv_args.get("save_converted") is not None:  # where an lmms-lab checkpoint's conversion is kept
-            load["save_converted"] = os.path.expanduser(str(rekv_args.pop("save_converted")))
-        return qwen, ov, ReKVConfig.from_strings(**rekv_args), load
+    def settings(cls, pretrained: str, own: Dict[str, Any], rekv_args: Dict[str, Any]) -> Tuple[Native, ReKVConfig, RunSettings]:
+        """What the model args mean, without loading anything: ``(the upstream model whose
+        arguments were given, ReKVConfig, the runner's settings)``. ``own``: this class's
+        parameters that configure the run (``fps``/``max_frames`` None: unset; the others None:
+        none, e.g. no time limit); ``rekv_args``: the rest (not changed). Each
+        is read by its field (``lmms_rekv.args``); raises ValueError with a one-line reason."""
+        given = {k: v for k, v in own.items() if v is not None or k not in ("fps", "max_frames")}  # None: unset / no limit
+        upstream, rest = choose(pretrained, rekv_args, own.get("fps"), own.get("max_frames"))
+        if "max_frames" not in given and getattr(upstream, "default_max_frames", None) is not None:
+            given["max_frames"] = upstream.default_max_frames  # llava_onevision's max_frames_num caps the time grid
+        return upstream, ReKVConfig.from_strings(**rest), build(RunSettings, given, kind="rekv_llava_ov model arg")
 
     @classmethod
     def check_args(cls, model_args: Dict[str, Any]) -> None:
         """Raise ValueError (one line) when ``--model_args`` (parsed) cannot work; loads nothing."""
-        import inspect
-
-        own = set(inspect.signature(cls.__init__).parameters) - {"self", "rekv_args"}
-        rest = {k: v for k, v in model_args.items() if k not in own}
         if "pretrained" not in model_args:
             raise ValueError("pretrained= is required (a checkpoint folder, a hub id or 'miniature')")
         from lmms_rekv.model import check_source
 
         check_source(str(model_args["pretrained"]))  # FileNotFoundError: reported as bad model args
-        cls.settings(str(model_args["pretrained"]), model_args.get("fps"), model_args.get("stream_tolerance"), rest)
-
-    @staticmethod
-    def _qwen_args(pretrained: str, rekv_args: Dict[str, Any], fps: Optional[float]) -> Optional[qwen_args.QwenArgs]:
-        """lmms-eval ``qwen2_5_vl`` / ``qwen3_vl`` arguments in ``rekv_args`` (taken out), for
-        the checkpoint's family (read before loading); None when there are none."""
-        if not qwen_args.wants_qwen(rekv_args):
-            return None
-        from lmms_rekv.model import model_type_of
-
-        if os.path.isdir(str(pretrained)):
-            model_type = model_type_of(str(pretrained))
-        else:
-            from transformers import AutoConfig
-
-            model_type = AutoConfig.from_pretrained(str(pretrained)).model_type
-        args = qwen_args.translate(rekv_args, model_type)
-        if fps is not None:  # their own `fps` (qwen-vl-utils' sampling rate)
-            args.fps = float(fps)
-        return args
-
-    def _qwen_load(self, dtype: str, load: Dict[str, Any]) -> str:
-        """Loading arguments of lmms-eval's qwen2_5_vl / qwen3_vl (the processor's pixel bounds,
-        the system message and template variables, bfloat16 unless ``dtype`` is given)."""
-        args = self.qwen
-        load["processor_kwargs"] = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
-        load["system_prompt"], load["chat_template_kwargs"] = args.system_message, args.template_kwargs or None
-        if args.attn_implementation is not None:
-            load["attn_implementation"] = args.attn_implementation
-        return "bfloat16" if str(dtype) == "auto" else dtype  # both load bfloat16
-
-    @staticmethod
-    def _pick_device(device: Optional[str]) -> torch.device:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        if device in (None, "", "auto") or str(device).startswith("cuda"):
-            if torch.cuda.is_available():
-                return torch.device(f"cuda:{local}" if device in (None, "", "auto", "cuda") else device)
-            if device not in (None, "", "auto"):
-                logger.warning("device=%s requested but CUDA is not available; using cpu", device)
-            return torch.device("cpu")
-        return torch.device(device)
+        own = {k: model_args[k] for k in RUN_ARGS if k in model_args}
+        rest = {k: v for k, v in model_args.items() if k not in RUN_ARGS and k not in LOAD_ARGS}
+        cls.settings(str(model_args["pretrained"]), own, rest)
 
     @property
     def device(self) -> torch.device:
         return self._device
 
-    # -- request plumbing -----------------------------------------------------------------
-    def _jobs(self, requests) -> List[Job]:
-        jobs = []
-        for index, request in enumerate(requests):
-            args = request.args
-            try:
-                if len(args) < 6:
-                    raise ValueError("request without a video (e.g. an unconditional loglikelihood)")
-                doc = self.task_dict[args[-2]][args[-1]][args[-3]]
-                visuals = args[2](doc) or []
-                if len(visuals) != 1:
-                    raise ValueError(f"rekv_llava_ov needs exactly one video per document, got {len(visuals)} visuals")
-                path, start, end = parse_visual(visuals[0])
-            except Exception as exc:  # recorded when the group runs
-                path, start, end = f"<invalid:{index}>", 0.0, None
-                doc = {"__error__": exc}
-            jobs.append(Job(index, args, doc, path, start, end))
-        return jobs
+    @property
+    def failures(self) -> List[Dict[str, Any]]:
+        """The documents and rounds that failed (task, split, doc_id, video, error)."""
+        return self.runner.failures
 
-    def _streams(self) -> Streams:
-        backbone = self.engine.backbone
-        size_for = None
-        if getattr(backbone, "sizes_by_clip", False):  # Qwen3-VL: the size depends on the frame count
-            size_for = lambda h, w, n: backbone.for_stream(h, w, n).frame_size  # noqa: E731
-        if self.qwen is not None:  # frames as lmms-eval's qwen2_5_vl / qwen3_vl read them; each file its own stream
-            sampling = QwenSampling(self.engine.new_session, self.fps, None, self.engine.config.chunk_frames, self.doc_timeout,
-                                    keep_prints=False, args=self.qwen)
-            return Streams(sampling, self._open, reuse=False)
-        sampling = Sampling(self.engine.new_session, self.fps, self.max_frames, self.engine.config.chunk_frames,
-                            self.doc_timeout, self.stream_tolerance, size_for=size_for, keep_prints=self.reuse_streams,
-                            uniform=self.uniform)
-        return Streams(sampling, self._open, reuse=self.reuse_streams)
+    @property
+    def videos_decoded(self) -> int:
+        """Videos decoded and encoded by this model (``videos_from_cache``: reopened from ``cache_dir``)."""
+        return self.runner.videos_decoded
 
-    def _run(self, requests, answer: Callable, failed: Any, desc: str) -> list:
-        """Answer every request through one session per (video, start), questions in time order;
-        consecutive videos that continue one stream share its session (``Streams``)."""
-        results = [failed] * len(requests)
-        groups: "OrderedDict[tuple, List[Job]]" = OrderedDict()
-        for job in self._jobs(requests):
-            groups.setdefault((job.path, job.start), []).append(job)
-        bar = tqdm(total=len(requests), disable=self.rank != 0, desc=desc)
-        streams = self._streams()
-        try:
-            for jobs in groups.values():
-                jobs.sort(key=lambda j: math.inf if j.end is None else j.end)
-                self._run_video(streams, jobs, answer, results, bar)
-        finally:
-            streams.close()
-            bar.close()
-        self._log_streams(streams)
-        return results
-
-    def _log_streams(self, streams: Streams) -> None:
-        logger.info("rekv_llava_ov: %d videos encoded, %d reopened from the cache; %d extended a stream (%d frames), "
-                    "%d answered as an earlier cut of one", self.videos_decoded, self.videos_from_cache, streams.extended,
-                    streams.frames_encoded, streams.limited)
-
-    def _run_video(self, streams: Streams, jobs: List[Job], answer: Callable, results: list, bar) -> None:
-        """Answer the questions on one video; a question at time ``t`` may only retrieve
-        frames sampled at or before ``t`` (``frame_limit``)."""
-        for job in jobs:
-            try:
-                if isinstance(job.doc, dict) and "__error__" in job.doc:
-                    raise job.doc["__error__"]
-                session, limit = streams.visit(job.path, job.start, job.end)
-                results[job.index] = answer(session, job, limit)
-            except FATAL_ERRORS:  # a broken installation, not a bad document: stop now
-                raise
-            except Exception as exc:  # one bad document must not end the run
-                self._record_failure(job, exc)
-            bar.update(1)
-
-    def _open(self, path: str, start: float) -> Stream:
-        """A fresh stream of a video: reopened from ``cache_dir`` when an intact entry exists,
-        else decoded and encoded once (and saved when a cache is set)."""
-        if not os.path.isfile(path):
-            raise VideoError(f"video not found: {path}")
-        folder = None
-        if self.cache_dir:
-            from lmms_rekv.storage.persist import cache_key
-
-            folder = os.path.join(self.cache_dir, cache_key(self.engine, path, self.fps, self.max_frames, start,
-                                                            sampling=self._sampling_key()))
-            if os.path.isdir(folder):
-                try:
-                    session = self.engine.open_session(folder)
-                    self.videos_from_cache += 1
-                    times = list(session.saved_meta["times"])
-                    return Stream(session, path, start, times, covered={path: len(times)})
-                except Exception as exc:
-                    logger.warning("rekv_llava_ov: cache entry %s for %s is unusable (%s); re-encoding", folder, path, exc)
-        self.videos_decoded += 1
-        stream = encode(self._streams().sampling, path, start)
-        if folder is not None:
-            try:
-                stream.session.save(folder, video=path, times=stream.times)
-            except OSError as exc:
-                logger.warning("rekv_llava_ov: could not save %s to the cache: %s", path, exc)
-        return stream
-
-    def _sampling_key(self) -> Optional[dict]:
-        """How frames are sampled when not by ``fps``/``max_frames`` (part of a cache key)."""
-        if self.qwen is not None:
-            return self.qwen.sampling
-        return {"uniform": self.uniform.count, "backend": self.uniform.backend} if self.uniform else None
-
-    def _record_failure(self, job: Job, exc: Exception) -> None:
-        args = job.args if len(job.args) >= 6 else (None,) * 6
-        entry = {"task": args[-2], "split": args[-1], "doc_id": args[-3], "video": job.path, "error": f"{type(exc).__name__}: {exc}"}
-        self.failures.append(entry)
-        logger.error("rekv_llava_ov: %s/%s doc %s failed (%s): %s", entry["task"], entry["split"], entry["doc_id"], job.path, entry["error"])
-        target = os.environ.get("LMMS_REKV_FAILURES")
-        if target:
-            with open(target, "a") as fh:
-                fh.write(json.dumps(entry, default=str) + "\n")
+    @property
+    def videos_from_cache(self) -> int:
+        return self.runner.videos_from_cache
 
     # -- lmms-eval API --------------------------------------------------------------------
     def generate_until(self, requests) -> List[str]:
-        def answer(session, job: Job, limit: Optional[int]) -> str:
-            context, gen_kwargs = job.args[0], dict(job.args[1] or {})
-            text = session.ask(self.question(context), frame_limit=limit, **self._generation(gen_kwargs))
-            return (self.qwen.final_answer(text) if self.qwen else text).strip()
-
-        return self._run(requests, answer, "", "rekv_llava_ov generate")
+        return self.runner.run(requests, self.runner.generate, "", "rekv_llava_ov generate")
 
     def loglikelihood(self, requests) -> List[Tuple[float, bool]]:
-        def answer(session, job: Job, limit: Optional[int]) -> Tuple[float, bool]:
-            context, target = job.args[0], job.args[1]
-            continuation = target if isinstance(target, str) else target(job.doc)
-            return session.loglikelihood(self.question(context), continuation, frame_limit=limit)
-
-        return self._run(requests, answer, (float("-inf"), False), "rekv_llava_ov loglikelihood")
+        return self.runner.run(requests, self.runner.loglikelihood, (float("-inf"), False), "rekv_llava_ov loglikelihood")
 
     def generate_until_multi_round(self, requests) -> List[List[str]]:
         """Per document, the list of its rounds' answers in round order (what lmms-eval's
@@ -336,45 +158,16 @@ class ReKVLlavaOV(lmms):
         same video as before). A round whose visual continues the stream so far (the same
         source cut later) extends its session instead of encoding from zero (``Streams``).
         A round that fails is answered with an empty string and the next rounds go on."""
-        results: List[List[str]] = [[] for _ in requests]
-        streams = self._streams()
-        bar = tqdm(total=len(requests), disable=self.rank != 0, desc="rekv_llava_ov multi-round")
-        try:
-            for index in sorted(range(len(requests)), key=lambda i: self._first_video(requests[i])):
-                results[index] = answer_rounds(self, streams, index, requests[index])
-                bar.update(1)
-        finally:
-            streams.close()
-            bar.close()
-        self._log_streams(streams)
-        return results
+        return answer_all_rounds(self.runner, requests)
 
-    def _first_video(self, request) -> str:
-        """The path of a multi-round request's first visual ("" when unknown): documents are
-        answered grouped by it, so that those about one source share its encoding."""
-        try:
-            _, _, doc_to_visual, _, doc_id, task, split = request.args
-            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or [""]
-            return parse_visual(visuals[0])[0] if visuals[0] else ""
-        except Exception:  # reported when the document is answered
-            return ""
 
-    def question(self, context: str) -> str:
-        """The question asked for a task's prompt: placeholders removed (the template places the video)."""
-        return clean_context(context)
-
-    def _generation(self, gen_kwargs: Dict[str, Any]) -> Dict[str, Any]:
-        """``ask`` keyword arguments from lmms-eval ``gen_kwargs`` (temperature 0 = greedy)."""
-        until = gen_kwargs.get("until") or []
-        until = [until] if isinstance(until, str) else list(until)
-        if self.qwen is not None:  # lmms-eval's chat qwen2_5_vl / qwen3_vl do not cut at `until`
-            until = []
-        temperature = float(gen_kwargs.get("temperature", 0) or 0)
-        do_sample = bool(gen_kwargs.get("do_sample", False)) and temperature > 0
-        if int(gen_kwargs.get("num_beams", 1) or 1) > 1:
-            logger.warning("rekv_llava_ov decodes without beam search; num_beams ignored")
-        default = qwen_args.DEFAULT_MAX_NEW_TOKENS if self.qwen is not None else self.max_new_tokens
-        settings = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens") or default), "stop": until}
-        if do_sample:
-            settings.update(do_sample=True, temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0))
-        return settings
+def pick_device(device: Optional[str]) -> torch.device:
+    """The device of ``device``/``device_map`` (``auto``/cuda: cuda:LOCAL_RANK when available, else cpu)."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device in (None, "", "auto") or str(device).startswith("cuda"):
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{local}" if device in (None, "", "auto", "cuda") else device)
+        if device not in (None, "", "auto"):
+            logger.warning("device=%s requested but CUDA is not available; using cpu", device)
+        return torch.device("cpu")
+    return torch.device(device)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any, List, Optional, Tuple
 
+from tqdm.auto import tqdm
+
 from lmms_rekv.integrations.requests import FATAL_ERRORS, Job, parse_visual
 from lmms_rekv.integrations.streams import Streams
 
@@ -23,21 +25,38 @@ MAX_ROUNDS = 10_000  # a task whose doc_to_text never says "terminal" stops here
 MAX_BAD_ROUNDS = 3  # consecutive doc_to_text errors after which a document is given up
 
 
-def answer_rounds(model, streams: Streams, index: int, request) -> List[str]:
+def answer_all_rounds(runner, requests) -> List[List[str]]:
+    """Per request, every round's answer (``runner``: an ``integrations.runner.Runner``);
+    documents about one source are answered together so that they share its encoding."""
+    results: List[List[str]] = [[] for _ in requests]
+    streams = runner.streams()
+    bar = tqdm(total=len(requests), disable=not runner.show_progress, desc="rekv_llava_ov multi-round")
+    try:
+        for index in sorted(range(len(requests)), key=lambda i: runner.first_video(requests[i])):
+            results[index] = answer_rounds(runner, streams, index, requests[index])
+            bar.update(1)
+    finally:
+        streams.close()
+        bar.close()
+    runner.log_streams(streams)
+    return results
+
+
+def answer_rounds(runner, streams: Streams, index: int, request) -> List[str]:
     """Every round's answer of one multi-round request (failed rounds: ``""``)."""
     context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
     job = Job(index, (context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split), None, "", 0.0, None)
-    settings = model._generation({k: v for k, v in dict(gen_kwargs or {}).items() if k != "until"})
+    settings = runner.generation({k: v for k, v in dict(gen_kwargs or {}).items() if k != "until"})
     outputs: List[str] = []
     visual: Optional[Tuple[str, float, Optional[float]]] = None
     info, bad = None, 0
     try:
-        job.doc = model.task_dict[task][split][doc_id]
+        job.doc = runner.doc_of(task, split, doc_id)
         visuals = doc_to_visual(job.doc)
     except FATAL_ERRORS:
         raise
     except Exception as exc:
-        model._record_failure(job, exc)
+        runner.record_failure(job, exc)
         visuals = None
     for round_idx in range(MAX_ROUNDS):
         if round_idx > 0:
@@ -48,7 +67,7 @@ def answer_rounds(model, streams: Streams, index: int, request) -> List[str]:
                 raise
             except Exception as exc:
                 bad += 1
-                model._record_failure(job, RoundError(round_idx, exc))
+                runner.record_failure(job, RoundError(round_idx, exc))
                 if bad >= MAX_BAD_ROUNDS:
                     break
                 outputs.append("")
@@ -63,11 +82,11 @@ def answer_rounds(model, streams: Streams, index: int, request) -> List[str]:
                 raise ValueError("no video for this round (rekv_llava_ov answers about videos)")
             job.path = visual[0]
             session, limit = streams.visit(*visual)
-            outputs.append(session.ask(model.question(context), frame_limit=limit, **settings).strip())
+            outputs.append(session.ask(runner.question(context), frame_limit=limit, **settings).strip())
         except FATAL_ERRORS:
             raise
         except Exception as exc:  # one bad round must not end the document, nor the run
-            model._record_failure(job, RoundError(round_idx, exc))
+            runner.record_failure(job, RoundError(round_idx, exc))
             outputs.append("")
         if round_idx == 0 and doc_to_text is None:
             break

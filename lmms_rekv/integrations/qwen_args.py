@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
+from lmms_rekv.args import ONE_DEVICE, is_device
+
 DEFAULT_MIN_PIXELS = 256 * 28 * 28  # both classes' defaults
 DEFAULT_MAX_PIXELS = 1605632
 DEFAULT_MAX_FRAMES = 32
@@ -110,16 +112,17 @@ def _bool(text: str) -> Optional[bool]:
     return None if text.lower() == "none" else text.lower() == "true"
 
 
-def translate(args: Dict[str, object], model_type: str) -> QwenArgs:
-    """Take the Qwen arguments out of ``args`` (changed in place) and return what they mean
-    for a checkpoint of ``model_type``. Unset ones take lmms-eval's defaults. Raises
+def translate(args: Dict[str, object], model_type: str) -> Tuple[QwenArgs, Dict[str, object]]:
+    """What the Qwen arguments among ``args`` mean for a checkpoint of ``model_type``, and the
+    other arguments (``args`` is not changed). Unset ones take lmms-eval's defaults. Raises
     ValueError with a one-line reason for a refused value or another family."""
     if model_type not in REFERENCE:
         raise ValueError(f"lmms-eval Qwen model_args ({', '.join(n for n in MARKERS if n in args)}) need a Qwen2-VL, "
                          f"Qwen2.5-VL or Qwen3-VL checkpoint, not model_type={model_type!r}")
     out = QwenArgs(reference=REFERENCE[model_type])
+    rest = {k: v for k, v in args.items() if k not in ARGS or k == "pretrained"}
     for name in [n for n in args if n in ARGS and n != "pretrained"]:
-        text = str(args.pop(name)).strip()
+        text = str(args[name]).strip()
         allowed, _ = ARGS[name]
         if name in QWEN3_ONLY and out.reference != "qwen3_vl":
             raise ValueError(f"{name} is not an argument of lmms-eval's qwen2_5_vl (it is qwen3_vl's, for Qwen3-VL checkpoints)")
@@ -130,7 +133,7 @@ def translate(args: Dict[str, object], model_type: str) -> QwenArgs:
     if out.max_num_frames < 1 or out.min_pixels < 1 or out.max_pixels < out.min_pixels:
         raise ValueError(f"max_num_frames must be >= 1 and 1 <= min_pixels <= max_pixels, got {out.max_num_frames}, "
                          f"{out.min_pixels}, {out.max_pixels}")
-    return out
+    return out, rest
 
 
 def _apply(out: QwenArgs, name: str, text: str) -> None:
@@ -147,9 +150,8 @@ def _apply(out: QwenArgs, name: str, text: str) -> None:
     elif name == "enable_thinking":
         out.enable_thinking = _bool(text)
     elif name in ("device", "device_map"):
-        if text not in ("auto", "cpu", "cuda") and not text.startswith("cuda:"):
-            raise ValueError(f"{name}={text!r} is not supported by rekv: one device per process "
-                             "(auto, cpu, cuda or cuda:N); sharding a model over devices is not implemented")
+        if not is_device(text):
+            raise ValueError(f"{name}={text!r} is not supported by rekv: {ONE_DEVICE}")
         out.device = out.device or text
     elif name == "attn_implementation" and not none:
         out.attn_implementation = text

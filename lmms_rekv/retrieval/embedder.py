@@ -90,3 +90,16 @@ class ClipEmbedder:
     def embed_text(self, text: str) -> torch.Tensor:
         tokens = self.tokenizer([text]).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)[0]
+
+
+def block_embeddings(rows: torch.Tensor, per_block: int, blocks: int) -> torch.Tensor:
+    """``(blocks, E)`` embeddings of blocks of ``per_block`` frames from the frames' ``rows``
+    ``(frames, E)``: a block's frames averaged and re-normalised, an incomplete last block
+    padded by repeating its last frame."""
+    if per_block == 1:
+        return rows[:blocks]
+    need = blocks * per_block
+    if rows.shape[0] < need:
+        rows = torch.cat([rows, rows[-1:].expand(need - rows.shape[0], -1)])
+    pooled = rows[:need].view(blocks, per_block, -1).mean(dim=1)
+    return pooled / pooled.norm(dim=-1, keepdim=True)

@@ -31,8 +31,10 @@ from typing import Optional
 
 import torch
 
-POOLS = ("mean", "max", "head")
-HUBS = ("center", "template")
+from lmms_rekv.config import HUB_CORRECTIONS, QUERY_POOLS, SCORES
+
+POOLS = QUERY_POOLS  # the allowed values are the configuration's (one list)
+HUBS = tuple(h for h in HUB_CORRECTIONS if h is not None)
 
 
 def frame_scores(queries: torch.Tensor, summaries: torch.Tensor, score: str = "dot", pool: str = "mean",
@@ -49,7 +51,7 @@ def frame_scores(queries: torch.Tensor, summaries: torch.Tensor, score: str = "d
     """
     if queries.dim() == 2:
         queries = queries[:, None]
-    if score not in ("dot", "cosine"):
+    if score not in SCORES:
         raise ValueError(f"unknown score {score!r}")
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; choose from {POOLS}")

@@ -8,7 +8,8 @@ the policy lives here and the engine only asks for blocks."""
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Protocol
 
 import torch
 
@@ -29,40 +30,81 @@ def policy_of(config) -> SelectionPolicy:
                            recent=config.recent_frames, group=config.group_frames)
 
 
-def make_selector(config, summaries: Callable[[int], torch.Tensor],
+class Retriever(Protocol):
+    """A retrieval method (``ReKVConfig.retrieval``; register one with
+    ``lmms_rekv.registry.RETRIEVERS``): builds a question's selector from the settings, the
+    block-selection policy and the question's score sources."""
+
+    def __call__(self, config, policy: SelectionPolicy, scores: "Scores") -> Selector: ...
+
+
+@dataclass
+class Scores:
+    """A question's score sources over its ``blocks`` stored blocks: ``summaries(layer)`` ``(blocks,
+    kv_heads, head_dim)`` block summaries of that layer; ``external()`` ``(blocks,)`` similarity of
+    the question to each block (open_clip; external and hybrid retrieval); ``token_keys(layer)``
+    ``(blocks, tokens, kv_heads, head_dim)`` stored keys (``block_score="tokens"``)."""
+
+    config: object
+    blocks: int
+    summaries: Callable[[int], torch.Tensor]
+    external: Optional[Callable[[], torch.Tensor]] = None
+    token_keys: Optional[Callable[[int], torch.Tensor]] = None
+
+    def internal(self, layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(blocks,)`` scores of the layer's blocks against the question's pre-RoPE ``queries``
+        ``(Hq, T, D)`` (``neutral``: the template's, for ``hub_correction``)."""
+        config = self.config
+        tokens = config.block_score == "tokens"
+        rows = self.token_keys(layer).float() if tokens else self.summaries(layer)
+        neutral = None if neutral is None else neutral.to(rows.device)
+        scorer = token_scores if tokens else frame_scores
+        return scorer(queries.to(rows.device), rows, config.score, config.query_pool, getattr(config, "hub_correction", None), neutral)
+
+
+def make_selector(config, blocks: int, summaries: Callable[[int], torch.Tensor],
                   external_scores: Optional[Callable[[], torch.Tensor]] = None,
                   token_keys: Optional[Callable[[int], torch.Tensor]] = None) -> Selector:
-    """The selector of one question. ``summaries(layer)``: ``(blocks, kv_heads, head_dim)``
-    block summaries of that layer; ``external_scores()``: ``(blocks,)`` similarity of the
-    question to each block (external and hybrid retrieval); ``token_keys(layer)``: ``(blocks,
-    tokens, kv_heads, head_dim)`` stored keys, for ``block_score="tokens"``."""
-    policy = policy_of(config)
+    """The selector of one question: the retriever registered as ``config.retrieval`` given the
+    score sources (``Scores``), the first layer's choice serving every layer with
+    ``layer_frames="first"``."""
+    from lmms_rekv.registry import RETRIEVERS
 
-    hub = getattr(config, "hub_correction", None)
+    scores = Scores(config, blocks, summaries, external_scores, token_keys)
+    selector = RETRIEVERS.get(config.retrieval)(config, policy_of(config), scores)
+    if getattr(selector, "fixed", None) is not None or config.layer_frames == "own":
+        return selector
+    return _from_first_layer(selector)
 
-    def internal(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor]) -> torch.Tensor:
-        rows = token_keys(layer).float() if config.block_score == "tokens" else summaries(layer)
-        neutral = None if neutral is None else neutral.to(rows.device)
-        scorer = token_scores if config.block_score == "tokens" else frame_scores
-        return scorer(queries.to(rows.device), rows, config.score, config.query_pool, hub, neutral)
 
-    if config.retrieval == "external":
-        chosen = select(external_scores(), policy)
+def internal(config, policy: SelectionPolicy, scores: Scores) -> Selector:
+    """ReKV's retrieval: each layer scores blocks with the question's own pre-RoPE queries."""
+    def per_layer(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return select(scores.internal(layer, queries, neutral), policy)
 
-        def same_for_all(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
-            return chosen
+    return per_layer
 
-        same_for_all.fixed = chosen  # every layer's blocks fetched in one batched read
-        return same_for_all
-    if config.retrieval == "internal":
-        def per_layer(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
-            return select(internal(layer, queries, neutral), policy)
-    else:
-        external = external_scores()
 
-        def per_layer(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
-            return select(fuse(internal(layer, queries, neutral), external, config.hybrid_rule, config.hybrid_alpha), policy)
-    return per_layer if config.layer_frames == "own" else _from_first_layer(per_layer)
+def external(config, policy: SelectionPolicy, scores: Scores) -> Selector:
+    """The blocks most similar to the question by open_clip, the same for every layer (known
+    before the first layer runs: ``.fixed``, every layer's blocks fetched in one batched read)."""
+    chosen = select(scores.external(), policy)
+
+    def same_for_all(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return chosen
+
+    same_for_all.fixed = chosen
+    return same_for_all
+
+
+def hybrid(config, policy: SelectionPolicy, scores: Scores) -> Selector:
+    """Internal and external scores fused per layer (``hybrid_rule``, ``hybrid_alpha``)."""
+    outside = scores.external()
+
+    def per_layer(layer: int, queries: torch.Tensor, neutral: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return select(fuse(scores.internal(layer, queries, neutral), outside, config.hybrid_rule, config.hybrid_alpha), policy)
+
+    return per_layer
 
 
 def _from_first_layer(per_layer: Selector) -> Selector:

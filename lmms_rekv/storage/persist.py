@@ -6,18 +6,14 @@ Folder layout: ``seg_*.bin`` KV segments (see ``backends.segments``), ``state.sa
 written last: a folder without a manifest is an unfinished save. Every file carries a
 CRC-32 that ``load_session`` checks; a mismatch raises ``CorruptSegmentError``.
 
-``cache_key`` names an entry by what determines its content: the model, the settings that
-change the stored KV, the video's bytes and the sampling (fps, max_frames, start).
+Which folder holds which video is the caller's business (lmms-eval: ``integrations.cache``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
-from typing import Optional
 
 import torch
 
@@ -35,32 +31,6 @@ logger = logging.getLogger(__name__)
 
 STATE = "state.safetensors"
 SEGMENT_FRAMES = 256
-
-
-def video_digest(path: str, block: int = 1 << 22) -> str:
-    """BLAKE2b of a file's bytes."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: float = 0.0, sampling: Optional[dict] = None) -> str:
-    """Key of an encoded video: model, KV-relevant settings, video content, sampling
-    (``sampling``: another frame source's settings, e.g. qwen-vl-utils')."""
-    cfg = engine.config
-    relevant = {
-        "model": engine.source or "", "dtype": str(engine.dtype), "frame_tokens": engine.block_tokens,
-        "window_tokens": cfg.window_tokens, "chunk_frames": cfg.chunk_frames, "kv_quant": cfg.kv_quant,
-        "clip": [cfg.clip_model, cfg.clip_pretrained] if cfg.uses_embeddings else None,
-        "video": video_digest(video), "fps": fps, "max_frames": max_frames, "start": start, "format": 1,
-        **({"sampling": sampling} if sampling else {}),
-        **({"system": engine.system_prompt} if getattr(engine, "system_prompt", None) else {}),  # it is in the sinks
-        **({"template": engine.chat_template_kwargs} if getattr(engine, "chat_template_kwargs", None) else {}),
-        **({"token_reduction": [cfg.token_reduction, cfg.token_keep]} if cfg.token_reduction else {}),
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def save_session(session, folder: str, **meta) -> None:
@@ -91,10 +61,11 @@ def _write_entry(session, store, tmp: str, meta: dict) -> None:
     os.makedirs(tmp)
     segments = []
     backend = store.backend
-    if hasattr(backend, "flush"):  # disk tier: its segments are already on disk
-        backend.flush()
-        for segment in backend.segments:
-            shutil.copyfile(os.path.join(backend.folder, segment.file), os.path.join(tmp, segment.file))
+    files = backend.files()
+    if files is not None:  # e.g. the disk tier: its segments are already on disk
+        folder, on_disk = files
+        for segment in on_disk:
+            shutil.copyfile(os.path.join(folder, segment.file), os.path.join(tmp, segment.file))
             segments.append(segment)
     else:
         for index, first in enumerate(range(0, store.blocks, SEGMENT_FRAMES)):

@@ -25,46 +25,85 @@ from typing import Dict, Optional
 
 import torch
 
-REDUCERS = ("temporal", "salient", "merge")
-
 
 class TokenReducer:
-    """Cuts each stored block from ``tokens`` to ``keep`` tokens (see the module docstring)."""
+    """Cuts each stored block from ``tokens`` to ``keep`` tokens. A reducer implements ``cut``;
+    one that remembers something across writes (``temporal``) overrides ``fork`` / ``adopt`` /
+    ``state`` / ``load_state`` too. Register one with ``lmms_rekv.registry.REDUCERS``."""
 
-    def __init__(self, kind: str, tokens: int, keep: int) -> None:
-        if kind not in REDUCERS:
-            raise ValueError(f"token_reduction must be one of {REDUCERS}, got {kind!r}")
+    def __init__(self, tokens: int, keep: int) -> None:
         if not 1 <= keep <= tokens:
             raise ValueError(f"a block of {tokens} tokens cannot keep {keep}")
-        self.kind, self.tokens, self.keep = kind, tokens, keep
-        self._previous: Dict[int, torch.Tensor] = {}  # layer -> the last block's keys (T, H, D), temporal only
+        self.tokens, self.keep = tokens, keep
 
     def reduce(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
         """``(n, T, H, D)`` keys and values of ``n`` consecutive blocks -> ``(n, K, H, D)`` each."""
         if self.keep == self.tokens:
             return keys, values
-        if self.kind == "merge":
-            return merge_tokens(keys, values, self.keep)
-        if self.kind == "salient":
-            scores = values.float().norm(dim=-1).sum(dim=-1)  # (n, T)
-        else:
-            before = self._previous.get(layer)
-            before = torch.zeros_like(keys[:1]) if before is None else before.to(keys)[None]
-            previous = torch.cat([before, keys[:-1]])
-            scores = (keys.float() - previous.float()).norm(dim=-1).sum(dim=-1)
-            self._previous[layer] = keys[-1].detach().clone()
-        return _keep_top(keys, values, scores, self.keep)
+        return self.cut(layer, keys, values)
 
-    # -- state of ``temporal`` ---------------------------------------------------------------
+    def cut(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
+        """The reduction itself (``keep < tokens``): ``(n, K, H, D)`` keys and values."""
+        raise NotImplementedError
+
+    # -- memory across writes (none by default) ---------------------------------------------
     def fork(self) -> "TokenReducer":
         """A reducer for a provisional encoding that leaves this one's memory untouched."""
-        other = TokenReducer(self.kind, self.tokens, self.keep)
-        other._previous = dict(self._previous)
-        return other
+        return self
 
     def adopt(self, other: "TokenReducer") -> None:
         """Take ``other``'s memory (its blocks were appended after this reducer's)."""
-        self._previous = dict(other._previous)
+
+    def state(self) -> Dict[str, torch.Tensor]:
+        """The memory as tensors, for ``save`` (names start with ``reducer.``)."""
+        return {}
+
+    def load_state(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Take back what ``state`` gave."""
+
+
+class SalientReducer(TokenReducer):
+    """Keeps the tokens with the largest value norm (summed over heads)."""
+
+    def cut(self, layer, keys, values):
+        return _keep_top(keys, values, values.float().norm(dim=-1).sum(dim=-1), self.keep)
+
+
+class MergeReducer(TokenReducer):
+    """Merges the most similar tokens (``merge_tokens``)."""
+
+    def cut(self, layer, keys, values):
+        return merge_tokens(keys, values, self.keep)
+
+
+class TemporalReducer(TokenReducer):
+    """Keeps the tokens whose keys changed most since the same place of the previous block (the
+    previous write's last block remembered per layer; the stream's first block compared with
+    zeros)."""
+
+    def __init__(self, tokens: int, keep: int) -> None:
+        super().__init__(tokens, keep)
+        self._previous: Dict[int, torch.Tensor] = {}  # layer -> the last block's keys (T, H, D)
+
+    def cut(self, layer, keys, values):
+        before = self._previous.get(layer)
+        before = torch.zeros_like(keys[:1]) if before is None else before.to(keys)[None]
+        previous = torch.cat([before, keys[:-1]])
+        scores = (keys.float() - previous.float()).norm(dim=-1).sum(dim=-1)
+        self._previous[layer] = keys[-1].detach().clone()
+        return _keep_top(keys, values, scores, self.keep)
+
+    def fork(self) -> "TemporalReducer":
+        other = TemporalReducer(self.tokens, self.keep)
+        other.adopt(self)
+        return other
+
+    def adopt(self, other: "TokenReducer") -> None:
+        self._previous = dict(other.memory()) if isinstance(other, TemporalReducer) else {}
+
+    def memory(self) -> Dict[int, torch.Tensor]:
+        """layer -> the last block's keys ``(T, H, D)``."""
+        return self._previous
 
     def state(self) -> Dict[str, torch.Tensor]:
         """The memory as tensors (``reducer.L``: layer L's last block keys), for ``save``."""
@@ -122,5 +161,8 @@ def _merge_step(k, v, sizes, first, r: int):
 
 
 def make_reducer(kind: Optional[str], tokens: int, keep: int) -> Optional[TokenReducer]:
-    """The reducer of a store whose blocks have ``tokens`` tokens, or None (every token kept)."""
-    return None if kind is None else TokenReducer(kind, tokens, keep)
+    """The reducer registered as ``kind`` for a store whose blocks have ``tokens`` tokens, or None
+    (every token kept)."""
+    from lmms_rekv.registry import REDUCERS
+
+    return None if kind is None else REDUCERS.get(kind)(tokens, keep)

@@ -154,11 +154,7 @@ class BlockStore:
     def gather_all(self, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``gather`` for every layer at once (one batched read and copy when the same frames
         serve all layers): two ``(layers, len(frames) * block_tokens, kv_heads, head_dim)``."""
-        read_all = getattr(self.backend, "read_all", None)
-        if read_all is None:
-            pairs = [self.gather(layer, frames, device) for layer in range(self.layers)]
-            return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
-        fields = {k: v.to(device, non_blocking=True) for k, v in read_all(frames).items()}
+        fields = {k: v.to(device, non_blocking=True) for k, v in self.backend.read_all(frames).items()}
         keys, values = self.codec.decode(fields)
         flat = (self.layers, -1, self.kv_heads, self.head_dim)
         return keys.reshape(flat), values.reshape(flat)
@@ -172,7 +168,7 @@ class BlockStore:
 
     @property
     def backend_device(self) -> torch.device:
-        return getattr(self.backend, "device", torch.device("cpu"))
+        return self.backend.device
 
     # -- accounting -----------------------------------------------------------------------
     @property
@@ -187,7 +183,7 @@ class BlockStore:
 
     @property
     def reserved_bytes(self) -> int:
-        return getattr(self.backend, "reserved_bytes", self.used_bytes)
+        return self.backend.reserved_bytes
 
     @property
     def summary_bytes(self) -> int:
@@ -305,3 +301,28 @@ class OverlayStore:
 
     def close(self) -> None:
         self.extra.close()
+
+
+def make_store(config, tier: str, kv_shape: Tuple[int, int, int], block_tokens: int, dtype: torch.dtype,
+               model_device: torch.device, summary_device: torch.device, capacity: int = 64,
+               summary_tokens: Optional[slice] = None, reducer=None) -> BlockStore:
+    """An empty block store on ``tier`` (``cpu``, ``device`` or ``disk``) for blocks of
+    ``block_tokens`` tokens of ``kv_shape`` ``(layers, kv_heads, head_dim)``, with the storage
+    settings of ``config`` (a ``ReKVConfig``: ``kv_quant``, ``token_reduction``/``token_keep``,
+    the disk tier's ``offload_dir`` and ``ram_budget_bytes``); the backend is the one registered
+    for ``tier`` (``lmms_rekv.registry.BACKENDS``). ``reducer``: a token reducer to
+    continue (a fork's); default a new one when ``token_reduction`` is set."""
+    from .reduce import make_reducer
+
+    if reducer is None and config.token_reduction is not None:
+        reducer = make_reducer(config.token_reduction, block_tokens, config.stored_tokens(block_tokens))
+    from lmms_rekv.registry import BACKENDS
+
+    layers, kv_heads, head_dim = kv_shape
+    storage = torch.device(model_device) if tier == "device" else torch.device("cpu")
+    pin = storage.type == "cpu" and torch.device(model_device).type == "cuda"
+    backend = BACKENDS.get(tier)
+    factory = lambda fields: backend(layers, fields, config, storage, pin, capacity)  # noqa: E731
+    return BlockStore(layers, block_tokens, kv_heads, head_dim, dtype, storage, model_device, initial_capacity=capacity,
+                      kv_quant=config.kv_quant, backend_factory=factory, summary_device=summary_device,
+                      summary_tokens=summary_tokens, reducer=reducer)

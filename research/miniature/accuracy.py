@@ -147,12 +147,8 @@ class Bench:
 def ask(session, question: world.Question, **qa) -> tuple:
     """(correct, per-layer selected frame sets) for one question with QA-time settings ``qa``
     (``topk_frames``, ``score``, ``retrieval``) applied to this question only."""
-    saved = session.config
-    session.config = saved.replace(**qa)
-    try:
+    with session.question_settings(**qa):
         answer = session.answer(question.text, max_new_tokens=2)
-    finally:
-        session.config = saved
     words = answer.text.strip().split()
     selected = [None if s is None else set(int(i) for i in s) for s in answer.selected]
     return bool(words) and words[0].strip("?.,!") == question.answer, selected

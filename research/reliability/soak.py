@@ -34,9 +34,9 @@ BATCH = 8  # frames per add_frames call (a camera handing over a few frames at a
 def _frames(first: int, count: int, size: int = 48) -> np.ndarray:
     """Frames ``first..first+count-1`` of a reproducible stream: frame ``i`` depends on
     ``i`` alone, however the stream is cut into calls."""
-    from benchmarks.bench import synthetic_frames
+    from research.tiny import noise_frames
 
-    return synthetic_frames(first, count, size)
+    return noise_frames(first, count, size)
 
 
 def _feed(session, first: int, last: int) -> None:

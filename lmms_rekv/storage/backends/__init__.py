@@ -1,17 +1,18 @@
-"""Storage backends for offloaded KV blocks; one backend per module.
+"""Storage backends for offloaded KV blocks; one backend per module, each a ``base.Backend``::
 
-A backend stores, for every layer and frame, the fields a codec produces (``Fields``:
-name -> per-frame shape and dtype). Interface::
-
-    first = backend.reserve(n)                    # room for n more frames
+    first = backend.reserve(n)                    # room for n more blocks
     backend.write(layer, first, {name: (n, ...)}) # every layer, then
     backend.commit(n)
-    backend.read(layer, frames) -> {name: (k, ...)}  # batched; any frame order
-    backend.frames, backend.used_bytes, backend.ram_bytes, backend.disk_bytes, backend.close()
+    backend.read(layer, frames) -> {name: (k, ...)}  # batched; any order
+    backend.frames, backend.used_bytes, backend.close()  # + optional ones with defaults
+
+``lmms_rekv.registry.BACKENDS`` maps the ``offload`` tiers to their factories
+(``memory_backend``: cpu and device; ``disk_backend``: disk).
 """
 
-from .disk import DiskBackend
-from .memory import MemoryBackend
+from .base import Backend
+from .disk import DiskBackend, disk_backend
+from .memory import MemoryBackend, memory_backend
 from .segments import CorruptSegmentError
 
-__all__ = ["CorruptSegmentError", "DiskBackend", "MemoryBackend"]
+__all__ = ["Backend", "CorruptSegmentError", "DiskBackend", "MemoryBackend", "disk_backend", "memory_backend"]

@@ -25,6 +25,7 @@ import torch
 from lmms_rekv.storage.leftovers import remove_dead
 from lmms_rekv.storage.quant import Fields
 
+from .base import Backend
 from .memory import MemoryBackend
 from .segments import Segment, SegmentReader, write_segment
 
@@ -33,7 +34,9 @@ logger = logging.getLogger(__name__)
 SCRATCH = r"^rekv-(\d+)-"  # a session's folder: rekv-<pid>-<random>, removed by a later session once <pid> is gone
 
 
-class DiskBackend:
+class DiskBackend(Backend):
+    """RAM up to a budget, older blocks in segment files (see the module docstring)."""
+
     def __init__(self, layers: int, fields: Fields, offload_dir: Optional[str], ram_budget_bytes: int) -> None:
         self.layers, self.fields, self.device = layers, fields, torch.device("cpu")
         parent = offload_dir or tempfile.gettempdir()
@@ -83,6 +86,11 @@ class DiskBackend:
         self.disk_frames += n
         self._disk_bytes += segment.bytes
 
+    def files(self):
+        """Every block spilled to its segment file, then ``(folder, segments)``."""
+        self.flush()
+        return self.folder, list(self.segments)
+
     def flush(self) -> None:
         """Spill every RAM frame (before persisting)."""
         if self.tail.frames:
@@ -123,6 +131,11 @@ class DiskBackend:
 
     def close(self) -> None:
         self._cleanup()
+
+
+def disk_backend(layers: int, fields: Fields, config, storage_device: torch.device, pin: bool, capacity: int) -> DiskBackend:
+    """The ``disk`` tier (``lmms_rekv.registry.BACKENDS``): ``config.offload_dir`` and ``ram_budget_bytes``."""
+    return DiskBackend(layers, fields, config.offload_dir, config.ram_budget_bytes)
 
 
 def _remove(folder: str, reader: SegmentReader) -> None:

@@ -11,10 +11,16 @@ import torch
 
 from lmms_rekv.storage.quant import Fields
 
+from .base import Backend
+
 logger = logging.getLogger(__name__)
 
 
-class MemoryBackend:
+class MemoryBackend(Backend):
+    """Growing arenas ``(layers, capacity, *shape)`` per field (see the module docstring)."""
+
+    frames = 0  # blocks committed (an instance attribute from __init__ on)
+
     def __init__(self, layers: int, fields: Fields, device: torch.device, pin: bool = False, capacity: int = 64) -> None:
         self.layers, self.fields, self.device, self.pin = layers, fields, torch.device(device), pin
         self.frames = 0
@@ -115,3 +121,8 @@ class MemoryBackend:
 
     def close(self) -> None:
         self._arenas = {}
+
+
+def memory_backend(layers: int, fields: Fields, config, storage_device: torch.device, pin: bool, capacity: int) -> MemoryBackend:
+    """The ``cpu`` and ``device`` tiers (``lmms_rekv.registry.BACKENDS``)."""
+    return MemoryBackend(layers, fields, storage_device, pin, capacity)
