@@ -34,7 +34,7 @@ def projected_gib_per_hour(keep: float, kv_quant: Optional[str], fps: float = 0.
 
     tokens = max(1, round(keep * SEVEN_B["tokens"]))
     codec = make_codec(kv_quant, tokens, SEVEN_B["kv_heads"], SEVEN_B["head_dim"], torch.float16)
-    return codec.bytes_per_frame(SEVEN_B["layers"]) * fps * 3600 / GIB
+    return codec.bytes_per_block(SEVEN_B["layers"]) * fps * 3600 / GIB
 
 
 def _world(model_dir: str):

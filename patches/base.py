@@ -267,6 +267,10 @@ class Backbone:
 
     #: whether the family sizes frames from the video (one size per stream; see ``for_stream``)
     sizes_per_stream: bool = False
+    #: whether a stream's frame size depends on its frame count (Qwen3-VL's clip budget)
+    sizes_by_clip: bool = False
+    #: ``(height, width)`` frames are resized to, for families whose tokens per frame depend on it
+    frame_size: Optional[Tuple[int, int]] = None
 
     def for_stream(self, height: int, width: int, frames: Optional[int] = None) -> "Backbone":
         """The adapter for a stream whose first frame is ``height x width`` (``frames``: how

@@ -19,7 +19,7 @@ def _blocks(session):
     out = [store.all_summaries().clone()]
     for layer in range(store.layers):
         for f in range(store.blocks):
-            out.extend(t.clone() for t in store.frame(layer, f))
+            out.extend(t.clone() for t in store.block(layer, f))
     return out
 
 

@@ -53,8 +53,22 @@ def test_old_frame_names_still_work_and_say_they_are_deprecated(load):
     session = engine.new_session()
     session.add_frames(np.zeros((3, 32, 32, 3), np.uint8))
     session.flush()
+    store = session.state.store
     with pytest.warns(DeprecationWarning, match="blocks"):
-        assert session.state.store.frames == session.state.store.blocks == 3
+        assert store.frames == store.blocks == 3
+    with pytest.warns(DeprecationWarning, match="bytes_per_block"):
+        assert store.bytes_per_frame == store.bytes_per_block > 0
+    with pytest.warns(DeprecationWarning, match="summary_bytes_per_block"):
+        assert store.summary_bytes_per_frame == store.summary_bytes_per_block > 0
+    with pytest.warns(DeprecationWarning, match=r"block\(\)"):
+        assert all(torch.equal(a, b) for a, b in zip(store.frame(0, 2), store.block(0, 2)))
+    from lmms_rekv.config import (
+        QUERY_POOLS,
+        RETRIEVAL_MODES,
+        did_you_mean,  # the names older code imported from the configuration
+    )
+
+    assert did_you_mean("topk", ["topk_frames"]) and "max" in QUERY_POOLS and "internal" in RETRIEVAL_MODES
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def test_a_registered_reducer_stores_what_it_keeps(load, frames, registered):
     assert keep == plain.stats()["stored_block_tokens"] // 4
     for layer in range(plain.state.store.layers):
         for block in range(6):
-            for full, kept in zip(plain.state.store.frame(layer, block), first.state.store.frame(layer, block)):
+            for full, kept in zip(plain.state.store.block(layer, block), first.state.store.block(layer, block)):
                 assert torch.equal(full[:keep], kept)
     assert first.ask(QUESTION, max_new_tokens=2) is not None
 

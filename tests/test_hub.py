@@ -46,7 +46,7 @@ def _z_table(store, layer, query_rows, group):
     for q in query_rows.float():
         row = []
         for f in range(store.blocks):
-            keys, _ = store.frame(layer, f)
+            keys, _ = store.block(layer, f)
             row.append(torch.dot(q, keys.float().repeat_interleave(group, dim=1).mean(dim=0).reshape(-1)))
         table.append(torch.stack(row))
     table = torch.stack(table)

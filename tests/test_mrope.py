@@ -1,17 +1,15 @@
 """M-RoPE families (Qwen2-VL, Qwen2.5-VL) through the backbone seam, on tiny random
-checkpoints built offline: exact against the pinned transformers' vanilla ``generate`` with
-an unbounded window and every block retrieved, chunk invariance, closed-form positions
-against the installed ``get_rope_index``, windowed encoding against a dense reference with
-3-D offsets, and which position strategies are exact with every block retrieved."""
+checkpoints built offline: sizing from the video, closed-form positions against the installed
+``get_rope_index``, windowed encoding against a dense reference with 3-D offsets. What every
+M-RoPE family must do (exact against vanilla ``generate`` however frames arrive, which position
+strategies are exact, flat device bytes): ``tests/families/test_family_contract.py``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-QUESTION = "what is the color?"
-
+from mrope_reference import QUESTION, Dense3D, vanilla_answer, video_frames
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 FPS = 3.0  # Qwen2.5-VL: 2 * 2 / 3 s per block -> time steps of 1.33 (floored): 0, 1, 2, 4, 5, 6, 8, ...
@@ -45,27 +43,6 @@ def load_qwen2(request, loader):
     return loader(request.param)
 
 
-def _video(n: int, size=(56, 56), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, *size, 3), dtype=np.uint8)
-
-
-def _vanilla(engine, video: np.ndarray, question: str, new_tokens: int, fps: float = FPS):
-    """Greedy tokens and per-step logits of the vanilla model run by its own processor on a
-    video sampled at ``fps``."""
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(engine.source)
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    n = len(video)
-    metadata = [{"fps": fps, "frames_indices": list(range(n)), "total_num_frames": n}]
-    inputs = processor(text=[text], videos=[video], video_metadata=metadata, return_tensors="pt", do_sample_frames=False)
-    with torch.inference_mode():
-        out = engine.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
-                                    return_dict_in_generate=True)
-    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [l[0].float() for l in out.logits], inputs
-
-
 def test_family_picked_from_the_checkpoint(loader, qwen_dirs, load):
     from lmms_rekv import ReKVLlavaOneVision
 
@@ -88,33 +65,17 @@ def test_family_picked_from_the_checkpoint(loader, qwen_dirs, load):
         loader("qwen2_vl")(position_strategy="diagonal")
 
 
-@pytest.mark.parametrize("chunk,splits", [(2, [(0, 12)]), (6, [(0, 5), (5, 6), (6, 12)]), (64, [(0, 3), (3, 12)])])
-def test_unbounded_window_every_block_equals_vanilla_generate(load_qwen2, chunk, splits):
-    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=chunk)
-    video = _video(12, seed=1)
-    session = engine.new_session(fps=FPS)
-    for lo, hi in splits:
-        session.add_frames(video[lo:hi])
-    answer = session.answer(QUESTION, max_new_tokens=6, return_logits=True)
-    tokens, logits, _ = _vanilla(engine, video, QUESTION, 6)
-    assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
-    assert len(answer.logits) == len(logits)
-    for mine, ref in zip(answer.logits, logits):
-        assert (mine - ref).abs().max().item() <= 1e-4
-    assert all(torch.equal(sel, torch.arange(6)) for sel in answer.selected)
-
-
 @pytest.mark.parametrize("size", [(60, 60), (50, 120), (130, 70)])  # square, wide, tall: none a multiple of 28
 def test_default_config_equals_vanilla_on_the_raw_frames(load_qwen2, size):
     """With the default config a stream's frames get the size the processor gives them (aspect
     kept, its own resize): every block retrieved equals vanilla generate on the raw frames."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
-    video = _video(8, size=size, seed=2)
+    video = video_frames(8, size=size, seed=2)
     session = engine.new_session(fps=FPS)
     session.add_frames(video[:3])
     session.add_frames(video[3:])
     answer = session.answer(QUESTION, max_new_tokens=5, return_logits=True)
-    tokens, logits, inputs = _vanilla(engine, video, QUESTION, 5)
+    tokens, logits, inputs = vanilla_answer(engine, video, QUESTION, 5)
     grid = inputs["video_grid_thw"][0].tolist()
     assert [session.backbone.frame_size[0] // 14, session.backbone.frame_size[1] // 14] == grid[1:]
     assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
@@ -127,16 +88,16 @@ def test_streams_of_one_engine_have_their_own_sizes(load_qwen2):
     is resized to its stream's size; an explicit frame_size (per engine or per stream) wins."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
     wide, tall = engine.new_session(fps=FPS), engine.new_session(fps=FPS)
-    wide.add_frames(_video(4, size=(50, 120)))
-    tall.add_frames(_video(4, size=(130, 70)))
-    wide.add_frames(_video(2, size=(60, 60), seed=3))  # another size: resized to the stream's
+    wide.add_frames(video_frames(4, size=(50, 120)))
+    tall.add_frames(video_frames(4, size=(130, 70)))
+    wide.add_frames(video_frames(2, size=(60, 60), seed=3))  # another size: resized to the stream's
     assert (wide.backbone.frame_size, tall.backbone.frame_size) == ((28, 84), (84, 28))
     assert wide.stats()["frames"] == 6 and wide.ask(QUESTION, max_new_tokens=2) is not None
     fixed = load_qwen2(window_tokens=None, topk_frames=None, frame_size=(56, 56)).new_session(fps=FPS)
-    fixed.add_frames(_video(4, size=(50, 120)))
+    fixed.add_frames(video_frames(4, size=(50, 120)))
     assert fixed.backbone.frame_size == (56, 56)
     chosen = engine.new_session(fps=FPS, frame_size=(28, 56))
-    chosen.add_frames(_video(4, size=(50, 120)))
+    chosen.add_frames(video_frames(4, size=(50, 120)))
     assert chosen.backbone.frame_size == (28, 56)
 
 
@@ -144,13 +105,13 @@ def test_explicit_frame_size_resizes_every_frame(load_qwen2):
     """``frame_size`` set: frames of another size are resized to it (the answer equals vanilla
     run on the resized frames)."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4, frame_size=(56, 56))
-    video = _video(4, size=(70, 90), seed=2)
+    video = video_frames(4, size=(70, 90), seed=2)
     session = engine.new_session(fps=FPS)
     session.add_frames(video)
     answer = session.answer(QUESTION, max_new_tokens=4, return_logits=True)
     resized = engine.backbone.preprocess(torch.from_numpy(video)).numpy()
     assert resized.shape == (4, 56, 56, 3)
-    _, logits, _ = _vanilla(engine, resized, QUESTION, 4)
+    _, logits, _ = vanilla_answer(engine, resized, QUESTION, 4)
     assert (answer.logits[0] - logits[0]).abs().max().item() <= 1e-4
 
 
@@ -183,28 +144,6 @@ def test_unbounded_window_encoding_positions_are_the_layout(load_qwen2):
         assert torch.equal(chunk_pos, layout[:, start : start + chunk]) and torch.equal(seen, chunk_pos)
 
 
-class _Dense3D:
-    """Attention by brute force over ``[sinks, stream]``: softmax over allowed keys, score =
-    rot(q, offset) . k with pre-RoPE q/k and a (t, h, w) offset per (query, key) pair."""
-
-    def __init__(self, rotary, allowed: torch.Tensor, offsets: torch.Tensor):
-        self.rotary, self.allowed, self.offsets = rotary, allowed, offsets  # (N, N), (3, N, N)
-
-    def attend(self, layer, q, k, v, q_pre, k_pre, scaling):
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import rotate_half
-
-        qp, kp = q_pre[0].transpose(0, 1).float(), k_pre[0].transpose(0, 1).float()
-        hq, n = qp.shape[0], qp.shape[1]
-        kp = kp.repeat_interleave(hq // kp.shape[0], dim=0)
-        vv = v[0].float().repeat_interleave(hq // v.shape[1], dim=0)
-        cos, sin = self.rotary(qp, self.offsets[:, :n, :n].reshape(3, 1, -1))  # h/w offsets may be negative
-        cos, sin = cos[0].view(n, n, -1), sin[0].view(n, n, -1)
-        q_rot = qp[:, :, None, :] * cos + rotate_half(qp)[:, :, None, :] * sin
-        logits = (q_rot * kp[:, None, :, :]).sum(-1) * scaling
-        logits = logits.masked_fill(~self.allowed[:n, :n], float("-inf"))
-        return (torch.softmax(logits, dim=-1) @ vv).to(v.dtype)[None]
-
-
 def _dense_reference(engine, video: np.ndarray, window: int):
     """Documented semantics: stream token u (block g, row i, column j) sees the sinks and the
     stream tokens v with u - W < v <= u; a stream key at the true (t, h, w) offset; sink b at
@@ -230,14 +169,14 @@ def _dense_reference(engine, video: np.ndarray, window: int):
     offsets[:, s:, :s] = seen[:, :, None] - idx[None, None, :]
     offsets[:, s:, s:] = pos[:, :, None] - pos[:, None, :]
     embeds = torch.cat([bb.embed(prefix), feats], dim=1)
-    with torch.inference_mode(), bb.routed(_Dense3D(bb.text_model.rotary_emb, allowed, offsets)):
+    with torch.inference_mode(), bb.routed(Dense3D(bb.text_model.rotary_emb, allowed, offsets)):
         return bb.text_model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
 
 
 @pytest.mark.parametrize("window,chunk", [(6, 2), (10, 4), (3, 6)])
 def test_windowed_encoding_matches_dense_3d_reference(load_qwen2, window, chunk):
     engine = load_qwen2(window_tokens=window, topk_frames=None, chunk_frames=chunk)
-    video = _video(12, seed=3)
+    video = video_frames(12, seed=3)
     outputs = []
     hook = engine.language_model.register_forward_hook(lambda mod, i, o: outputs.append(o.last_hidden_state[0]))
     try:
@@ -252,43 +191,11 @@ def test_windowed_encoding_matches_dense_3d_reference(load_qwen2, window, chunk)
     assert (hidden - ref).abs().max().item() <= 1e-5
 
 
-def test_top_k_keeps_device_bytes_flat(load_qwen2):
-    engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4)
-    session = engine.new_session(fps=FPS)
-    device_bytes = []
-    for i in range(5):
-        session.add_frames(_video(4, seed=10 + i))
-        device_bytes.append(session.stats()["device_bytes"])
-        answer = session.answer(QUESTION, max_new_tokens=2)
-        assert all(len(sel) == 2 for sel in answer.selected)
-    stats = session.stats()
-    assert len(set(device_bytes[1:])) == 1 and stats["encoded_frames"] == 20 and stats["blocks"] == 10
-
-
-#: which strategies reproduce vanilla with every block retrieved (README table), per family
-EXACT = {"qwen2_vl": {"layout", "original", "consecutive_t"}, "qwen2_5_vl": {"layout", "original"}}
-
-
-@pytest.mark.parametrize("strategy", ["layout", "original", "consecutive_t", "1d"])
-def test_which_strategies_are_exact_with_every_block(load_qwen2, strategy):
-    engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4, position_strategy=strategy)
-    video = _video(12, seed=5)
-    session = engine.new_session(fps=FPS)
-    session.add_frames(video)
-    answer = session.answer(QUESTION, max_new_tokens=1, return_logits=True)
-    _, logits, _ = _vanilla(engine, video, QUESTION, 1)
-    error = (answer.logits[0] - logits[0]).abs().max().item()
-    if strategy in EXACT[engine.backbone.model_type]:
-        assert error <= 1e-4
-    else:
-        assert error > 1e-3
-
-
 def test_qwen2_5_needs_the_true_sampling_rate(loader):
     """The stream's fps is part of Qwen2.5-VL's positions: a wrong rate is not vanilla."""
     engine = loader("qwen2_5_vl")(window_tokens=None, topk_frames=None, chunk_frames=4)
-    video = _video(12, seed=6)
-    _, logits, _ = _vanilla(engine, video, QUESTION, 1, fps=FPS)
+    video = video_frames(12, seed=6)
+    _, logits, _ = vanilla_answer(engine, video, QUESTION, 1, fps=FPS)
     errors = {}
     for fps in (FPS, 0.5):
         session = engine.new_session(fps=fps)
@@ -314,11 +221,11 @@ def test_odd_last_frame_is_padded_for_the_question_only(load_qwen2, tmp_path):
     the stream is untouched -- once the 8th frame arrives it equals a session fed 8 frames,
     and a saved session keeps the waiting frames."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
-    video = _video(8, seed=7)
+    video = video_frames(8, seed=7)
     session = engine.new_session(fps=FPS)
     session.add_frames(video[:7])
     answer = session.answer(QUESTION, max_new_tokens=4, return_logits=True)
-    _, logits, _ = _vanilla(engine, video[:7], QUESTION, 4)
+    _, logits, _ = vanilla_answer(engine, video[:7], QUESTION, 4)
     assert all((a - b).abs().max().item() <= 1e-4 for a, b in zip(answer.logits, logits))
     stats = session.stats()
     # one chunk (2 blocks) committed; frames 4-5 in the provisional tail, frame 6 waits for its partner
@@ -335,14 +242,14 @@ def test_odd_last_frame_is_padded_for_the_question_only(load_qwen2, tmp_path):
         assert s.state.store.blocks == fresh.state.store.blocks == 4
         for layer in range(fresh.state.store.layers):
             for block in range(4):
-                assert all(torch.equal(a, b) for a, b in zip(s.state.store.frame(layer, block), fresh.state.store.frame(layer, block)))
+                assert all(torch.equal(a, b) for a, b in zip(s.state.store.block(layer, block), fresh.state.store.block(layer, block)))
         assert s.answer(QUESTION, max_new_tokens=3).token_ids == fresh.answer(QUESTION, max_new_tokens=3).token_ids
 
 
 def test_frame_limit_counts_complete_blocks(load_qwen2):
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
     session = engine.new_session(fps=FPS)
-    session.add_frames(_video(9, seed=8))
+    session.add_frames(video_frames(9, seed=8))
     assert [len(session.answer(QUESTION, max_new_tokens=1, frame_limit=n).selected[0]) for n in (2, 5, 8, 9, 100)] == [1, 2, 4, 5, 5]
     with pytest.raises(RuntimeError, match="complete block"):
         session.answer(QUESTION, max_new_tokens=1, frame_limit=1)
@@ -355,7 +262,7 @@ def test_external_retrieval_scores_blocks(load_qwen2, tmp_path):
     clip = write_tiny_clip_config(str(tmp_path))
     engine = load_qwen2(window_tokens=8, topk_frames=2, chunk_frames=4, retrieval="external", clip_model=clip, clip_pretrained=None,
                         recent_frames=0)
-    video = _video(11, seed=9)
+    video = video_frames(11, seed=9)
     session = engine.new_session(fps=FPS)
     session.add_frames(video)
     answer = session.answer(QUESTION, max_new_tokens=1)
@@ -377,7 +284,7 @@ def test_frame_size_outside_the_processor_budget_is_an_error(load_qwen2):
 def test_a_saved_stream_reopens_at_its_own_size(load_qwen2, tmp_path):
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
     session = engine.new_session(fps=FPS)
-    session.add_frames(_video(7, size=(50, 120), seed=5))
+    session.add_frames(video_frames(7, size=(50, 120), seed=5))
     session.save(str(tmp_path / "wide"))
     reopened = engine.open_session(str(tmp_path / "wide"))
     assert reopened.backbone.frame_size == session.backbone.frame_size == (28, 84)
@@ -389,7 +296,7 @@ def test_stats_count_blocks_and_frames_apart(load_qwen2):
     figure, bytes per frame x fps x 3600, counts frames)."""
     engine = load_qwen2(window_tokens=None, topk_frames=None, chunk_frames=4)
     session = engine.new_session(fps=FPS)
-    session.add_frames(_video(8))
+    session.add_frames(video_frames(8))
     stats = session.stats()
     assert (stats["frames"], stats["blocks"]) == (8, 4)
     assert stats["kv_bytes_per_frame"] * 2 == stats["kv_bytes_per_block"] > 0
@@ -406,7 +313,7 @@ def test_a_system_prompt_is_the_processors_system_message(qwen_dirs):
     path = qwen_dirs["qwen2_vl"]
     engine = ReKV.from_pretrained(path, dtype=torch.float32, device="cpu", system_prompt="Answer briefly.",
                                   config=ReKVConfig(window_tokens=None, topk_frames=None, chunk_frames=4))
-    video = _video(4, seed=8)
+    video = video_frames(4, seed=8)
     processor = AutoProcessor.from_pretrained(path)
     messages = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]

@@ -23,7 +23,7 @@ def test_blocks_bit_identical_to_computed_kv(load, frames, offload):
         values = torch.cat(captured[(idx, "v_proj")][1:]).view(-1, t, hkv, d)
         assert keys.shape[0] == store.blocks == 8
         for f in range(8):
-            k, v = store.frame(idx, f)
+            k, v = store.block(idx, f)
             assert k.device.type == ("cpu" if offload == "cpu" else engine.device.type)
             assert torch.equal(k, keys[f]) and torch.equal(v, values[f])
         got_k, got_v = store.gather(idx, torch.tensor([6, 1, 3]), torch.device("cpu"))
@@ -71,10 +71,10 @@ def test_store_grows_by_doubling_and_keeps_data():
     assert store.blocks == 10 and store.backend.capacity == 16
     for layer, first, k, v in written:
         for i in range(2):
-            sk, sv = store.frame(layer, first + i)
+            sk, sv = store.block(layer, first + i)
             assert torch.equal(sk, k.view(2, 3, 2, 4)[i]) and torch.equal(sv, v.view(2, 3, 2, 4)[i])
             assert torch.equal(store.summaries(layer)[first + i], k.view(2, 3, 2, 4)[i].mean(0))
-    assert store.bytes_per_frame == 2 * 2 * 2 * 4 * 4 * 3
+    assert store.bytes_per_block == 2 * 2 * 2 * 4 * 4 * 3
 
 
 def test_device_memory_bounded_over_a_long_stream(load, frames):

@@ -1,17 +1,17 @@
 """Qwen3-VL through the backbone seam, on a tiny random checkpoint built offline: blocks
 whose timestamp text varies in length (stored in fixed slots), deepstack rows per chunk,
-q/k norms as the pre-RoPE capture points. Exact against the pinned transformers' vanilla
-``generate`` with an unbounded window and every block retrieved; closed-form positions
+q/k norms as the pre-RoPE capture points; the processor's prompt ids; closed-form positions
 against the installed ``get_rope_index`` (also on a subset of blocks, against the processor
-run on only those frames); windowed encoding against a dense reference; which position
-strategies are exact."""
+run on only those frames); windowed encoding against a dense reference. What every M-RoPE
+family must do (exact against vanilla ``generate``, which position strategies are exact, flat
+device bytes): ``tests/families/test_family_contract.py``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from test_mrope import QUESTION, _Dense3D, _vanilla, _video
+from mrope_reference import QUESTION, Dense3D, vanilla_answer, video_frames
 
 FPS = 0.5  # block g at (4g + 1) s: the timestamp text grows from "<1.0 seconds>" to "<13.0 seconds>" by block 3
 SIZE = (64, 64)  # 2 x 2 = 4 visual tokens per block
@@ -36,7 +36,7 @@ def load3(qwen3_dir):
 
 
 def _frames(n: int, seed: int) -> np.ndarray:
-    return _video(n, size=SIZE, seed=seed)
+    return video_frames(n, size=SIZE, seed=seed)
 
 
 def test_family_and_its_block_layout(load3, qwen3_dir):
@@ -58,24 +58,14 @@ def test_family_and_its_block_layout(load3, qwen3_dir):
         ReKVLlavaOneVision.from_pretrained(qwen3_dir, dtype=torch.float32, device="cpu")
 
 
-@pytest.mark.parametrize("frames,chunk,splits", [(12, 2, [(0, 12)]), (12, 6, [(0, 5), (5, 6), (6, 12)]),
-                                                 (11, 4, [(0, 3), (3, 11)]), (12, 64, [(0, 12)])])
-def test_unbounded_window_every_block_equals_vanilla_generate(load3, frames, chunk, splits):
-    """Token-exact and logits <= 1e-4 against ``generate`` on the processor's prompt (an odd
-    last frame: the block padded as the processor pads it, with its timestamp)."""
-    engine = load3(window_tokens=None, topk_frames=None, chunk_frames=chunk)
-    video = _frames(frames, seed=1)
-    session = engine.new_session(fps=FPS)
-    for lo, hi in splits:
-        session.add_frames(video[lo:hi])
-    answer = session.answer(QUESTION, max_new_tokens=6, return_logits=True)
-    tokens, logits, inputs = _vanilla(engine, video, QUESTION, 6, fps=FPS)
+@pytest.mark.parametrize("frames", [12, 11])
+def test_the_prompt_ids_are_the_processors(load3, frames):
+    """The blocks' timestamp text and tokens as the processor writes them (an odd last frame:
+    the block padded, with its timestamp); the answers are the family contract's
+    (``tests/families/test_family_contract.py``)."""
+    engine = load3(window_tokens=None, topk_frames=None)
+    _, _, inputs = vanilla_answer(engine, _frames(frames, seed=1), QUESTION, 1, fps=FPS)
     assert torch.equal(engine.backbone.vanilla_input_ids(QUESTION, frames, fps=FPS), inputs["input_ids"])
-    assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
-    assert len(answer.logits) == len(logits)
-    for mine, ref in zip(answer.logits, logits):
-        assert (mine - ref).abs().max().item() <= 1e-4
-    assert all(torch.equal(sel, torch.arange(-(-frames // 2))) for sel in answer.selected)
 
 
 def _rope_index(engine, ids: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -138,7 +128,7 @@ def test_stored_slots_hold_the_tokens_right_aligned(load3):
     rows = bb.block_rows(torch.arange(4), torch.device("cpu"), FPS)
     assert len(rows) == int((heads + 2 + bb.visual_tokens).sum())
     for block in range(4):
-        keys, values = store.frame(1, block)
+        keys, values = store.block(1, block)
         unused = bb.header_slots - int(heads[block])
         assert not keys[:unused].any() and not values[:unused].any()
         assert keys[unused:].abs().sum(dim=(1, 2)).gt(0).all()
@@ -172,7 +162,7 @@ def _dense_reference(engine, video: np.ndarray, window: int):
     embeds = torch.cat([bb.embed(prefix), inputs.embeds], dim=1)
     mask = torch.cat([torch.zeros(1, s, dtype=torch.bool), inputs.lm_kwargs["visual_pos_masks"]], dim=1)
     extra = {"visual_pos_masks": mask, "deepstack_visual_embeds": inputs.lm_kwargs["deepstack_visual_embeds"]}
-    with torch.inference_mode(), bb.routed(_Dense3D(bb.text_model.rotary_emb, allowed, offsets)):
+    with torch.inference_mode(), bb.routed(Dense3D(bb.text_model.rotary_emb, allowed, offsets)):
         return bb.text_model(inputs_embeds=embeds, use_cache=False, **extra).last_hidden_state[0, s:]
 
 
@@ -192,35 +182,6 @@ def test_windowed_encoding_matches_dense_3d_reference(load3, window, chunk):
     ref = _dense_reference(engine, video, window)
     assert hidden.shape == ref.shape
     assert (hidden - ref).abs().max().item() <= 1e-5
-
-
-#: which strategies reproduce vanilla with every block retrieved (README table)
-EXACT = {"layout", "original"}
-
-
-@pytest.mark.parametrize("strategy", ["layout", "original", "1d"])
-def test_which_strategies_are_exact_with_every_block(load3, strategy):
-    engine = load3(window_tokens=None, topk_frames=None, chunk_frames=4, position_strategy=strategy)
-    video = _frames(12, seed=5)
-    session = engine.new_session(fps=FPS)
-    session.add_frames(video)
-    answer = session.answer(QUESTION, max_new_tokens=1, return_logits=True)
-    _, logits, _ = _vanilla(engine, video, QUESTION, 1, fps=FPS)
-    error = (answer.logits[0] - logits[0]).abs().max().item()
-    assert error <= 1e-4 if strategy in EXACT else error > 1e-3
-
-
-def test_top_k_keeps_device_bytes_flat_and_retrieves_whole_blocks(load3):
-    engine = load3(window_tokens=12, topk_frames=2, chunk_frames=4)
-    session = engine.new_session(fps=FPS)
-    device_bytes = []
-    for i in range(5):
-        session.add_frames(_frames(4, seed=10 + i))
-        device_bytes.append(session.stats()["device_bytes"])
-        answer = session.answer(QUESTION, max_new_tokens=2)
-        assert all(len(sel) == 2 for sel in answer.selected)
-    stats = session.stats()
-    assert len(set(device_bytes[1:])) == 1 and stats["encoded_frames"] == 20 and stats["blocks"] == 10
 
 
 def test_top_k_answer_equals_dense_reference_over_the_retrieved_blocks(load3):
@@ -254,7 +215,7 @@ def test_top_k_answer_equals_dense_reference_over_the_retrieved_blocks(load3):
     mask = torch.zeros(1, n, dtype=torch.bool)
     mask[:, s : s + m] = inputs.lm_kwargs["visual_pos_masks"]
     extra = {"visual_pos_masks": mask, "deepstack_visual_embeds": inputs.lm_kwargs["deepstack_visual_embeds"]}
-    with torch.inference_mode(), bb.routed(_Dense3D(bb.text_model.rotary_emb, allowed, offsets)):
+    with torch.inference_mode(), bb.routed(Dense3D(bb.text_model.rotary_emb, allowed, offsets)):
         hidden = bb.text_model(inputs_embeds=embeds, use_cache=False, **extra).last_hidden_state[0, -1]
         logits = engine.model.lm_head(hidden).float()
     assert (answer.logits[0] - logits).abs().max().item() <= 1e-4
@@ -269,7 +230,7 @@ def test_odd_last_frame_is_padded_for_the_question_only(load3, tmp_path):
     session = engine.new_session(fps=FPS)
     session.add_frames(video[:7])
     answer = session.answer(QUESTION, max_new_tokens=3, return_logits=True)
-    _, logits, _ = _vanilla(engine, video[:7], QUESTION, 3, fps=FPS)
+    _, logits, _ = vanilla_answer(engine, video[:7], QUESTION, 3, fps=FPS)
     assert all((a - b).abs().max().item() <= 1e-4 for a, b in zip(answer.logits, logits))
     session.save(str(tmp_path / "saved"))
     reopened = engine.open_session(str(tmp_path / "saved"))
@@ -280,7 +241,7 @@ def test_odd_last_frame_is_padded_for_the_question_only(load3, tmp_path):
         s.flush()
         for layer in range(fresh.state.store.layers):
             for block in range(4):
-                assert all(torch.equal(a, b) for a, b in zip(s.state.store.frame(layer, block), fresh.state.store.frame(layer, block)))
+                assert all(torch.equal(a, b) for a, b in zip(s.state.store.block(layer, block), fresh.state.store.block(layer, block)))
         assert s.answer(QUESTION, max_new_tokens=3).token_ids == fresh.answer(QUESTION, max_new_tokens=3).token_ids
 
 
@@ -333,7 +294,7 @@ def test_qwen3_vl_moe_equals_vanilla_generate(tmp_path):
     session = engine.new_session(fps=FPS)
     session.add_frames(video)
     answer = session.answer(QUESTION, max_new_tokens=4, return_logits=True)
-    tokens, logits, _ = _vanilla(engine, video, QUESTION, 4, fps=FPS)
+    tokens, logits, _ = vanilla_answer(engine, video, QUESTION, 4, fps=FPS)
     assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
     assert all((a - b).abs().max().item() <= 1e-4 for a, b in zip(answer.logits, logits))
 
@@ -350,7 +311,7 @@ def test_lmms_eval_model_answers_as_a_session_on_the_sampled_frames(family, tmp_
     size = "64x64" if family == "qwen3_vl" else "56x56"
     lm = ReKVLlavaOV(pretrained=path, dtype="float32", device="cpu", window_tokens=16, topk_frames=2, chunk_frames=4,
                      fps=1, frame_size=size)
-    video = write_video(str(tmp_path / "clip.mp4"), _video(28, size=(48, 48), seed=9), fps=4)  # 7 s
+    video = write_video(str(tmp_path / "clip.mp4"), video_frames(28, size=(48, 48), seed=9), fps=4)  # 7 s
     lm.task_dict = {"t": {"test": [{"q": QUESTION, "visual": video}]}}
     args = (QUESTION, {"max_new_tokens": 5, "until": []}, lambda d: [d["visual"]], 0, "t", "test")
     [response] = lm.generate_until([Instance(request_type="generate_until", arguments=args, idx=0,
@@ -372,12 +333,12 @@ def test_default_config_sizes_by_the_clip_budget_and_equals_vanilla(qwen3_dir, s
 
     engine = ReKV.from_pretrained(qwen3_dir, dtype=torch.float32, device="cpu", config=ReKVConfig(window_tokens=None, topk_frames=None,
                                                                                                   chunk_frames=4))
-    video = _video(12, size=size, seed=4)
+    video = video_frames(12, size=size, seed=4)
     session = engine.new_session(fps=FPS, frames=len(video))
     session.add_frames(video[:5])
     session.add_frames(video[5:])
     answer = session.answer(QUESTION, max_new_tokens=5, return_logits=True)
-    tokens, logits, inputs = _vanilla(engine, video, QUESTION, 5, fps=FPS)
+    tokens, logits, inputs = vanilla_answer(engine, video, QUESTION, 5, fps=FPS)
     unit = engine.backbone.unit // 2  # the vision patch: grids count patches
     assert [s // unit for s in session.backbone.frame_size] == inputs["video_grid_thw"][0, 1:].tolist()
     assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
@@ -400,13 +361,13 @@ def test_lmms_eval_model_default_config_equals_vanilla_on_a_wide_video(family, t
     from lmms_rekv.io.video import iter_video_timed, write_video
     path = qwen_checkpoint(family)
     lm = ReKVLlavaOV(pretrained=path, dtype="float32", device="cpu", window_tokens="none", topk_frames="none", chunk_frames=4, fps=1)
-    video = write_video(str(tmp_path / "wide.mp4"), _video(32, size=(48, 112), seed=9), fps=4, lossless=True)  # 8 s
+    video = write_video(str(tmp_path / "wide.mp4"), video_frames(32, size=(48, 112), seed=9), fps=4, lossless=True)  # 8 s
     lm.task_dict = {"t": {"test": [{"visual": video}]}}
     args = (QUESTION, {"max_new_tokens": 5, "until": []}, lambda d: [d["visual"]], 0, "t", "test")
     [response] = lm.generate_until([Instance(request_type="generate_until", arguments=args, idx=0,
                                              metadata={"task": "t", "doc_id": 0, "repeats": 1})])
     frames = np.stack([f for _, f in iter_video_timed(video, 1.0)])
-    tokens, _, inputs = _vanilla(lm.engine, frames, QUESTION, 5, fps=1.0)
+    tokens, _, inputs = vanilla_answer(lm.engine, frames, QUESTION, 5, fps=1.0)
     eos = lm.engine.generation_settings().eos_token_ids
     assert response == lm.engine.tokenizer.decode([t for t in tokens if t not in eos]).strip()
     assert inputs["video_grid_thw"][0, 2] > inputs["video_grid_thw"][0, 1]  # wide: the aspect is kept

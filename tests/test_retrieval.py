@@ -17,7 +17,7 @@ def _brute_force(store, layer, query_tokens, score, topk, group):
     q = query_tokens.float().mean(dim=0)  # (Hq * D,)
     scores = []
     for f in range(store.blocks):
-        keys, _ = store.frame(layer, f)  # (T, Hkv, D)
+        keys, _ = store.block(layer, f)  # (T, Hkv, D)
         k = keys.float().repeat_interleave(group, dim=1).mean(dim=0).reshape(-1)
         s = torch.dot(q, k)
         if score == "cosine":
@@ -61,7 +61,7 @@ def _brute_force_pooled(store, layer, query_tokens, score, pool, heads, group):
     for q in query_tokens.float():  # (Hq * D,) per question token
         per_frame = []
         for f in range(store.blocks):
-            keys, _ = store.frame(layer, f)
+            keys, _ = store.block(layer, f)
             k = keys.float().repeat_interleave(group, dim=1).mean(dim=0)  # (Hq, D)
             if pool == "max":
                 value = torch.dot(q, k.reshape(-1))
@@ -176,7 +176,7 @@ def test_scoring_a_block_by_its_best_token_equals_brute_force(load, frames):
     picks = []
     for layer, selected in enumerate(answer.selected):
         rows = torch.stack([keys.float().repeat_interleave(group, dim=1).reshape(keys.shape[0], -1)[t]
-                            for f in range(store.blocks) for keys in [store.frame(layer, f)[0]] for t in range(keys.shape[0])])
+                            for f in range(store.blocks) for keys in [store.block(layer, f)[0]] for t in range(keys.shape[0])])
         table = seen[layer][1:].float() @ rows.T  # (question tokens, blocks * T)
         z = (table - table.mean(1, keepdim=True)) / table.std(1, unbiased=False, keepdim=True)
         per_block = z.max(dim=0).values.view(store.blocks, -1).max(dim=1).values

@@ -29,7 +29,7 @@ def test_store_load_round_trip_is_bit_exact(load, frames, tier, tmp_path):
         assert stats["disk_bytes"] > 3 * stats["cpu_bytes"] and stats["cpu_bytes"] <= 3 * 8192
     for layer, (keys, values) in exact.items():
         for f in range(17):
-            k, v = store.frame(layer, f)
+            k, v = store.block(layer, f)
             assert torch.equal(k, keys[f]) and torch.equal(v, values[f])
         order = torch.tensor([16, 0, 5, 6, 7, 2, 15])
         got_k, got_v = store.gather(layer, order, torch.device("cpu"))
@@ -55,12 +55,12 @@ def test_quantized_blocks_meet_the_bound(load, frames, kind, bits, tier, tmp_pat
     store = session.state.store
     for layer, (keys, values) in exact.items():
         for f in range(9):
-            k, v = store.frame(layer, f)
+            k, v = store.block(layer, f)
             assert ((k - keys[f]).abs() <= _bound(keys[f], 0, bits)).all()  # per channel: over tokens
             assert ((v - values[f]).abs() <= _bound(values[f], 2, bits)).all()  # per token: over channels
         # summaries (used for retrieval) stay exact
         assert torch.allclose(store.summaries(layer), keys.float().mean(1), atol=1e-6)
-    assert store.bytes_per_frame < make_codec(None, store.block_tokens, store.kv_heads, store.head_dim, torch.float32).bytes_per_frame(store.layers) / (3 if bits == 8 else 5)
+    assert store.bytes_per_block < make_codec(None, store.block_tokens, store.kv_heads, store.head_dim, torch.float32).bytes_per_block(store.layers) / (3 if bits == 8 else 5)
     assert isinstance(session.ask(QUESTION, max_new_tokens=3), str)
 
 
@@ -96,10 +96,10 @@ def test_a_session_saved_before_its_first_chunk_reopens(load, frames, tmp_path):
 
 
 def test_codec_bytes_for_the_real_7b():
-    exact = make_codec(None, 196, 4, 128, torch.float16).bytes_per_frame(28)
+    exact = make_codec(None, 196, 4, 128, torch.float16).bytes_per_block(28)
     assert exact == 11239424  # 10.72 MiB
-    int8 = make_codec("int8", 196, 4, 128, torch.float16).bytes_per_frame(28)
-    int4 = make_codec("int4", 196, 4, 128, torch.float16).bytes_per_frame(28)
+    int8 = make_codec("int8", 196, 4, 128, torch.float16).bytes_per_block(28)
+    int4 = make_codec("int4", 196, 4, 128, torch.float16).bytes_per_block(28)
     assert int8 < exact / 1.9 and int4 < exact / 3.7
 
 

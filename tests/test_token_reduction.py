@@ -60,7 +60,7 @@ def test_the_store_holds_the_tokens_the_rule_picks(load, frames, kind):
     for layer, (keys, values) in full.items():
         for block in range(9):
             want_k, want_v = _brute_force(kind, keys[block], values[block], 4, keys[block - 1] if block else None)
-            got_k, got_v = store.frame(layer, block)
+            got_k, got_v = store.block(layer, block)
             assert torch.allclose(got_k, want_k, atol=1e-6) and torch.allclose(got_v, want_v, atol=1e-6), (layer, block)
             assert torch.allclose(store.summaries(layer)[block], want_k.float().mean(0), atol=1e-5)
 
@@ -83,8 +83,8 @@ def test_blocks_do_not_depend_on_how_frames_arrive_and_a_saved_stream_goes_on(lo
         s.flush()
     for layer in range(whole.state.store.layers):
         for block in range(11):
-            for a, b, c in zip(whole.state.store.frame(layer, block), trickled.state.store.frame(layer, block),
-                               reopened.state.store.frame(layer, block)):
+            for a, b, c in zip(whole.state.store.block(layer, block), trickled.state.store.block(layer, block),
+                               reopened.state.store.block(layer, block)):
                 assert torch.equal(a, b) and torch.equal(a, c)
     answer = whole.answer(QUESTION, max_new_tokens=3)
     assert answer.token_ids == reopened.answer(QUESTION, max_new_tokens=3).token_ids

@@ -62,5 +62,5 @@ def test_blocks_identical_however_frames_arrive(load, frames, window):
         assert other.blocks == first.blocks == 13
         for layer in range(first.layers):
             for f in range(13):
-                for a, b in zip(first.frame(layer, f), other.frame(layer, f)):
+                for a, b in zip(first.block(layer, f), other.block(layer, f)):
                     assert torch.equal(a, b)

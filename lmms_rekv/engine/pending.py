@@ -11,9 +11,11 @@ import torch
 class PendingFrames:
     """An ordered run of preprocessed frames ``(N, 3, S, S)`` in the batches they were added."""
 
-    def __init__(self) -> None:
+    def __init__(self, *batches: torch.Tensor) -> None:
         self._batches: List[torch.Tensor] = []
         self.count = 0
+        for batch in batches:
+            self.append(batch)
 
     def __len__(self) -> int:
         return self.count

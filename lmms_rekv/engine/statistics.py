@@ -87,11 +87,11 @@ def stream_stats(writer: StreamWriter, frames: int) -> StreamStats:
     return StreamStats(**{
         "frames": frames,
         "encoded_frames": encoded,
-        "provisional_frames": writer.tail_frames,
-        "waiting_frames": frames - encoded - writer.tail_frames,
+        "provisional_frames": writer.tail.frames,
+        "waiting_frames": frames - encoded - writer.tail.frames,
         "blocks": store.blocks,
         "stored_block_tokens": store.block_tokens,
-        "pending_frames": writer.pending_frames,
+        "pending_frames": writer.pending.count,
         "tokens": st.stream_tokens,
         "sink_tokens": st.sinks,
         "window_tokens": st.window_len,
@@ -99,10 +99,10 @@ def stream_stats(writer: StreamWriter, frames: int) -> StreamStats:
         "device_kv_bytes": kv_device,
         "summary_device_bytes": summaries,
         "index_host_bytes": 0 if index_on_device else store.summary_allocated_bytes + emb_bytes,
-        "summary_bytes_per_block": store.summary_bytes_per_frame,
-        "summary_bytes_per_frame": store.summary_bytes_per_frame // per_block,
+        "summary_bytes_per_block": store.summary_bytes_per_block,
+        "summary_bytes_per_frame": store.summary_bytes_per_block // per_block,
         "pending_device_bytes": pending,
-        "tail_frames": writer.tail_frames,
+        "tail_frames": writer.tail.frames,
         "tail_device_bytes": tail,
         "embedding_device_bytes": emb_device,
         "cpu_bytes": ram,
@@ -110,15 +110,15 @@ def stream_stats(writer: StreamWriter, frames: int) -> StreamStats:
         "summary_bytes": store.summary_bytes,
         "disk_bytes": backend.disk_bytes,
         "embedding_bytes": emb_used,
-        "kv_bytes_per_block": store.bytes_per_frame,
-        "kv_bytes_per_frame": store.bytes_per_frame // per_block,  # a frame's share (K and V: always even); GiB/h = this x fps x 3600
+        "kv_bytes_per_block": store.bytes_per_block,
+        "kv_bytes_per_frame": store.bytes_per_block // per_block,  # a frame's share (K and V: always even); GiB/h = this x fps x 3600
     })
 
 
 def _tail_device_bytes(writer: StreamWriter, device) -> int:
     """Bytes the provisional tail holds on the model's device: its window copy, its summaries
     (``summary_tier="device"``) and, on the ``device`` tier, its blocks."""
-    tail = writer.tail
+    tail = writer.tail.state
     if tail is None:
         return 0
     extra, config = tail.store.extra, writer.config

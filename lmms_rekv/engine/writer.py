@@ -37,6 +37,34 @@ class StreamView:
     block_embeddings: Callable[[int], torch.Tensor]  # blocks -> (blocks, E) external embeddings
 
 
+class StreamStores:
+    """Makes the block stores of one stream: its tier, block layout and index device; a fork's
+    small store of its own (``fork``)."""
+
+    def __init__(self, engine, backbone) -> None:
+        self.engine, self.backbone, self.config = engine, backbone, engine.config
+
+    @property
+    def index_device(self) -> torch.device:
+        """Where the retrieval index (summaries, embeddings) lives: the model's device with
+        ``summary_tier="device"``, else host RAM."""
+        return self.engine.device if self.config.summary_tier == "device" else torch.device("cpu")
+
+    def new(self, offload: Optional[str] = None, capacity: int = 64, reducer=None) -> BlockStore:
+        """An empty block store on the ``offload`` tier (default: the configured one) with this
+        stream's block layout (``reducer``: the token reducer to continue, for a fork)."""
+        bb, engine = self.backbone, self.engine
+        return make_store(self.config, offload or self.config.offload, bb.kv_shape(), bb.block_tokens, engine.dtype,
+                          engine.device, self.index_device, capacity=capacity, summary_tokens=bb.summary_tokens, reducer=reducer)
+
+    def fork(self, state: StreamState) -> StreamState:
+        """``state`` followed by a small store of its own (``StreamState.fork``; the disk tier's
+        fork stays in RAM)."""
+        tier = "cpu" if self.config.offload == "disk" else self.config.offload
+        reducer = state.store.reducer
+        return state.fork(self.new(tier, 1, reducer=None if reducer is None else reducer.fork()))
+
+
 class StreamWriter:
     """Frames in, KV out: owns the stream state, the pending frames, the tail and the chunk grid.
 
@@ -49,25 +77,12 @@ class StreamWriter:
         self.expected_frames, self.frame_times = expected_frames, frame_times
         self.lock = threading.RLock()
         self._sized = not backbone.sizes_per_stream  # else: sized from the first frame (``_size_from``)
-        self.state = StreamState(store=self._new_store(self.config.offload), window=self.config.window_tokens)
-        self._embeddings: Optional[GrowingRows] = None
+        self.stores = StreamStores(engine, backbone)
+        self.state = StreamState(store=self.stores.new(), window=self.config.window_tokens)
+        self.embedding_rows: Optional[GrowingRows] = None  # external embeddings (read them; the writer appends)
         self._pending = PendingFrames()
         self._tail = ProvisionalTail()
         self._prefix_done = False
-
-    # -- stores ---------------------------------------------------------------------------
-    @property
-    def index_device(self) -> torch.device:
-        """Where the retrieval index (summaries, embeddings) lives: the model's device with
-        ``summary_tier="device"``, else host RAM."""
-        return self.engine.device if self.config.summary_tier == "device" else torch.device("cpu")
-
-    def _new_store(self, offload: str, capacity: int = 64, reducer=None) -> BlockStore:
-        """An empty block store on the ``offload`` tier with this stream's block layout
-        (``reducer``: the token reducer to continue, for a fork)."""
-        bb, engine = self.backbone, self.engine
-        return make_store(self.config, offload, bb.kv_shape(), bb.block_tokens, engine.dtype, engine.device, self.index_device,
-                          capacity=capacity, summary_tokens=bb.summary_tokens, reducer=reducer)
 
     # -- counts ---------------------------------------------------------------------------
     @property
@@ -76,39 +91,24 @@ class StreamWriter:
         return self.state.store.blocks * self.backbone.frames_per_block + self._pending.count
 
     @property
-    def pending_frames(self) -> int:
-        return self._pending.count
-
-    @property
-    def tail_frames(self) -> int:
-        """Pending frames the provisional tail covers."""
-        return self._tail.frames
-
-    @property
     def embeddings(self) -> Optional[torch.Tensor]:
         """``(frames, E)`` normalised frame embeddings (external/hybrid retrieval), else None."""
-        return None if self._embeddings is None else self._embeddings.view()
-
-    @property
-    def embedding_rows(self) -> Optional[GrowingRows]:
-        """The external embeddings' growing buffer (read it; for sizes)."""
-        return self._embeddings
+        return None if self.embedding_rows is None else self.embedding_rows.view()
 
     @property
     def pending(self) -> PendingFrames:
-        """The preprocessed frames not committed yet (read it; for sizes)."""
+        """The preprocessed frames not committed yet (read them; for sizes)."""
         return self._pending
 
     @property
-    def tail(self) -> Optional[StreamState]:
-        """The provisional tail's state (read it; questions use it through ``view``)."""
-        return self._tail.state
+    def tail(self) -> ProvisionalTail:
+        """The provisional tail (read it; questions use it through ``view``)."""
+        return self._tail
 
     # -- frames in ------------------------------------------------------------------------
     def add(self, batches: Sequence[torch.Tensor], more_waiting: Callable[[], bool] = lambda: False) -> None:
-        """Preprocess ``batches`` of checked uint8 ``(N, H, W, 3)`` frames (``io.preprocess.as_frames``),
-        commit complete chunks and (``eager``, when no more frames are waiting) extend the
-        provisional tail."""
+        """Preprocess ``batches`` of checked uint8 ``(N, H, W, 3)`` frames (``as_frames``), commit
+        complete chunks and (``eager``, when no more frames wait) extend the provisional tail."""
         with self.lock:
             self._add(list(batches), more_waiting)
 
@@ -134,15 +134,15 @@ class StreamWriter:
         backbone = self.engine.backbone.for_stream(height, width, self.expected_frames).timed(self.frame_times)
         if backbone is not self.backbone:  # nothing is stored yet: the store is made again at this size
             self.state.store.close()
-            self.backbone = backbone
-            self.state = StreamState(store=self._new_store(self.config.offload), window=self.config.window_tokens)
+            self.backbone, self.stores = backbone, StreamStores(self.engine, backbone)
+            self.state = StreamState(store=self.stores.new(), window=self.config.window_tokens)
         self._sized = True
-        logger.debug("stream frames %dx%d -> %s", height, width, getattr(backbone, "frame_size", None))
+        logger.debug("stream frames %dx%d -> %s", height, width, backbone.frame_size)
 
     def _append_embeddings(self, embeddings: torch.Tensor) -> None:
-        if self._embeddings is None:
-            self._embeddings = GrowingRows(embeddings.shape[1], self.index_device)
-        self._embeddings.append(embeddings)
+        if self.embedding_rows is None:
+            self.embedding_rows = GrowingRows(embeddings.shape[1], self.stores.index_device)
+        self.embedding_rows.append(embeddings)
 
     def encode_pending(self, more_waiting: Callable[[], bool] = lambda: False, tail: Optional[bool] = None) -> None:
         """Commit the complete chunks among the pending frames, then (``tail``, default
@@ -181,19 +181,13 @@ class StreamWriter:
         self._pending.drop(n)
         self._tail.drop()
 
-    def _fork(self, state: StreamState) -> StreamState:
-        """``state`` followed by a small store of its own (``StreamState.fork``)."""
-        tier = "cpu" if self.config.offload == "disk" else self.config.offload
-        reducer = state.store.reducer
-        return state.fork(self._new_store(tier, 1, reducer=None if reducer is None else reducer.fork()))
-
     def _extend_tail(self) -> None:
         """Encode the pending whole blocks the provisional tail does not cover yet."""
         whole = self._pending.count - self._pending.count % self.backbone.frames_per_block
         if whole <= self._tail.frames:
             return
         self._encode_prefix()
-        fork = self._tail.state or self._fork(self.state)
+        fork = self._tail.state or self.stores.fork(self.state)
         try:
             self.encode(self._pending.range(self._tail.frames, whole), fork)
         except BaseException:
@@ -240,7 +234,7 @@ class StreamWriter:
         partial = self._pending.range(self._tail.frames, self._pending.count)
         missing = self.backbone.frames_per_block - partial.shape[0]
         pixels = torch.cat([partial, partial[-1:].expand(missing, *partial.shape[1:])])
-        fork = self._fork(state)
+        fork = self.stores.fork(state)
         fork.padded_block = fork.store.blocks
         self.encode(pixels, fork)
         return fork
@@ -263,8 +257,7 @@ class StreamWriter:
         if "embeddings" in tensors:
             self._append_embeddings(tensors["embeddings"])
         if "pending" in tensors:
-            self._pending = PendingFrames()
-            self._pending.append(tensors["pending"])
+            self._pending = PendingFrames(tensors["pending"])
         self._prefix_done = True
 
     def close(self) -> None:

@@ -28,8 +28,8 @@ def cache_key(engine, video: str, fps: float, max_frames: Optional[int], start: 
         "clip": [cfg.clip_model, cfg.clip_pretrained] if cfg.uses_embeddings else None,
         "video": video_digest(video), "fps": fps, "max_frames": max_frames, "start": start, "format": 1,
         **({"sampling": sampling} if sampling else {}),
-        **({"system": engine.system_prompt} if getattr(engine, "system_prompt", None) else {}),  # it is in the sinks
-        **({"template": engine.chat_template_kwargs} if getattr(engine, "chat_template_kwargs", None) else {}),
+        **({"system": engine.system_prompt} if engine.system_prompt else {}),  # it is in the sinks
+        **({"template": engine.chat_template_kwargs} if engine.chat_template_kwargs else {}),
         **({"token_reduction": [cfg.token_reduction, cfg.token_keep]} if cfg.token_reduction else {}),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]

@@ -110,7 +110,7 @@ class ReKVLlavaOV(lmms):
         is read by its field (``lmms_rekv.args``); raises ValueError with a one-line reason."""
         given = {k: v for k, v in own.items() if v is not None or k not in ("fps", "max_frames")}  # None: unset / no limit
         upstream, rest = choose(pretrained, rekv_args, own.get("fps"), own.get("max_frames"))
-        if "max_frames" not in given and getattr(upstream, "default_max_frames", None) is not None:
+        if "max_frames" not in given and upstream.default_max_frames is not None:
             given["max_frames"] = upstream.default_max_frames  # llava_onevision's max_frames_num caps the time grid
         return upstream, ReKVConfig.from_strings(**rest), build(RunSettings, given, kind="rekv_llava_ov model arg")
 

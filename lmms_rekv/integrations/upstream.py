@@ -55,6 +55,7 @@ class Native:
     load_kwargs: Dict[str, Any] = field(default_factory=dict)
     cuts_at_until = True
     default_max_new_tokens: Optional[int] = None  # None: the model's ``max_new_tokens`` arg
+    default_max_frames: Optional[int] = None  # the cap of the time grid when none is given (llava_onevision's)
 
     def dtype(self, requested: str) -> str:
         """The dtype to load with when ``requested`` (the ``dtype`` arg) may be ``auto``."""
@@ -64,7 +65,7 @@ class Native:
         """How files are read into sessions, and whether a continuing file extends a stream."""
         backbone = engine.backbone
         size_for = None
-        if getattr(backbone, "sizes_by_clip", False):  # Qwen3-VL: the size depends on the frame count
+        if backbone.sizes_by_clip:  # Qwen3-VL: the size depends on the frame count
             size_for = lambda h, w, n: backbone.for_stream(h, w, n).frame_size  # noqa: E731
         sampling = Sampling(engine.new_session, run.fps, run.max_frames, engine.config.chunk_frames, run.doc_timeout,
                             run.stream_tolerance, size_for=size_for, keep_prints=run.reuse_streams, uniform=self.uniform(run))
@@ -91,7 +92,6 @@ class LlavaOneVision(Native):
     uniform_frames: int = 32
     decode_backend: str = "decord"
     by_time: bool = False  # fps= or max_frames= given: the time grid instead of its index rule
-    default_max_frames: Optional[int] = None  # its max_frames_num: the cap of the time grid when fps= is given
 
     def dtype(self, requested: str) -> str:
         return "float16" if str(requested) == "auto" else requested

@@ -59,7 +59,7 @@ class Scores:
         rows = self.token_keys(layer).float() if tokens else self.summaries(layer)
         neutral = None if neutral is None else neutral.to(rows.device)
         scorer = token_scores if tokens else frame_scores
-        return scorer(queries.to(rows.device), rows, config.score, config.query_pool, getattr(config, "hub_correction", None), neutral)
+        return scorer(queries.to(rows.device), rows, config.score, config.query_pool, config.hub_correction, neutral)
 
 
 def make_selector(config, blocks: int, summaries: Callable[[int], torch.Tensor],

@@ -75,7 +75,7 @@ def _write_entry(session, store, tmp: str, meta: dict) -> None:
     extra = {
         "frames": store.blocks, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
         "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
-        "frame_size": list(getattr(session.backbone, "frame_size", None) or []) or None,
+        "frame_size": list(session.backbone.frame_size or []) or None,
         "frame_times": None if session.frame_times is None else list(session.frame_times),
     }
     write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)

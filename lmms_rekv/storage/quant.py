@@ -36,7 +36,8 @@ class Codec:
     def decode(self, fields: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         return fields["k"], fields["v"]
 
-    def bytes_per_frame(self, layers: int) -> int:
+    def bytes_per_block(self, layers: int) -> int:
+        """Stored bytes of one block over ``layers`` layers."""
         per_layer = sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() for shape, dt in self.fields().values())
         return layers * per_layer
 

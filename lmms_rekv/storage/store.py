@@ -72,7 +72,7 @@ class BlockStore:
     @property
     def blocks(self) -> int:
         """Blocks stored (a block is one temporal patch: 1 frame on LLaVA-OV, 2 on Qwen)."""
-        return self.backend.frames
+        return self.backend.blocks
 
     @property
     def frames(self) -> int:
@@ -82,19 +82,19 @@ class BlockStore:
         warnings.warn("BlockStore.frames is deprecated; use blocks (a block is 2 frames on Qwen)", DeprecationWarning, stacklevel=2)
         return self.blocks
 
-    def reserve(self, n_frames: int) -> int:
-        """Make room for ``n_frames`` more frames; returns the index of the first one.
+    def reserve(self, n_blocks: int) -> int:
+        """Make room for ``n_blocks`` more blocks; returns the index of the first one.
 
-        The frames count as stored once every layer has been written and ``commit`` called."""
-        if n_frames < 1:
-            raise ValueError("reserve needs at least one frame")
-        self._summaries.reserve(n_frames)
-        return self.backend.reserve(n_frames)
+        The blocks count as stored once every layer has been written and ``commit`` called."""
+        if n_blocks < 1:
+            raise ValueError("reserve needs at least one block")
+        self._summaries.reserve(n_blocks)
+        return self.backend.reserve(n_blocks)
 
-    def commit(self, n_frames: int) -> None:
-        """Mark ``n_frames`` reserved frames as written on every layer."""
-        self._summaries.rows += n_frames
-        self.backend.commit(n_frames)
+    def commit(self, n_blocks: int) -> None:
+        """Mark ``n_blocks`` reserved blocks as written on every layer."""
+        self._summaries.rows += n_blocks
+        self.backend.commit(n_blocks)
 
     def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store frames ``first..first+n`` of ``layer``.
@@ -159,10 +159,10 @@ class BlockStore:
         flat = (self.layers, -1, self.kv_heads, self.head_dim)
         return keys.reshape(flat), values.reshape(flat)
 
-    def frame(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def block(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """One stored block, decoded: two ``(block_tokens, kv_heads, head_dim)`` tensors."""
         if not 0 <= index < self.blocks:
-            raise IndexError(f"frame {index} not stored (have {self.blocks})")
+            raise IndexError(f"block {index} not stored (have {self.blocks})")
         keys, values = self.gather(layer, torch.tensor([index]), self.backend_device)
         return keys.view(self.block_tokens, self.kv_heads, self.head_dim), values.view(self.block_tokens, self.kv_heads, self.head_dim)
 
@@ -172,14 +172,14 @@ class BlockStore:
 
     # -- accounting -----------------------------------------------------------------------
     @property
-    def bytes_per_frame(self) -> int:
-        """Stored bytes of one frame over all layers (exact: layers * 2 * kv_heads * head_dim
+    def bytes_per_block(self) -> int:
+        """Stored bytes of one block over all layers (exact: layers * 2 * kv_heads * head_dim
         * itemsize * block_tokens; less with int8/int4)."""
-        return self.codec.bytes_per_frame(self.layers)
+        return self.codec.bytes_per_block(self.layers)
 
     @property
     def used_bytes(self) -> int:
-        return self.blocks * self.bytes_per_frame
+        return self.blocks * self.bytes_per_block
 
     @property
     def reserved_bytes(self) -> int:
@@ -195,12 +195,36 @@ class BlockStore:
         return self._summaries.allocated_bytes
 
     @property
-    def summary_bytes_per_frame(self) -> int:
+    def summary_bytes_per_block(self) -> int:
         """layers * kv_heads * head_dim * 4 (fp32 mean key per layer)."""
         return self.layers * self.kv_heads * self.head_dim * 4
 
     def close(self) -> None:
         self.backend.close()
+
+    # -- the names from one-frame blocks (deprecated) ------------------------------------------
+    def frame(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Deprecated name of ``block``."""
+        _renamed("frame()", "block()")
+        return self.block(layer, index)
+
+    @property
+    def bytes_per_frame(self) -> int:
+        """Deprecated name of ``bytes_per_block``."""
+        _renamed("bytes_per_frame", "bytes_per_block")
+        return self.bytes_per_block
+
+    @property
+    def summary_bytes_per_frame(self) -> int:
+        """Deprecated name of ``summary_bytes_per_block``."""
+        _renamed("summary_bytes_per_frame", "summary_bytes_per_block")
+        return self.summary_bytes_per_block
+
+
+def _renamed(old: str, new: str) -> None:
+    import warnings
+
+    warnings.warn(f"BlockStore.{old} is deprecated; use {new} (a block is 2 frames on Qwen)", DeprecationWarning, stacklevel=3)
 
 
 class GrowingRows:

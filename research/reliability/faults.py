@@ -73,7 +73,7 @@ def _snapshot(session) -> List[torch.Tensor]:
     out = [store.all_summaries()]
     for layer in range(store.layers):
         for f in range(store.blocks):
-            out.extend(store.frame(layer, f))
+            out.extend(store.block(layer, f))
     return out + list(st.sink_k) + list(st.sink_v) + list(st.win_k) + list(st.win_v)
 
 

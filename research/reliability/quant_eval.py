@@ -70,7 +70,7 @@ def evaluate(model_dir: str, frames: int = 48, questions: int = 8, seed: int = 0
         report[kind] = {
             "attention_rel_error_mean": float(np.mean(rel)), "attention_rel_error_max": float(np.max(rel)),
             "first_logit_abs_diff_max": float(np.max(logit)), "identical_answers": same, "questions": len(asked),
-            "bytes_per_frame": session.state.store.bytes_per_frame, "exact_bytes_per_frame": exact.state.store.bytes_per_frame,
+            "bytes_per_frame": session.state.store.bytes_per_block, "exact_bytes_per_frame": exact.state.store.bytes_per_block,
         }
     return report
 

@@ -9,11 +9,11 @@ from lmms_rekv.storage.backends import Backend
 
 class DictBackend(Backend):
     def __init__(self, layers, fields):
-        self.layers, self.fields, self.blocks, self.reserved = layers, fields, {}, 0
+        self.layers, self.fields, self.rows, self.reserved = layers, fields, {}, 0
         self.committed = 0
 
     @property
-    def frames(self):
+    def blocks(self):
         return self.committed
 
     def reserve(self, n):
@@ -23,20 +23,20 @@ class DictBackend(Backend):
     def write(self, layer, first, data):
         for name, rows in data.items():
             for i, row in enumerate(rows):
-                self.blocks[layer, first + i, name] = row.detach().clone()
+                self.rows[layer, first + i, name] = row.detach().clone()
 
     def commit(self, n):
         self.committed += n
 
-    def read(self, layer, frames):
-        return {name: torch.stack([self.blocks[layer, int(i), name] for i in frames]) for name in self.fields}
+    def read(self, layer, blocks):
+        return {name: torch.stack([self.rows[layer, int(i), name] for i in blocks]) for name in self.fields}
 
     def close(self):
-        self.blocks.clear()
+        self.rows.clear()
 
     @property
     def used_bytes(self):
-        return sum(t.numel() * t.element_size() for (_, block, _), t in self.blocks.items() if block < self.committed)
+        return sum(t.numel() * t.element_size() for (_, block, _), t in self.rows.items() if block < self.committed)
 
 
 def register() -> None:

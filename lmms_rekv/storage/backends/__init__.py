@@ -3,8 +3,8 @@
     first = backend.reserve(n)                    # room for n more blocks
     backend.write(layer, first, {name: (n, ...)}) # every layer, then
     backend.commit(n)
-    backend.read(layer, frames) -> {name: (k, ...)}  # batched; any order
-    backend.frames, backend.used_bytes, backend.close()  # + optional ones with defaults
+    backend.read(layer, blocks) -> {name: (k, ...)}  # batched; any order
+    backend.blocks, backend.used_bytes, backend.close()  # + optional ones with defaults
 
 ``lmms_rekv.registry.BACKENDS`` maps the ``offload`` tiers to their factories
 (``memory_backend``: cpu and device; ``disk_backend``: disk).

@@ -26,8 +26,8 @@ class Backend(ABC):
 
     @property
     @abstractmethod
-    def frames(self) -> int:
-        """Blocks committed (the name is kept from one-frame blocks)."""
+    def blocks(self) -> int:
+        """Blocks committed."""
 
     @abstractmethod
     def reserve(self, n: int) -> int:
@@ -42,8 +42,8 @@ class Backend(ABC):
         """The ``n`` reserved blocks are written on every layer: they count from now on."""
 
     @abstractmethod
-    def read(self, layer: int, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``{field: (k, *shape)}`` of blocks ``frames`` (1-D index, any order) on ``layer``."""
+    def read(self, layer: int, blocks: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``{field: (k, *shape)}`` of blocks ``blocks`` (1-D index, any order) on ``layer``."""
 
     @abstractmethod
     def close(self) -> None:
@@ -55,12 +55,12 @@ class Backend(ABC):
         """Bytes of the committed blocks."""
 
     # -- optional, with defaults --------------------------------------------------------------
-    def read_all(self, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def read_all(self, blocks: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``read`` for every layer: ``{field: (layers, k, *shape)}``."""
-        per_layer = [self.read(layer, frames) for layer in range(self.layers)]
+        per_layer = [self.read(layer, blocks) for layer in range(self.layers)]
         return {name: torch.stack([rows[name] for rows in per_layer]) for name in per_layer[0]}
 
-    def frame(self, layer: int, index: int) -> Dict[str, torch.Tensor]:
+    def block(self, layer: int, index: int) -> Dict[str, torch.Tensor]:
         """``{field: shape}`` of one block."""
         return {name: rows[0] for name, rows in self.read(layer, torch.tensor([index])).items()}
 

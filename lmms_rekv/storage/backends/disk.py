@@ -60,12 +60,12 @@ class DiskBackend(Backend):
         logger.debug("disk backend in %s: %d frames in RAM, segments of %d", self.folder, self.ram_frames, self.segment_frames)
 
     @property
-    def frames(self) -> int:
-        return self.disk_frames + self.tail.frames
+    def blocks(self) -> int:
+        return self.disk_frames + self.tail.blocks
 
     def reserve(self, n: int) -> int:
-        while self.tail.frames and self.tail.frames + n > self.ram_frames:
-            self._spill(min(self.segment_frames, self.tail.frames))
+        while self.tail.blocks and self.tail.blocks + n > self.ram_frames:
+            self._spill(min(self.segment_frames, self.tail.blocks))
         if n > self.ram_frames:
             logger.warning("a chunk of %d frames exceeds the RAM budget of %d frames", n, self.ram_frames)
         return self.disk_frames + self.tail.reserve(n)
@@ -93,11 +93,11 @@ class DiskBackend(Backend):
 
     def flush(self) -> None:
         """Spill every RAM frame (before persisting)."""
-        if self.tail.frames:
-            self._spill(self.tail.frames)
+        if self.tail.blocks:
+            self._spill(self.tail.blocks)
 
-    def read(self, layer: int, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
-        index = frames.tolist()
+    def read(self, layer: int, blocks: torch.Tensor) -> Dict[str, torch.Tensor]:
+        index = blocks.tolist()
         out = {name: torch.empty((len(index), *shape), dtype=dtype) for name, (shape, dtype) in self.fields.items()}
         on_disk = sorted((f, row) for row, f in enumerate(index) if f < self.disk_frames)
         by_segment: Dict[int, List] = {}
@@ -123,7 +123,7 @@ class DiskBackend(Backend):
 
     @property
     def used_bytes(self) -> int:
-        return self.frames * self.frame_bytes
+        return self.blocks * self.frame_bytes
 
     @property
     def reserved_bytes(self) -> int:

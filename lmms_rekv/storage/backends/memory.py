@@ -19,11 +19,11 @@ logger = logging.getLogger(__name__)
 class MemoryBackend(Backend):
     """Growing arenas ``(layers, capacity, *shape)`` per field (see the module docstring)."""
 
-    frames = 0  # blocks committed (an instance attribute from __init__ on)
+    blocks = 0  # blocks committed (an instance attribute from __init__ on)
 
     def __init__(self, layers: int, fields: Fields, device: torch.device, pin: bool = False, capacity: int = 64) -> None:
         self.layers, self.fields, self.device, self.pin = layers, fields, torch.device(device), pin
-        self.frames = 0
+        self.blocks = 0
         self._arenas: Dict[str, torch.Tensor] = {}
         self._copy_stream: Optional["torch.cuda.Stream"] = None
         self._pending_copy = None
@@ -39,19 +39,19 @@ class MemoryBackend(Backend):
         for name, (shape, dtype) in self.fields.items():
             arena = torch.empty((self.layers, capacity, *shape), dtype=dtype, device=self.device, pin_memory=self.pin)
             if name in self._arenas:
-                arena[:, : self.frames].copy_(self._arenas[name][:, : self.frames])
+                arena[:, : self.blocks].copy_(self._arenas[name][:, : self.blocks])
             arenas[name] = arena
         self._arenas = arenas
         logger.debug("memory backend capacity -> %d frames", capacity)
 
     def reserve(self, n: int) -> int:
-        need = self.frames + n
+        need = self.blocks + n
         if need > self.capacity:
             capacity = self.capacity
             while capacity < need:
                 capacity *= 2
             self._grow(capacity)
-        return self.frames
+        return self.blocks
 
     def write(self, layer: int, first: int, data: Dict[str, torch.Tensor]) -> None:
         """Copy ``(n, *shape)`` tensors into frames ``first..first+n`` of ``layer``.
@@ -72,25 +72,25 @@ class MemoryBackend(Backend):
             self._arenas[name][layer, first : first + tensor.shape[0]].copy_(tensor)
 
     def commit(self, n: int) -> None:
-        self.frames += n
+        self.blocks += n
 
     def sync(self) -> None:
         if self._pending_copy is not None:
             self._pending_copy.synchronize()
             self._pending_copy = None
 
-    def read(self, layer: int, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def read(self, layer: int, blocks: torch.Tensor) -> Dict[str, torch.Tensor]:
         self.sync()
-        index = frames.to(self.device)
+        index = blocks.to(self.device)
         return {name: arena[layer].index_select(0, index) for name, arena in self._arenas.items()}
 
-    def read_all(self, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def read_all(self, blocks: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``read`` for every layer: ``{name: (layers, k, *shape)}`` in one index per field."""
         self.sync()
-        index = frames.to(self.device)
+        index = blocks.to(self.device)
         return {name: arena.index_select(1, index) for name, arena in self._arenas.items()}
 
-    def frame(self, layer: int, index: int) -> Dict[str, torch.Tensor]:
+    def block(self, layer: int, index: int) -> Dict[str, torch.Tensor]:
         self.sync()
         return {name: arena[layer, index] for name, arena in self._arenas.items()}
 
@@ -102,10 +102,10 @@ class MemoryBackend(Backend):
     def drop_front(self, n: int) -> None:
         """Forget the first ``n`` frames (moved elsewhere); later frames shift down."""
         self.sync()
-        keep = self.frames - n
+        keep = self.blocks - n
         for arena in self._arenas.values():
-            arena[:, :keep] = arena[:, n : self.frames].clone()
-        self.frames = keep
+            arena[:, :keep] = arena[:, n : self.blocks].clone()
+        self.blocks = keep
 
     @property
     def frame_bytes(self) -> int:
@@ -113,7 +113,7 @@ class MemoryBackend(Backend):
 
     @property
     def used_bytes(self) -> int:
-        return self.frames * self.frame_bytes
+        return self.blocks * self.frame_bytes
 
     @property
     def reserved_bytes(self) -> int:
