@@ -70,3 +70,20 @@ def make_frames(n: int, seed: int = 0, size=(40, 48)) -> np.ndarray:
 @pytest.fixture
 def frames():
     return make_frames
+
+
+#: modules whose tests go through a user's entry point -- a command, lmms-eval's CLI or
+#: evaluator, the README's commands, a benchmark's main -- rather than one part of the package
+END_TO_END = {"test_bench", "test_cli_errors", "test_demo", "test_docs", "test_install", "test_live", "test_lmms_eval",
+              "test_multi_round", "test_ovobench", "test_quickstart", "test_qwen_dropin", "test_soak", "test_tasks",
+              "test_upstream_tasks", "test_llava_reference"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``e2e`` on the tests of ``END_TO_END``, ``unit`` on the rest: ``pytest -m unit`` checks the
+    parts alone (a few minutes), ``pytest -m e2e`` the entry points."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in ("slow", "recipe", "reference")):
+            continue  # kept out of both: they run by their own marker
+        name = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        item.add_marker(pytest.mark.e2e if name in END_TO_END else pytest.mark.unit)
