@@ -32,6 +32,41 @@ from .base import Backbone
 PIXELS_PER_TOKEN = 28
 
 
+class QwenVideo:
+    """The family's video processor as ReKV uses it: its pixel bounds, its own resize, and its
+    ``pixel_values_videos`` / ``video_grid_thw`` for frames already at the stream's size."""
+
+    def __init__(self, processor, processor_kwargs: dict) -> None:
+        self.processor, self.processor_kwargs = processor, processor_kwargs
+
+    def bounds(self) -> Tuple[int, int]:
+        """``(min_pixels, max_pixels)`` of the video processor (per frame; Qwen3-VL: per clip)."""
+        size = self.processor.size or {}  # what its resize reads (``min_pixels``/``max_pixels`` attributes can be stale)
+        low = size.get("shortest_edge") or getattr(self.processor, "min_pixels", None)
+        high = size.get("longest_edge") or getattr(self.processor, "max_pixels", None)
+        return int(low), int(high)
+
+    def resize(self, frames: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """The video processor's resize operation (its resampling, antialiasing and uint8
+        rounding) of uint8 ``(N, H, W, 3)`` frames to ``size``."""
+        from transformers.image_utils import SizeDict
+        from transformers.video_processing_utils import BaseVideoProcessor
+
+        x = frames.permute(0, 3, 1, 2)
+        out = super(BaseVideoProcessor, self.processor).resize(image=x, size=SizeDict(height=size[0], width=size[1]),
+                                                                resample=self.processor.resample)
+        return out.permute(0, 2, 3, 1).contiguous()
+
+    def inputs(self, frames: torch.Tensor, resize: bool = False) -> dict:
+        """``pixel_values_videos`` / ``video_grid_thw`` for uint8 ``(2k, h, w, 3)`` frames taken as
+        one video (every frame kept). The frames are already at the stream's size, so the
+        processor does not resize them again unless ``resize`` (its ``smart_resize`` need not
+        return a size it produced)."""
+        options = {**self.processor_kwargs, "do_resize": resize}
+        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, return_tensors="pt", **options)
+        return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
+
+
 class Qwen2VLBackbone(Backbone):
     """ReKV adapter for ``Qwen2VLForConditionalGeneration``."""
 
@@ -47,7 +82,7 @@ class Qwen2VLBackbone(Backbone):
 
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
         vision = model.config.vision_config
-        self.processor = processor
+        self.processor, self.video = processor, QwenVideo(processor, self.processor_kwargs)
         self.frames_per_block = vision.temporal_patch_size  # 2 in every released checkpoint
         self.unit = vision.patch_size * vision.spatial_merge_size
         self.system_prompt: Optional[str] = None  # a system message before the user turn (None: the template's default)
@@ -97,13 +132,6 @@ class Qwen2VLBackbone(Backbone):
             side -= self.unit
         return side, side
 
-    def pixel_bounds(self) -> Tuple[int, int]:
-        """``(min_pixels, max_pixels)`` of the video processor (per frame; Qwen3-VL: per clip)."""
-        size = self.processor.size or {}  # what its resize reads (``min_pixels``/``max_pixels`` attributes can be stale)
-        low = size.get("shortest_edge") or getattr(self.processor, "min_pixels", None)
-        high = size.get("longest_edge") or getattr(self.processor, "max_pixels", None)
-        return int(low), int(high)
-
     def stream_size(self, height: int, width: int, frames: Optional[int] = None) -> Tuple[int, int]:
         """The size the processor resizes a ``height x width`` video to: its own
         ``smart_resize`` (multiples of 28, pixels within the processor's bounds, aspect kept;
@@ -112,7 +140,7 @@ class Qwen2VLBackbone(Backbone):
 
         if getattr(self.processor, "do_resize", True) is False:  # a processor that keeps frames as they are
             return self._check_size((height, width))
-        low, high = self.pixel_bounds()
+        low, high = self.video.bounds()
         return tuple(smart_resize(height, width, factor=self.unit, min_pixels=low, max_pixels=high))
 
     def for_stream(self, height: int, width: int, frames: Optional[int] = None) -> "Qwen2VLBackbone":
@@ -151,7 +179,7 @@ class Qwen2VLBackbone(Backbone):
         """The processor must keep ``frame_size`` as it is (else it would re-budget the frames
         into other blocks): checked on one black block."""
         black = torch.zeros((self.frames_per_block, *self.frame_size, 3), dtype=torch.uint8)
-        grid = self.vision_inputs(black, resize=True)["video_grid_thw"][0, 1:]
+        grid = self.video.inputs(black, resize=True)["video_grid_thw"][0, 1:]
         if (int(grid[0]) // merge, int(grid[1]) // merge) != self.grid:
             raise ValueError(f"frame_size {self.frame_size} is outside the video processor's pixel budget "
                              f"(size={self.processor.size}): it would resize the frames to a {grid.tolist()} patch grid")
@@ -164,38 +192,17 @@ class Qwen2VLBackbone(Backbone):
         if tuple(frames.shape[1:3]) == (h, w):
             return frames
         if self.processor_resize:
-            return self._processor_resize(frames, (h, w))
+            return self.video.resize(frames, (h, w))
         x = frames.permute(0, 3, 1, 2).float()
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
         return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-    def _processor_resize(self, frames: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """The video processor's resize operation (its resampling, antialiasing and uint8
-        rounding) of uint8 ``(N, H, W, 3)`` frames to ``size``."""
-        from transformers.image_utils import SizeDict
-        from transformers.video_processing_utils import BaseVideoProcessor
-
-        x = frames.permute(0, 3, 1, 2)
-        out = super(BaseVideoProcessor, self.processor).resize(image=x, size=SizeDict(height=size[0], width=size[1]),
-                                                                resample=self.processor.resample)
-        return out.permute(0, 2, 3, 1).contiguous()
-
-    def vision_inputs(self, frames: torch.Tensor, resize: bool = False) -> dict:
-        """The video processor's ``pixel_values_videos`` / ``video_grid_thw`` for uint8
-        ``(2k, h, w, 3)`` frames taken as one video (every frame kept). The frames are
-        already at the stream's size (``preprocess`` resized them as the processor would), so
-        the processor does not resize them again unless ``resize`` (its ``smart_resize`` need
-        not return a size it produced)."""
-        options = {**self.processor_kwargs, "do_resize": resize}
-        out = self.processor(videos=[frames.cpu().numpy()], do_sample_frames=False, return_tensors="pt", **options)
-        return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
 
     def video_features(self, frames: torch.Tensor):
         """The vision tower's output (``get_video_features``) for uint8 ``(2k, h, w, 3)``
         frames (blocks are encoded independently: any split of the stream gives the same rows)."""
         if frames.shape[0] % self.frames_per_block:
             raise ValueError(f"a chunk needs a multiple of {self.frames_per_block} frames, got {frames.shape[0]}")
-        inputs = self.vision_inputs(frames)
+        inputs = self.video.inputs(frames)
         pixels = inputs["pixel_values_videos"].to(self.model.device, self.model.dtype)
         grid = inputs["video_grid_thw"].to(self.model.device)
         return self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid)

@@ -278,7 +278,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
 
         if getattr(self.processor, "do_resize", True) is False:  # a processor that keeps frames as they are
             return self._check_size((height, width))
-        low, high = self.pixel_bounds()
+        low, high = self.video.bounds()
         count = max(int(frames or self.LIVE_FRAMES), self.frames_per_block)
         return tuple(smart_resize(num_frames=count, height=height, width=width, temporal_factor=self.frames_per_block,
                                   factor=self.unit, min_pixels=low, max_pixels=high))
