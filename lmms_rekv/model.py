@@ -235,7 +235,7 @@ class ReKV:
 
     def prompt_suffix_ids(self, question: str) -> List[int]:
         """Tokens after the video: the question and the rest of the template."""
-        return self.backbone.suffix_ids(question)
+        return self.backbone.prompt.suffix_ids(question)
 
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
         """``(1, T)`` prompt ids as the vanilla model sees them for ``frames`` frames."""

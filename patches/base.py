@@ -32,7 +32,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import torch
 
@@ -200,6 +200,40 @@ class ChunkInputs(NamedTuple):
 POSITION_STRATEGIES = _CONFIG_POSITION_STRATEGIES  # the configuration's list (one list)
 
 
+class ChatPrompt:
+    """A family's chat template split at the video, as token ids: the tokens before it (the
+    sinks, computed once), the tokens after it for a question, and where the question's own
+    text sits among them. ``split(question)`` is the family's ``split_prompt``."""
+
+    def __init__(self, tokenize: Callable[[str], List[int]], tokenizer: Any, split: Callable[[str], Tuple[str, str]]) -> None:
+        self.tokenize, self.tokenizer, self.split = tokenize, tokenizer, split
+        self._prefix: Optional[List[int]] = None
+
+    def prefix_ids(self) -> List[int]:
+        """Tokens before the video (the sinks); independent of the question."""
+        if self._prefix is None:
+            self._prefix = self.tokenize(self.split("?")[0])
+        return self._prefix
+
+    def suffix_ids(self, question: str) -> List[int]:
+        """Tokens after the video: the question and the rest of the template."""
+        before, after = self.split(question)
+        if self.tokenize(before) != self.prefix_ids():
+            raise ValueError("the chat template's text before the video depends on the question")
+        return self.tokenize(after)
+
+    def question_span(self, question: str) -> Tuple[int, int]:
+        """``(start, end)``: the suffix ids that overlap the question's own text (the rest
+        is chat template)."""
+        after = self.split(question)[1]
+        at = after.find(question)
+        if at < 0:
+            raise ValueError("the chat template does not render the question verbatim")
+        offsets = self.tokenizer(after, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        inside = [i for i, (a, b) in enumerate(offsets) if a < at + len(question) and b > at]
+        return inside[0], inside[-1] + 1
+
+
 class Backbone:
     """What the engine needs from one model family (one subclass per file in ``patches/``).
 
@@ -222,7 +256,7 @@ class Backbone:
         self.text_model = model.model.language_model
         self.routing = Routing(self.text_model, [self.pre_rope_modules(i) for i in self.kv_layers()])
         self.rope = Rope(self.text_model, self.rotary_function())
-        self._prefix: Optional[List[int]] = None
+        self.prompt = ChatPrompt(self.tokenize, tokenizer, self.split_prompt)
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
@@ -330,19 +364,6 @@ class Backbone:
         user turn ``[video, question]`` plus the generation prompt."""
         raise NotImplementedError
 
-    def prefix_ids(self) -> List[int]:
-        """Tokens before the video (the sinks); independent of the question."""
-        if self._prefix is None:
-            self._prefix = self.tokenize(self.split_prompt("?")[0])
-        return self._prefix
-
-    def suffix_ids(self, question: str) -> List[int]:
-        """Tokens after the video: the question and the rest of the template."""
-        before, after = self.split_prompt(question)
-        if self.tokenize(before) != self.prefix_ids():
-            raise ValueError("the chat template's text before the video depends on the question")
-        return self.tokenize(after)
-
     def suffix_embeds(self, suffix: Sequence[int]) -> torch.Tensor:
         """``(1, T, hidden)`` embeddings of what follows the video blocks in the prompt
         (``T`` may exceed ``len(suffix)``: tokens the family places after the video)."""
@@ -351,17 +372,6 @@ class Backbone:
     def suffix_offset(self) -> int:
         """Tokens ``suffix_embeds`` places before the suffix ids."""
         return 0
-
-    def question_span(self, question: str) -> Tuple[int, int]:
-        """``(start, end)``: the suffix ids that overlap the question's own text (the rest
-        is chat template)."""
-        after = self.split_prompt(question)[1]
-        at = after.find(question)
-        if at < 0:
-            raise ValueError("the chat template does not render the question verbatim")
-        offsets = self.tokenizer(after, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        inside = [i for i, (a, b) in enumerate(offsets) if a < at + len(question) and b > at]
-        return inside[0], inside[-1] + 1
 
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
         """``(1, T)`` prompt ids as the vanilla model's processor builds them for ``frames``

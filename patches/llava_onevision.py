@@ -69,4 +69,4 @@ class LlavaOnevisionBackbone(Backbone):
     def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
         """``<video>`` expanded to ``frames * frame_tokens + 1`` video tokens."""
         video = [self.model.config.video_token_id] * (frames * self.block_tokens + 1)
-        return torch.tensor([self.prefix_ids() + video + self.suffix_ids(question)], device=self.model.device)
+        return torch.tensor([self.prompt.prefix_ids() + video + self.prompt.suffix_ids(question)], device=self.model.device)

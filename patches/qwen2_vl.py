@@ -67,6 +67,41 @@ class QwenVideo:
         return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
 
 
+def load_checkpoint(model_class: str, path: str, dtype: torch.dtype, processor_kwargs: Optional[dict] = None, **model_kwargs):
+    """Model, tokenizer, chat template and video processor of a Qwen checkpoint folder;
+    ``processor_kwargs`` go to ``AutoProcessor.from_pretrained`` (e.g. the pixel bounds
+    ``min_pixels``/``max_pixels``, as lmms-eval's Qwen models load it)."""
+    import transformers
+    from transformers import AutoProcessor
+
+    model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype, **model_kwargs)
+    processor = AutoProcessor.from_pretrained(path, **(processor_kwargs or {}))
+    if not processor.chat_template:
+        raise ValueError(f"no chat template found in {path} (chat_template.jinja or chat_template.json)")
+    return model, processor.tokenizer, processor.chat_template, processor.video_processor
+
+
+class GridRows:
+    """M-RoPE positions of video tokens on a ``grid`` ``(H', W')`` of blocks of ``H' x W'``
+    tokens, time from the family's ``block_time(blocks, fps)``."""
+
+    def __init__(self, grid: Tuple[int, int], block_time) -> None:
+        self.grid, self.block_tokens, self.block_time = grid, grid[0] * grid[1], block_time
+
+    def __call__(self, time_base: torch.Tensor, origin: int, count: int, start_token: int, fps: Optional[float],
+                 rank: Optional[torch.Tensor] = None, index_as_time: bool = False) -> torch.Tensor:
+        """``(3, count)`` positions of the video tokens ``start_token..`` (the ``b``-th block
+        stands for stream block ``rank[b]`` if given): ``t = origin + time(block) -
+        time_base`` (``index_as_time``: the block index itself), ``h = origin + row``,
+        ``w = origin + column``."""
+        token = torch.arange(start_token, start_token + count, device=time_base.device)
+        block, inside = token // self.block_tokens, token % self.block_tokens
+        if rank is not None:
+            block = rank[block]
+        t = origin + (block if index_as_time else self.block_time(block, fps)) - time_base
+        return torch.stack([t, origin + inside // self.grid[1], origin + inside % self.grid[1]])
+
+
 class Qwen2VLBackbone(Backbone):
     """ReKV adapter for ``Qwen2VLForConditionalGeneration``."""
 
@@ -94,19 +129,12 @@ class Qwen2VLBackbone(Backbone):
         self.grid = (self.frame_size[0] // self.unit, self.frame_size[1] // self.unit)
         self._check_budget(vision.spatial_merge_size)
         super().__init__(model, tokenizer, chat_template, processor)
+        self.rows = GridRows(self.grid, self.block_time)
 
     @classmethod
     def load(cls, path: str, dtype: torch.dtype, processor_kwargs: Optional[dict] = None, **model_kwargs):
-        """``processor_kwargs``: passed to ``AutoProcessor.from_pretrained`` (e.g. the pixel
-        bounds ``min_pixels``/``max_pixels``, as lmms-eval's Qwen models load it)."""
-        import transformers
-        from transformers import AutoProcessor
-
-        model = getattr(transformers, cls.model_class).from_pretrained(path, dtype=dtype, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(path, **(processor_kwargs or {}))
-        if not processor.chat_template:
-            raise ValueError(f"no chat template found in {path} (chat_template.jinja or chat_template.json)")
-        return model, processor.tokenizer, processor.chat_template, processor.video_processor
+        """``processor_kwargs``: passed to ``AutoProcessor.from_pretrained`` (see ``load_checkpoint``)."""
+        return load_checkpoint(cls.model_class, path, dtype, processor_kwargs, **model_kwargs)
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -168,6 +196,7 @@ class Qwen2VLBackbone(Backbone):
 
     def _reset_size_caches(self) -> None:
         """Forget what depends on the frame size (a view of another size starts empty)."""
+        self.rows = GridRows(self.grid, self.block_time)
 
     def _check_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         h, w = (int(v) for v in size)
@@ -226,29 +255,13 @@ class Qwen2VLBackbone(Backbone):
         """``<|video_pad|>`` expanded to ``ceil(frames / 2) * block_tokens`` pads."""
         blocks = -(-frames // self.frames_per_block)
         video = [self.model.config.video_token_id] * (blocks * self.block_tokens)
-        return torch.tensor([self.prefix_ids() + video + self.suffix_ids(question)], device=self.model.device)
+        return torch.tensor([self.prompt.prefix_ids() + video + self.prompt.suffix_ids(question)], device=self.model.device)
 
     # -- positions -------------------------------------------------------------------------
     def block_time(self, blocks: torch.Tensor, fps: Optional[float]) -> torch.Tensor:
         """Temporal position offset of block ``blocks`` from the video start (Qwen2-VL: the
         block index)."""
         return blocks
-
-    def _block_rows(self, time_base: torch.Tensor, origin: int, count: int, start_token: int, fps: Optional[float],
-                    rank: Optional[torch.Tensor] = None, index_as_time: bool = False) -> torch.Tensor:
-        """``(3, count)`` positions of the video tokens ``start_token..`` (the ``b``-th block
-        stands for stream block ``rank[b]`` if given): ``t = origin + time(block) -
-        time_base`` (``index_as_time``: the block index itself), ``h = origin + row``,
-        ``w = origin + column``."""
-        device = time_base.device
-        token = torch.arange(start_token, start_token + count, device=device)
-        block, inside = token // self.block_tokens, token % self.block_tokens
-        if rank is not None:
-            block = rank[block]
-        t = origin + (block if index_as_time else self.block_time(block, fps)) - time_base
-        h = origin + inside // self.grid[1]
-        w = origin + inside % self.grid[1]
-        return torch.stack([t, h, w])
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
                          device: torch.device, fps: Optional[float] = None,
@@ -258,11 +271,11 @@ class Qwen2VLBackbone(Backbone):
         (time differences kept; height/width never move)."""
         oldest = stream_tokens - window_len
         base = self.block_time(torch.tensor(oldest // self.block_tokens, device=device), fps)
-        window_keys = self._block_rows(base, sinks, window_len, oldest, fps)
-        chunk_pos = self._block_rows(base, sinks, chunk, stream_tokens, fps)
+        window_keys = self.rows(base, sinks, window_len, oldest, fps)
+        chunk_pos = self.rows(base, sinks, chunk, stream_tokens, fps)
         token = torch.arange(stream_tokens, stream_tokens + chunk, device=device)
         own = torch.zeros_like(token) if window is None else (token - window + 1).clamp(min=0) // self.block_tokens
-        seen = self._block_rows(self.block_time(own, fps), sinks, chunk, stream_tokens, fps)
+        seen = self.rows(self.block_time(own, fps), sinks, chunk, stream_tokens, fps)
         return window_keys, chunk_pos, seen
 
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
@@ -279,11 +292,11 @@ class Qwen2VLBackbone(Backbone):
         zero = torch.tensor(0, device=device)
         ranks = torch.arange(k, device=device)
         if strategy == "layout":
-            video = self._block_rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks)
+            video = self.rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks)
         elif strategy == "original":
-            video = self._block_rows(zero, sinks, k * self.block_tokens, 0, fps, rank=blocks.to(device))
+            video = self.rows(zero, sinks, k * self.block_tokens, 0, fps, rank=blocks.to(device))
         else:  # consecutive_t: ranks as time, whatever the family's time rule
-            video = self._block_rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks, index_as_time=True)
+            video = self.rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks, index_as_time=True)
         after = self.text_positions(sinks + max(self.grid), text, device)
         return torch.cat([prefix, video, after], dim=1)
 

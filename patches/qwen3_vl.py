@@ -171,6 +171,39 @@ class BlockClock:
             blocks *= 2
 
 
+def ragged(lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For runs of ``lengths`` ``(K,)``: each element's run and index inside it."""
+    run = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    first = torch.cumsum(lengths, 0) - lengths
+    return run, torch.arange(int(lengths.sum())) - first[run]
+
+
+class TimestampedRows:
+    """M-RoPE positions of Qwen3-VL blocks on a ``grid`` ``(H', W')``: each block is its
+    timestamp tokens, ``<|vision_start|>``, ``H' x W'`` visual tokens, ``<|vision_end|>``."""
+
+    def __init__(self, grid: Tuple[int, int]) -> None:
+        self.grid, self.visual_tokens = grid, grid[0] * grid[1]
+
+    def advance(self, heads: torch.Tensor) -> torch.Tensor:
+        """How far each block with ``heads`` timestamp tokens moves the position counter."""
+        return heads + 2 + max(self.grid)
+
+    def __call__(self, heads: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """``(3, sum(tokens))`` positions of blocks with ``heads`` timestamp tokens starting
+        at counters ``starts`` (both ``(K,)``)."""
+        block, o = ragged(heads + 2 + self.visual_tokens)
+        h, c = heads[block], starts[block]
+        pad = o - h - 1
+        is_pad = (pad >= 0) & (pad < self.visual_tokens)
+        t = c + h + 1
+        rows = torch.stack([torch.where(is_pad, t, c + o),
+                            torch.where(is_pad, t + pad.clamp(min=0) // self.grid[1], c + o),
+                            torch.where(is_pad, t + pad.clamp(min=0) % self.grid[1], c + o)])
+        end = o == h + 1 + self.visual_tokens  # <|vision_end|>: after the visual run's advance
+        return torch.where(end, t + max(self.grid), rows)
+
+
 class Qwen3VLBackbone(Qwen2VLBackbone):
     """ReKV adapter for ``Qwen3VLForConditionalGeneration``."""
 
@@ -188,6 +221,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         super().__init__(model, tokenizer, chat_template, processor, frame_size)
         self.clock = self.clock.resized(self.visual_tokens)
         self.clock.frames_per_block = self.frames_per_block  # the checkpoint's temporal patch
+        self.rows = TimestampedRows(self.grid)
         self.outer_wrapper = self._processor_keeps_outer_wrapper()
 
     def _processor_keeps_outer_wrapper(self) -> bool:
@@ -228,10 +262,6 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         return apply_rotary_pos_emb
 
     # -- timestamps (the stream's BlockClock) ----------------------------------------------
-    def header_ids(self, seconds: float) -> List[int]:
-        """Token ids of a block's timestamp text ``<{seconds:.1f} seconds>``."""
-        return self.clock.header_ids(seconds)
-
     def timed(self, frame_times: Optional[Tuple[float, ...]]) -> "Qwen3VLBackbone":
         """This adapter for a stream whose frames were taken at ``frame_times`` (seconds, one
         per frame): block timestamps come from them (frames past them continue at the
@@ -241,17 +271,6 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         view = copy.copy(self)
         view.clock = self.clock.retimed(tuple(float(t) for t in frame_times))
         return view
-
-    @property
-    def frame_times(self) -> Optional[Tuple[float, ...]]:
-        return self.clock.frame_times
-
-    def block_seconds(self, block: int, fps: float, padded: bool = False) -> float:
-        return self.clock.block_seconds(block, fps, padded)
-
-    def header_lengths(self, blocks: torch.Tensor, fps: float, padded: Optional[int] = None) -> torch.Tensor:
-        """``(K,)`` timestamp tokens of stream blocks ``blocks`` (block ``padded``: incomplete)."""
-        return self.clock.header_lengths(blocks, fps, padded)
 
     # -- vision and prompt ------------------------------------------------------------------
     def _default_size(self) -> Tuple[int, int]:
@@ -285,6 +304,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
 
     def _reset_size_caches(self) -> None:
         self.clock = self.clock.resized(self.visual_tokens)  # block ends depend on the visual tokens
+        self.rows = TimestampedRows(self.grid)
 
     def _check_budget(self, merge: int) -> None:
         """Nothing to check: frames reach the processor at the fixed size with resizing off
@@ -305,7 +325,7 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         cfg = self.model.config
         ids: List[int] = []
         for g in blocks:
-            ids += self.header_ids(self.block_seconds(g, fps, g == padded))
+            ids += self.clock.header_ids(self.clock.block_seconds(g, fps, g == padded))
             ids += [cfg.vision_start_token_id] + [cfg.video_token_id] * self.visual_tokens + [cfg.vision_end_token_id]
         return ids
 
@@ -324,9 +344,9 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
 
     def block_rows(self, blocks: torch.Tensor, device: torch.device, fps: Optional[float] = None,
                    padded: Optional[int] = None) -> torch.Tensor:
-        heads = self.header_lengths(blocks, fps, padded)
+        heads = self.clock.header_lengths(blocks, fps, padded)
         n = heads + 2 + self.visual_tokens
-        block, inside = self._ragged(n)
+        block, inside = ragged(n)
         return (block * self.block_tokens + (self.header_slots - heads)[block] + inside).to(device)
 
     def vanilla_input_ids(self, question: str, frames: int, fps: Optional[float] = None) -> torch.Tensor:
@@ -336,40 +356,15 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         blocks = -(-frames // self.frames_per_block)
         padded = blocks - 1 if frames % self.frames_per_block else None
         video = self._block_ids(range(blocks), fps, padded)
-        return torch.tensor([self.prefix_ids() + video + self.suffix_ids(question)], device=self.model.device)
+        return torch.tensor([self.prompt.prefix_ids() + video + self.prompt.suffix_ids(question)], device=self.model.device)
 
     # -- positions --------------------------------------------------------------------------
-    @staticmethod
-    def _ragged(lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """For runs of ``lengths`` ``(K,)``: each element's run and index inside it."""
-        run = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-        first = torch.cumsum(lengths, 0) - lengths
-        return run, torch.arange(int(lengths.sum())) - first[run]
-
-    def _advance(self, heads: torch.Tensor) -> torch.Tensor:
-        """How far each block moves the position counter."""
-        return heads + 2 + max(self.grid)
-
-    def _rows(self, heads: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-        """``(3, sum(tokens))`` positions of blocks with ``heads`` timestamp tokens starting
-        at counters ``starts`` (both ``(K,)``)."""
-        block, o = self._ragged(heads + 2 + self.visual_tokens)
-        h, c = heads[block], starts[block]
-        pad = o - h - 1
-        is_pad = (pad >= 0) & (pad < self.visual_tokens)
-        t = c + h + 1
-        rows = torch.stack([torch.where(is_pad, t, c + o),
-                            torch.where(is_pad, t + pad.clamp(min=0) // self.grid[1], c + o),
-                            torch.where(is_pad, t + pad.clamp(min=0) % self.grid[1], c + o)])
-        end = o == h + 1 + self.visual_tokens  # <|vision_end|>: after the visual run's advance
-        return torch.where(end, t + max(self.grid), rows)
-
     def stream_rows(self, first: int, last: int, fps: float, padded: Optional[int] = None) -> torch.Tensor:
         """``(3, tokens)`` positions of stream blocks ``first..last-1`` with block ``first``
         starting at counter 0."""
-        heads = self.header_lengths(torch.arange(first, last), fps, padded)
-        adv = self._advance(heads)
-        return self._rows(heads, torch.cumsum(adv, 0) - adv)
+        heads = self.clock.header_lengths(torch.arange(first, last), fps, padded)
+        adv = self.rows.advance(heads)
+        return self.rows(heads, torch.cumsum(adv, 0) - adv)
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
                          device: torch.device, fps: Optional[float] = None,
@@ -397,18 +392,18 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         each with its own timestamp), ``original`` (each block's stream positions; the text
         right after the last one) or ``1d`` (every token consecutive)."""
         blocks = blocks.cpu()
-        heads = self.header_lengths(blocks, fps, padded)
+        heads = self.clock.header_lengths(blocks, fps, padded)
         prefix = self.text_positions(0, sinks, torch.device("cpu"))
         if strategy == "1d":
             return self.text_positions(0, sinks + int((heads + 2 + self.visual_tokens).sum()) + text, device)
-        adv = self._advance(heads)
+        adv = self.rows.advance(heads)
         if strategy == "original":
-            every = self._advance(self.header_lengths(torch.arange(int(blocks.max()) + 1), fps, padded))
+            every = self.rows.advance(self.clock.header_lengths(torch.arange(int(blocks.max()) + 1), fps, padded))
             starts = sinks + (torch.cumsum(every, 0) - every)[blocks]
         else:
             starts = sinks + torch.cumsum(adv, 0) - adv
         after = self.text_positions(int(starts[-1] + adv[-1]), text, torch.device("cpu"))
-        return torch.cat([prefix, self._rows(heads, starts), after], dim=1).to(device)
+        return torch.cat([prefix, self.rows(heads, starts), after], dim=1).to(device)
 
 
 class Qwen3VLMoeBackbone(Qwen3VLBackbone):

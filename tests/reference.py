@@ -55,7 +55,7 @@ class DenseHandler:
 def dense_forward(engine, frames, window, suffix_ids: Optional[List[int]] = None):
     """Last hidden states ``(N, hidden)`` and the final-position logits of the dense reference
     over ``[prefix, frames, (newline, suffix_ids)]``."""
-    prefix = engine.backbone.prefix_ids()
+    prefix = engine.backbone.prompt.prefix_ids()
     pixels = engine.processor(torch.as_tensor(frames))
     parts = [engine.backbone.embed(prefix), engine.backbone.block_features(pixels)]
     stream = parts[1].shape[1]

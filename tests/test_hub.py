@@ -62,7 +62,7 @@ def test_corrected_selection_equals_brute_force(load, frames, hub):
     answer, seen = answer_capturing_queries(engine, session, QUESTION, max_new_tokens=2)
     text = engine.model.config.text_config
     group = text.num_attention_heads // text.num_key_value_heads
-    start, end = engine.backbone.question_span(QUESTION)
+    start, end = engine.backbone.prompt.question_span(QUESTION)
     offset, prompt = engine.backbone.suffix_offset(), len(engine.prompt_suffix_ids(QUESTION))
     for layer, selected in enumerate(answer.selected):
         question = _z_table(session.state.store, layer, seen[layer][offset + start : offset + end], group)

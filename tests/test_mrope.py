@@ -150,7 +150,7 @@ def _dense_reference(engine, video: np.ndarray, window: int):
     (S + T(g) - T(g0) - b, S + i - b, S + j - b), g0 = the block of u's oldest window token,
     T the family's block time (Qwen2-VL: g; Qwen2.5-VL: floor(g * 2 * 2 / fps))."""
     bb = engine.backbone
-    prefix = bb.prefix_ids()
+    prefix = bb.prompt.prefix_ids()
     feats = bb.block_features(bb.preprocess(torch.from_numpy(video)))
     s, m = len(prefix), feats.shape[1]
     u = torch.arange(m)

@@ -46,7 +46,7 @@ def test_family_and_its_block_layout(load3, qwen3_dir):
     bb = engine.backbone
     assert type(bb).__name__ == "Qwen3VLBackbone" and bb.model_type == "qwen3_vl"
     assert bb.visual_tokens == 4 and bb.block_tokens == bb.header_slots + 6
-    heads = bb.header_lengths(torch.arange(6), FPS)
+    heads = bb.clock.header_lengths(torch.arange(6), FPS)
     assert len(set(heads.tolist())) > 1  # "<9.0 seconds>" and "<13.0 seconds>" differ: variable-length blocks
     with pytest.raises(ValueError, match="fps"):
         engine.new_session()
@@ -84,7 +84,7 @@ def test_closed_form_positions_equal_get_rope_index(load3, fps):
         ids = bb.vanilla_input_ids(QUESTION, frames, fps=fps)
         blocks = -(-frames // 2)
         expected = _rope_index(engine, ids, blocks)
-        sinks, text = len(bb.prefix_ids()), len(bb.suffix_ids(QUESTION))
+        sinks, text = len(bb.prompt.prefix_ids()), len(bb.prompt.suffix_ids(QUESTION))
         padded = blocks - 1 if frames % 2 else None
         for strategy in ("layout", "original"):  # the same with every block retrieved
             mine = bb.context_positions(sinks, torch.arange(blocks), text, torch.device("cpu"), fps=fps,
@@ -108,9 +108,9 @@ def test_layout_of_a_subset_is_the_processor_on_only_those_frames(load3):
     inputs = processor(text=[text], videos=[_frames(6, seed=2)], video_metadata=metadata, return_tensors="pt",
                        do_sample_frames=False)
     ids = inputs["input_ids"]
-    mine = bb.prefix_ids() + [t for g in kept.tolist() for t in bb._block_ids(range(g, g + 1), FPS, None)]
-    assert ids[0].tolist() == mine + bb.suffix_ids(QUESTION)
-    sinks, rest = len(bb.prefix_ids()), len(bb.suffix_ids(QUESTION))
+    mine = bb.prompt.prefix_ids() + [t for g in kept.tolist() for t in bb._block_ids(range(g, g + 1), FPS, None)]
+    assert ids[0].tolist() == mine + bb.prompt.suffix_ids(QUESTION)
+    sinks, rest = len(bb.prompt.prefix_ids()), len(bb.prompt.suffix_ids(QUESTION))
     positions = bb.context_positions(sinks, kept, rest, torch.device("cpu"), fps=FPS, strategy="layout")
     assert torch.equal(positions, _rope_index(engine, ids, len(kept)))
 
@@ -124,7 +124,7 @@ def test_stored_slots_hold_the_tokens_right_aligned(load3):
     session.add_frames(_frames(8, seed=4))
     session.flush()
     store = session.state.store
-    heads = bb.header_lengths(torch.arange(4), FPS)
+    heads = bb.clock.header_lengths(torch.arange(4), FPS)
     rows = bb.block_rows(torch.arange(4), torch.device("cpu"), FPS)
     assert len(rows) == int((heads + 2 + bb.visual_tokens).sum())
     for block in range(4):
@@ -142,7 +142,7 @@ def _dense_reference(engine, video: np.ndarray, window: int):
     ``get_rope_index``); sink b at ``P(u) - P_t(o) + S - b`` on every axis, ``o`` the oldest
     token of u's window. Deepstack rows are added as the model adds them."""
     bb = engine.backbone
-    prefix = bb.prefix_ids()
+    prefix = bb.prompt.prefix_ids()
     pixels = bb.preprocess(torch.from_numpy(video))
     inputs = bb.chunk_inputs(pixels, 0, fps=FPS)
     s, m = len(prefix), inputs.embeds.shape[1]
@@ -197,12 +197,12 @@ def test_top_k_answer_equals_dense_reference_over_the_retrieved_blocks(load3):
     kept = answer.selected[0]
     assert all(torch.equal(sel, kept) for sel in answer.selected) and len(kept) == 2
 
-    prefix, suffix = bb.prefix_ids(), bb.suffix_ids(QUESTION)
+    prefix, suffix = bb.prompt.prefix_ids(), bb.prompt.suffix_ids(QUESTION)
     inputs = bb.chunk_inputs(bb.preprocess(torch.from_numpy(video)), 0, fps=FPS)
     s, m, q = len(prefix), inputs.embeds.shape[1], len(suffix)
     n = s + m + q
     true = _rope_index(engine, bb.vanilla_input_ids(QUESTION, 12, fps=FPS), 6)  # (3, N)
-    block_of = torch.repeat_interleave(torch.arange(6), bb.header_lengths(torch.arange(6), FPS) + 6)
+    block_of = torch.repeat_interleave(torch.arange(6), bb.clock.header_lengths(torch.arange(6), FPS) + 6)
     seen = torch.cat([torch.ones(s, dtype=torch.bool), torch.isin(block_of, kept), torch.ones(q, dtype=torch.bool)])
     layout = bb.context_positions(s, kept, q, torch.device("cpu"), fps=FPS)  # (3, S + kept tokens + Q)
     question_frame = true.clone()  # positions as the question sees them
@@ -278,7 +278,7 @@ def test_frames_at_their_own_times_equal_vanilla_with_that_metadata(load3, tmp_p
 def test_an_oversized_timestamp_is_refused(load3):
     bb = load3().backbone
     with pytest.raises(ValueError, match="slots"):
-        bb.header_lengths(torch.tensor([10**8]), 1.0)
+        bb.clock.header_lengths(torch.tensor([10**8]), 1.0)
 
 
 def test_qwen3_vl_moe_equals_vanilla_generate(tmp_path):

@@ -101,7 +101,7 @@ def test_pooled_selection_equals_brute_force(load, frames, score, pool):
 def test_question_span_scores_with_the_question_tokens_only(load, frames):
     engine = load(window_tokens=48, topk_frames=3, chunk_frames=4, query_pool="max", query_span="question", layer_frames="own",
                   recent_frames=0)
-    start, end = engine.backbone.question_span(QUESTION)
+    start, end = engine.backbone.prompt.question_span(QUESTION)
     suffix = engine.prompt_suffix_ids(QUESTION)
     assert engine.tokenizer.decode(suffix[start:end]).strip() == QUESTION
     assert 0 < end - start < len(suffix)

@@ -56,8 +56,8 @@ def test_upstream_prompt_and_generation_kwargs(lm, video, yaml_path, monkeypatch
     context = doc[to_text] if isinstance(to_text, str) else to_text(doc, kwargs)  # a field name or a function
     assert doc["question"].split()[-1].rstrip("?") in context.lower()
     seen = []
-    original = lm.engine.backbone.suffix_ids
-    monkeypatch.setattr(lm.engine.backbone, "suffix_ids", lambda q: seen.append(q) or original(q))
+    original = lm.engine.backbone.prompt.suffix_ids
+    monkeypatch.setattr(lm.engine.backbone.prompt, "suffix_ids", lambda q: seen.append(q) or original(q))
     lm.task_dict = {config["task"]: {"test": [doc]}}
     request = Instance(
         request_type="generate_until", idx=0, metadata={"task": config["task"], "doc_id": 0, "repeats": 1},

@@ -30,10 +30,10 @@ def test_windowed_encoding_matches_dense_mask(load, frames, window, chunk, block
     assert session.stats()["window_tokens"] == min(window, 11 * engine.block_tokens)
 
 
-def test_window_without_sinks_is_a_sliding_window_mask(load, frames):
+def test_window_without_sinks_is_a_sliding_window_mask(load, frames, monkeypatch):
     """With an empty prefix the scheme is exactly one forward with a sliding-window mask."""
     engine = load(window_tokens=20, topk_frames=None, chunk_frames=2)
-    engine.backbone._prefix = []  # a template with nothing before <video>
+    monkeypatch.setattr(engine.backbone.prompt, "prefix_ids", lambda: [])  # a template with nothing before <video>
     video = frames(6, seed=2)
     session, hidden = _encode_with_hidden(engine, video, [(0, 6)])
     feats = engine.backbone.block_features(engine.processor(torch.from_numpy(video)))

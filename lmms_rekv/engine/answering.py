@@ -89,13 +89,13 @@ class Answerer:
         bb, state, blocks = view.backbone, view.state, view.blocks
         if blocks < 1:
             raise RuntimeError(f"no complete block of {bb.frames_per_block} frames before frame_limit={frame_limit}")
-        suffix = bb.suffix_ids(question)
+        suffix = bb.prompt.suffix_ids(question)
         embeds = bb.suffix_embeds(suffix)  # (1, offset + len(suffix), hidden)
         offset = bb.suffix_offset()
-        context = state.sinks + policy_of(self.config).budget(blocks) * state.store.block_tokens
+        context = state.sinks + policy_of(self.config.retrieval_settings).budget(blocks) * state.store.block_tokens
         self._check_budget(context + embeds.shape[1] + scored + new_tokens)
         selector = self.selector(question, view)
-        start, end = bb.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
+        start, end = bb.prompt.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
         padded, strategy = state.padded_block, self.config.position_strategy
         step = QAStep(
             state, bb.rope, self._positions(view, strategy),
@@ -127,7 +127,8 @@ class Answerer:
             keys, _ = store.gather(layer, torch.arange(blocks), self.engine.device)
             return keys.view(blocks, store.block_tokens, store.kv_heads, store.head_dim)
 
-        return make_selector(self.config, blocks, lambda layer: store.summaries(layer)[:blocks], external_scores, token_keys)
+        return make_selector(self.config.retrieval_settings, blocks, lambda layer: store.summaries(layer)[:blocks],
+                             external_scores, token_keys)
 
     def _check_budget(self, tokens: int) -> None:
         budget = self.config.qa_budget_tokens

@@ -177,7 +177,7 @@ def encode_sinks(engine, backbone, state: StreamState) -> None:
     """Encode the sink tokens (the chat template before the video) into ``state`` (empty sinks
     and window for a family without them); a failure leaves them empty."""
     bb, st = backbone, state
-    ids = bb.prefix_ids()
+    ids = bb.prompt.prefix_ids()
     if not ids:
         empty = torch.empty((st.store.kv_heads, 0, st.store.head_dim), dtype=engine.dtype, device=engine.device)
         for lst in (st.sink_k, st.sink_v, st.win_k, st.win_v):

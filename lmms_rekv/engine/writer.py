@@ -54,7 +54,7 @@ class StreamStores:
         """An empty block store on the ``offload`` tier (default: the configured one) with this
         stream's block layout (``reducer``: the token reducer to continue, for a fork)."""
         bb, engine = self.backbone, self.engine
-        return make_store(self.config, offload or self.config.offload, bb.kv_shape(), bb.block_tokens, engine.dtype,
+        return make_store(self.config.storage_settings, offload or self.config.offload, bb.kv_shape(), bb.block_tokens, engine.dtype,
                           engine.device, self.index_device, capacity=capacity, summary_tokens=bb.summary_tokens, reducer=reducer)
 
     def fork(self, state: StreamState) -> StreamState:

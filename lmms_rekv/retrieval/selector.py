@@ -24,7 +24,8 @@ Selector = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
 def policy_of(config) -> SelectionPolicy:
-    """The block-selection policy ``config`` (a ``ReKVConfig``) describes."""
+    """The block-selection policy ``config`` (``lmms_rekv.settings.RetrievalSettings``, or a
+    ``ReKVConfig``: the same names) describes."""
     return SelectionPolicy(topk=config.topk_frames, adaptive=config.adaptive, mass=config.adaptive_mass,
                            temperature=config.adaptive_temperature, min_frames=config.adaptive_min_frames,
                            recent=config.recent_frames, group=config.group_frames)
@@ -65,7 +66,8 @@ class Scores:
 def make_selector(config, blocks: int, summaries: Callable[[int], torch.Tensor],
                   external_scores: Optional[Callable[[], torch.Tensor]] = None,
                   token_keys: Optional[Callable[[int], torch.Tensor]] = None) -> Selector:
-    """The selector of one question: the retriever registered as ``config.retrieval`` given the
+    """The selector of one question (``config``: the ``RetrievalSettings``): the retriever
+    registered as ``config.retrieval`` given the
     score sources (``Scores``), the first layer's choice serving every layer with
     ``layer_frames="first"``."""
     from lmms_rekv.registry import RETRIEVERS

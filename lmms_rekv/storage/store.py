@@ -332,9 +332,9 @@ def make_store(config, tier: str, kv_shape: Tuple[int, int, int], block_tokens: 
                summary_tokens: Optional[slice] = None, reducer=None) -> BlockStore:
     """An empty block store on ``tier`` (``cpu``, ``device`` or ``disk``) for blocks of
     ``block_tokens`` tokens of ``kv_shape`` ``(layers, kv_heads, head_dim)``, with the storage
-    settings of ``config`` (a ``ReKVConfig``: ``kv_quant``, ``token_reduction``/``token_keep``,
-    the disk tier's ``offload_dir`` and ``ram_budget_bytes``); the backend is the one registered
-    for ``tier`` (``lmms_rekv.registry.BACKENDS``). ``reducer``: a token reducer to
+    settings ``config`` (``lmms_rekv.settings.StorageSettings``: ``kv_quant``,
+    ``token_reduction``/``token_keep``, the disk tier's ``offload_dir`` and ``ram_budget_bytes``);
+    the backend is the one registered for ``tier`` (``lmms_rekv.registry.BACKENDS``). ``reducer``: a token reducer to
     continue (a fork's); default a new one when ``token_reduction`` is set."""
     from .reduce import make_reducer
 
