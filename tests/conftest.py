@@ -62,6 +62,25 @@ def qwen_checkpoint(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def qwen_engines(qwen_checkpoint):
+    """``qwen_engines(family)(**config)``: that tiny Qwen checkpoint in fp32 on CPU (loaded once
+    per run) with a ReKVConfig."""
+    from lmms_rekv import ReKV, ReKVConfig
+
+    cache = {}
+
+    def for_family(family):
+        def _load(**config):
+            if family not in cache:
+                cache[family] = ReKV.from_pretrained(qwen_checkpoint(family), dtype=torch.float32, device="cpu")
+            return cache[family].with_config(ReKVConfig(**config))
+
+        return _load
+
+    return for_family
+
+
 def make_frames(n: int, seed: int = 0, size=(40, 48)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)

@@ -21,21 +21,9 @@ def qwen_dirs(qwen_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def loader(qwen_dirs):
+def loader(qwen_engines):
     """``loader(family)(**config)``: that tiny checkpoint in fp32 on CPU (loaded once)."""
-    from lmms_rekv import ReKV, ReKVConfig
-
-    cache = {}
-
-    def for_family(family):
-        def _load(**config):
-            if family not in cache:
-                cache[family] = ReKV.from_pretrained(qwen_dirs[family], dtype=torch.float32, device="cpu")
-            return cache[family].with_config(ReKVConfig(**config))
-
-        return _load
-
-    return for_family
+    return qwen_engines
 
 
 @pytest.fixture(params=FAMILIES)

@@ -34,21 +34,9 @@ SPECS = {
 
 
 @pytest.fixture(scope="session")
-def engines(qwen_checkpoint):
-    """``engines(family)(**config)``: that tiny checkpoint in fp32 on CPU (loaded once)."""
-    from lmms_rekv import ReKV, ReKVConfig
-
-    cache = {}
-
-    def for_family(family):
-        def _load(**config):
-            if family not in cache:
-                cache[family] = ReKV.from_pretrained(qwen_checkpoint(family), dtype=torch.float32, device="cpu")
-            return cache[family].with_config(ReKVConfig(**{**SPECS[family].config, **config}))
-
-        return _load
-
-    return for_family
+def engines(qwen_engines):
+    """``engines(family)(**config)``: that tiny checkpoint with the family's ``SPECS`` config."""
+    return lambda family: lambda **config: qwen_engines(family)(**{**SPECS[family].config, **config})
 
 
 @pytest.mark.parametrize("family", sorted(SPECS))
