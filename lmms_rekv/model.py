@@ -206,10 +206,25 @@ class ReKV:
         return ReKVSession(self, fps=fps, frames=frames, frame_size=frame_size, frame_times=frame_times)
 
     def open_session(self, folder: str):
-        """A session reopened from a folder written by ``session.save`` (checksums verified)."""
-        from .storage.persist import load_session
+        """A session reopened from a folder written by ``session.save`` (checksums verified).
 
-        return load_session(self, folder)
+        Raises ``FileNotFoundError`` when ``folder`` does not exist, ``CorruptSegmentError`` when
+        a file of it is missing, truncated or altered, and ``ValueError`` when the entry was
+        written with other settings."""
+        from .storage.persist import read_entry
+
+        entry = read_entry(folder)
+        info, size = entry.info, entry.info.get("frame_size")
+        session = self.new_session(fps=info.get("fps"), frame_size=tuple(size) if size else None, frame_times=info.get("frame_times"))
+        try:
+            state = entry.state(self.device)
+            entry.fill(session.state.store)
+            session.restore_state(state, info["stream_tokens"])
+        except BaseException:
+            session.close()
+            raise
+        session.saved_meta = info.get("meta", {})
+        return session
 
     @property
     def device(self) -> torch.device:

@@ -188,10 +188,17 @@ class ReKVSession:
 
     @settled
     def save(self, folder: str, **meta) -> None:
-        """Persist the encoded stream to ``folder`` (atomic; see ``lmms_rekv.storage.persist``)."""
-        from lmms_rekv.storage.persist import save_session
+        """Persist the encoded stream to ``folder``, replacing it atomically (``storage.persist``):
+        the committed stream as stored and the frames of its incomplete last chunk as pixels.
+        Saving changes nothing: a reopened session (``ReKV.open_session``) goes on exactly as
+        this one would; ``flush`` first to store them encoded, e.g. at the end of a video.
+        ``meta`` (JSON) comes back as ``saved_meta``."""
+        from lmms_rekv.storage.persist import write_entry
 
-        save_session(self, folder, **meta)
+        info = {"stream_tokens": self.state.stream_tokens, "kv_quant": self.config.kv_quant, "fps": self.fps, "meta": meta,
+                "frame_size": list(self.backbone.frame_size or []) or None,
+                "frame_times": None if self.frame_times is None else list(self.frame_times)}
+        write_entry(folder, self.state.store, self.export_state(), info)
 
     def export_state(self) -> Dict[str, torch.Tensor]:
         """Everything but the stored blocks, as CPU tensors (see ``StreamWriter.export_state``)."""

@@ -1,10 +1,11 @@
-"""Persisted encoded videos: a session's whole state saved to a folder and reopened
-instead of re-encoding.
+"""Persisted encoded videos: a stored stream written to a folder (``write_entry``) and read
+back (``read_entry``) instead of re-encoding; the engine decides what goes in (the session's
+``export_state`` and the ``info`` it needs to reopen it) -- storage never sees a session.
 
 Folder layout: ``seg_*.bin`` KV segments (see ``backends.segments``), ``state.safetensors``
 (sinks, sliding window, per-frame summaries, external embeddings) and ``manifest.json``,
 written last: a folder without a manifest is an unfinished save. Every file carries a
-CRC-32 that ``load_session`` checks; a mismatch raises ``CorruptSegmentError``.
+CRC-32 that ``read_entry`` / ``Entry`` check; a mismatch raises ``CorruptSegmentError``.
 
 Which folder holds which video is the caller's business (lmms-eval: ``integrations.cache``).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from typing import Dict
 
 import torch
 
@@ -33,17 +35,16 @@ STATE = "state.safetensors"
 SEGMENT_FRAMES = 256
 
 
-def save_session(session, folder: str, **meta) -> None:
-    """Write ``session`` to ``folder``, replacing it: the committed stream as stored and the
-    frames of its incomplete last chunk as preprocessed pixels (saving changes nothing: a
-    reopened session goes on exactly as the saved one would; ``flush`` first to store them
-    encoded, e.g. at the end of a video)."""
-    store = session.state.store
+def write_entry(folder: str, store, state: Dict[str, torch.Tensor], info: dict) -> None:
+    """Write a stored stream to ``folder``, replacing it atomically: the blocks of ``store`` as
+    segment files, the ``state`` tensors (``state.safetensors``) and the manifest, which keeps
+    ``info`` (JSON; what the caller needs to reopen the stream) beside the layout. A failure
+    (disk full, file-size limit, permission) leaves nothing half-written."""
     _remove_leftovers(folder)
     tmp = f"{folder}.tmp{os.getpid()}"
     try:
-        _write_entry(session, store, tmp, meta)
-    except OSError as exc:  # disk full, file-size limit, permission denied: nothing half-written stays
+        _write_files(tmp, store, state, info)
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(exc.errno, f"cannot save the session to {folder}: {exc.strerror or exc}") from exc
     old = f"{folder}.old{os.getpid()}"
@@ -51,17 +52,16 @@ def save_session(session, folder: str, **meta) -> None:
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved %d frames to %s", store.blocks, folder)
+    logger.info("saved %d blocks to %s", store.blocks, folder)
 
 
-def _write_entry(session, store, tmp: str, meta: dict) -> None:
-    """Segments, state tensors and manifest of ``session`` into the new folder ``tmp``."""
+def _write_files(tmp: str, store, state: Dict[str, torch.Tensor], info: dict) -> None:
+    """Segments, state tensors and manifest into the new folder ``tmp``."""
     from safetensors.torch import save_file
 
     os.makedirs(tmp)
     segments = []
-    backend = store.backend
-    files = backend.files()
+    files = store.backend.files()
     if files is not None:  # e.g. the disk tier: its segments are already on disk
         folder, on_disk = files
         for segment in on_disk:
@@ -70,14 +70,9 @@ def _write_entry(session, store, tmp: str, meta: dict) -> None:
     else:
         for index, first in enumerate(range(0, store.blocks, SEGMENT_FRAMES)):
             last = min(store.blocks, first + SEGMENT_FRAMES)
-            segments.append(write_segment(tmp, index, first, backend.rows(first, last)))
-    save_file(session.export_state(), os.path.join(tmp, STATE))
-    extra = {
-        "frames": store.blocks, "stream_tokens": session.state.stream_tokens, "state_crc32": file_crc(os.path.join(tmp, STATE)),
-        "kv_quant": session.config.kv_quant, "fps": session.fps, "meta": meta,
-        "frame_size": list(session.backbone.frame_size or []) or None,
-        "frame_times": None if session.frame_times is None else list(session.frame_times),
-    }
+            segments.append(write_segment(tmp, index, first, store.backend.rows(first, last)))
+    save_file(state, os.path.join(tmp, STATE))
+    extra = {"frames": store.blocks, "state_crc32": file_crc(os.path.join(tmp, STATE)), **info}
     write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
 
 
@@ -91,37 +86,45 @@ def _remove_leftovers(folder: str) -> None:
     remove_dead(glob.glob(f"{glob.escape(folder)}.tmp*") + glob.glob(f"{glob.escape(folder)}.old*"), r"\.(?:tmp|old)(\d+)$", own_are_stale=True)
 
 
-def load_session(engine, folder: str):
-    """A new session of ``engine`` holding the stream saved in ``folder``.
+class Entry:
+    """A saved stream in ``folder`` (``read_entry``): its manifest's ``info``, its state tensors
+    (``state``) and its blocks (``fill`` a store with them)."""
 
-    Raises ``FileNotFoundError`` when ``folder`` does not exist, ``CorruptSegmentError`` when
-    a file of it is missing, truncated or altered, and ``ValueError`` when the entry was
-    written with other settings."""
-    from safetensors.torch import load_file
+    def __init__(self, folder: str, manifest: dict) -> None:
+        self.folder, self.manifest = folder, manifest
 
+    @property
+    def info(self) -> dict:
+        """What the writer kept beside the layout (``write_entry``'s ``info``)."""
+        return self.manifest
+
+    def state(self, device: torch.device) -> Dict[str, torch.Tensor]:
+        """The state tensors, checked against their checksum, on ``device``."""
+        from safetensors.torch import load_file
+
+        path = os.path.join(self.folder, STATE)
+        if not os.path.isfile(path) or file_crc(path) != self.manifest["state_crc32"]:
+            raise CorruptSegmentError(f"{path} is missing or fails its checksum")
+        return load_file(path, device=str(device))
+
+    def fill(self, store) -> None:
+        """Append the saved blocks to the empty ``store`` (ValueError for another layout,
+        ``CorruptSegmentError`` for a missing, truncated or altered file)."""
+        fields = store.codec.fields()
+        expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}
+        if self.manifest["fields"] != expected or self.manifest["layers"] != store.layers:
+            raise ValueError(f"{self.folder} holds KV of another layout (kv_quant={self.manifest.get('kv_quant')!r})")
+        for segment in self.manifest["segments"]:
+            verify(self.folder, segment)
+        for segment in self.manifest["segments"]:
+            _load_segment(store, self.folder, segment, fields)
+
+
+def read_entry(folder: str) -> Entry:
+    """The stream saved in ``folder`` (FileNotFoundError when there is none)."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"no saved session at {folder} (no such folder)")
-
-    manifest = read_manifest(folder)
-    size = manifest.get("frame_size")
-    session = engine.new_session(fps=manifest.get("fps"), frame_size=tuple(size) if size else None,
-                                 frame_times=manifest.get("frame_times"))
-    store = session.state.store
-    fields = store.codec.fields()
-    expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}
-    if manifest["fields"] != expected or manifest["layers"] != store.layers:
-        raise ValueError(f"{folder} holds KV of another layout (kv_quant={manifest.get('kv_quant')!r})")
-    for segment in manifest["segments"]:
-        verify(folder, segment)
-    state_path = os.path.join(folder, STATE)
-    if not os.path.isfile(state_path) or file_crc(state_path) != manifest["state_crc32"]:
-        raise CorruptSegmentError(f"{state_path} is missing or fails its checksum")
-    state = load_file(state_path, device=str(engine.device))
-    for segment in manifest["segments"]:
-        _load_segment(store, folder, segment, fields)
-    session.restore_state(state, manifest["stream_tokens"])
-    session.saved_meta = manifest.get("meta", {})
-    return session
+    return Entry(folder, read_manifest(folder))
 
 
 def _load_segment(store, folder: str, segment: Segment, fields) -> None:
