@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from reference import dense_generate
+from helpers.reference import dense_generate
 
 QUESTION = "what is the man doing in the kitchen?"
 

@@ -5,7 +5,7 @@ import builtins
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import answer_capturing_queries
+from helpers.reference import answer_capturing_queries
 
 from lmms_rekv.retrieval.scoring import frame_scores
 from lmms_rekv.retrieval.selection import SelectionPolicy, fuse, mass_count, select

@@ -5,7 +5,7 @@ changes nothing."""
 
 import pytest
 import torch
-from reference import answer_capturing_queries
+from helpers.reference import answer_capturing_queries
 
 from lmms_rekv import ReKVConfig
 from lmms_rekv.retrieval.scoring import frame_scores

@@ -28,7 +28,7 @@ LLAVA_ARGS = "conv_template=qwen_1_5,device=cpu,device_map=auto,max_frames_num=8
 def setup(tmp_path_factory):
     if not os.path.isdir(os.path.join(SHARED, "reference", "llava-next", "llava")):
         pytest.skip(f"no LLaVA-NeXT reference at {SHARED}/reference/llava-next (set REKV_SHARED)")
-    from llava_reference import reference_missing, write_documents
+    from helpers.llava_reference import reference_missing, write_documents
 
     if reference_missing():
         proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "reference_venv.sh")], capture_output=True, text=True,
@@ -60,7 +60,7 @@ def _ours(root, checkpoint, model_args: str, name: str) -> dict:
 def test_frames_and_pixels_are_llava_onevisions(setup):
     """Frame indices (its decord ``load_video``) and pixel values (LLaVA-NeXT's
     ``SigLipImageProcessor``, transformers 4.51.3) equal ours bit for bit."""
-    from llava_reference import reference_indices, reference_pixel_values
+    from helpers.llava_reference import reference_indices, reference_pixel_values
 
     from lmms_rekv.io.preprocess import LlavaNextFrames
     from lmms_rekv.io.video import iter_video_uniform, uniform_indices
@@ -73,7 +73,7 @@ def test_frames_and_pixels_are_llava_onevisions(setup):
 
 
 def test_rekv_llava_ov_answers_as_llava_onevision_in_float32(setup):
-    from llava_reference import run_reference
+    from helpers.llava_reference import run_reference
 
     root, checkpoint, docs = setup
     theirs = run_reference(root, checkpoint, "max_frames_num=8", dtype="float32")
@@ -85,7 +85,7 @@ def test_rekv_llava_ov_answers_as_llava_onevision_in_float32(setup):
 def test_float16_as_llava_onevision_runs_it(setup):
     """Its own precision (float16 is the drop-in's default): the predictions compared and
     reported; greedy decoding from float16 logits may flip a near tie late in an answer."""
-    from llava_reference import run_reference
+    from helpers.llava_reference import run_reference
 
     root, checkpoint, docs = setup
     theirs = run_reference(root, checkpoint, "max_frames_num=8", dtype="float16")

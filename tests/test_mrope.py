@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mrope_reference import QUESTION, Dense3D, vanilla_answer, video_frames
+from helpers.mrope_reference import QUESTION, Dense3D, vanilla_answer, video_frames
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 FPS = 3.0  # Qwen2.5-VL: 2 * 2 / 3 s per block -> time steps of 1.33 (floored): 0, 1, 2, 4, 5, 6, 8, ...

@@ -3,7 +3,7 @@ stay bounded while the offload tier grows at the documented bytes per frame."""
 
 import pytest
 import torch
-from reference import capture_kv
+from helpers.reference import capture_kv
 
 from lmms_rekv.storage.store import BlockStore
 

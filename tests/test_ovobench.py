@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 
-import ovo_data
 import pytest
+from helpers import ovo_data
 
 from lmms_rekv.io.video import read_video
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mrope_reference import QUESTION, Dense3D, vanilla_answer, video_frames
+from helpers.mrope_reference import QUESTION, Dense3D, vanilla_answer, video_frames
 
 FPS = 0.5  # block g at (4g + 1) s: the timestamp text grows from "<1.0 seconds>" to "<13.0 seconds>" by block 3
 SIZE = (64, 64)  # 2 x 2 = 4 visual tokens per block

@@ -3,7 +3,7 @@ stored blocks and independently captured question queries; time order preserved.
 
 import pytest
 import torch
-from reference import answer_capturing_queries
+from helpers.reference import answer_capturing_queries
 
 from lmms_rekv.retrieval.scoring import frame_scores
 from lmms_rekv.retrieval.selection import SelectionPolicy, select

@@ -7,7 +7,7 @@ import typing
 import numpy as np
 import pytest
 import torch
-from reference import stream_with_kv
+from helpers.reference import stream_with_kv
 
 from lmms_rekv.engine.statistics import StreamStats
 from lmms_rekv.storage.backends import CorruptSegmentError

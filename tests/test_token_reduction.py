@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import stream_with_kv
+from helpers.reference import stream_with_kv
 
 from lmms_rekv import ReKVConfig
 from lmms_rekv.storage.reduce import merge_tokens

@@ -3,7 +3,7 @@ and the stored blocks do not depend on how frames are split across add_frames ca
 
 import pytest
 import torch
-from reference import dense_forward
+from helpers.reference import dense_forward
 
 
 def _encode_with_hidden(engine, video, splits):

@@ -12,7 +12,7 @@ from typing import Tuple
 
 import pytest
 import torch
-from mrope_reference import QUESTION, vanilla_answer, video_frames
+from helpers.mrope_reference import QUESTION, vanilla_answer, video_frames
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from lmms_rekv.io.video import write_video
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE_PYTHON = os.path.join(ROOT, ".venv-reference", "bin", "python")
 LAUNCHER = os.path.join(ROOT, "tests", "llava_reference_launch.py")
 TASK = "llava_docs"
