@@ -21,6 +21,7 @@ formula. Writes ``results.json``, ``results.md`` and ``latency.png`` / ``memory.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -198,12 +199,10 @@ def _uniform(engine, point: int, n_frames: int, answer_tokens: int) -> Ask:
 
 def _probe(session, chunk: int, start: int) -> Ask:
     """Adds one chunk of new frames to ``session`` per call: seconds per frame at its length."""
-    count = [0]
+    firsts = itertools.count(start, chunk)
 
     def ask() -> Dict[str, float]:
-        first = start + count[0] * chunk
-        count[0] += 1
-        return {"encode_s_per_frame": _timed_add(session, synthetic_frames(first, chunk)) / chunk}
+        return {"encode_s_per_frame": _timed_add(session, synthetic_frames(next(firsts), chunk)) / chunk}
 
     return ask
 
