@@ -27,7 +27,7 @@ class RunSettings:
     fps: float = 0.5
     max_frames: Optional[int] = field(default=None, metadata={"none": ("none", "null", "all", "")})
     max_new_tokens: int = 16
-    doc_timeout: Optional[float] = field(default=3600.0, metadata={"none": ("none", "null", "0", "")})  # 0: no limit
+    doc_timeout: Optional[float] = field(default=3600.0, metadata={"none": ("none", "null", "")})  # 0: no limit (__post_init__)
     reuse_streams: bool = True
     stream_tolerance: float = 0.0
     cache_dir: Optional[str] = field(default=None, metadata={"none": ("none", "null", "")})
@@ -39,7 +39,7 @@ class RunSettings:
             raise ValueError(f"stream_tolerance must be >= 0 (pixel levels), got {self.stream_tolerance}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1 or all, got {self.max_frames}")
-        if self.doc_timeout == 0:  # a number 0 (not text): no limit either
+        if self.doc_timeout == 0:  # "0" or 0 (lmms-eval turns the text into a number): no limit
             object.__setattr__(self, "doc_timeout", None)
         if self.cache_dir:
             object.__setattr__(self, "cache_dir", os.path.expanduser(str(self.cache_dir)))
