@@ -93,12 +93,8 @@ class ReKV:
                  system_prompt: Optional[str] = None, chat_template_kwargs: Optional[dict] = None):
         from .patches import backbone_for
 
-        self.backbone = backbone_for(model, tokenizer, chat_template, processor, frame_size=config.frame_size)
-        for name, value in (("system_prompt", system_prompt), ("template_kwargs", chat_template_kwargs)):
-            if value:
-                if not hasattr(self.backbone, name):
-                    raise ValueError(f"{name} is not supported for {self.backbone.model_type} (its prompt is fixed)")
-                setattr(self.backbone, name, value)
+        self.backbone = backbone_for(model, tokenizer, chat_template, processor, frame_size=config.frame_size,
+                                     system_prompt=system_prompt or None, template_kwargs=chat_template_kwargs or None)
         self.system_prompt, self.chat_template_kwargs = system_prompt, chat_template_kwargs
         self.backbone.check_strategy(config.position_strategy)
         if config.token_reduction is not None and not self.backbone.supports_token_reduction:

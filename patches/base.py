@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
@@ -37,6 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Pr
 import torch
 
 from lmms_rekv.config import POSITION_STRATEGIES as _CONFIG_POSITION_STRATEGIES
+from lmms_rekv.layout import StreamLayout, checked_timing
 
 logger = logging.getLogger(__name__)
 
@@ -240,18 +242,24 @@ class Backbone:
     The defaults are a plain decoder with 1-D RoPE whose every layer carries KV and whose
     pre-RoPE projections are ``q_proj``/``k_proj``; families override what differs.
     Built from the loaded pieces: ``model`` (the transformers ``...ForConditionalGeneration``),
-    ``tokenizer``, ``chat_template`` and ``processor`` (frames -> pixels).
+    ``tokenizer``, ``chat_template`` and ``processor`` (frames -> pixels); unchanged after that:
+    what differs between streams is a :class:`StreamLayout` the per-stream methods take.
     """
 
     model_type: str = ""
     frames_per_block: int = 1
     position_rows: int = 1  # P: 1 for 1-D RoPE, 3 for M-RoPE
     strategies: Tuple[str, ...] = ("layout", "1d")  # position strategies this family supports
+    #: prompt options the family's chat template takes (``system_prompt``, ``template_kwargs``)
+    prompt_options: Tuple[str, ...] = ()
 
     def __init__(self, model: Any, tokenizer: Any, chat_template: str, processor: Any,
-                 frame_size: Optional[Tuple[int, int]] = None) -> None:
+                 frame_size: Optional[Tuple[int, int]] = None, **prompt_options: Any) -> None:
         if frame_size is not None:  # families with a settable resolution take it before calling this
             raise ValueError(f"frame_size is fixed by the {self.model_type} checkpoint; leave it unset")
+        for name, value in prompt_options.items():
+            if name not in self.prompt_options:
+                raise ValueError(f"{name} is not supported for {self.model_type} (its prompt is fixed)")
         self.model, self.tokenizer, self.chat_template, self.processor = model, tokenizer, chat_template, processor
         self.text_model = model.model.language_model
         self.routing = Routing(self.text_model, [self.pre_rope_modules(i) for i in self.kv_layers()])
@@ -267,8 +275,8 @@ class Backbone:
     # -- structure ----------------------------------------------------------------------
     @property
     def block_tokens(self) -> int:
-        """Tokens one block of ``frames_per_block`` frames adds to the stream (fixed per stream)."""
-        raise NotImplementedError
+        """Tokens per block of the default layout (a stream's own: ``StreamLayout.block_tokens``)."""
+        return self.default_layout.block_tokens
 
     def kv_layers(self) -> List[int]:
         """Decoder layers that carry per-token KV (all of them here)."""
@@ -294,36 +302,46 @@ class Backbone:
         here: sectioned, interleaved and partial rotary are the family's)."""
         raise NotImplementedError
 
-    # -- vision ---------------------------------------------------------------------------
-    #: whether stored blocks may be cut to fewer tokens (``ReKVConfig.token_reduction``): a
-    #: family whose question layout numbers a block's tokens consecutively (1-D RoPE)
+    # -- a stream's layout ----------------------------------------------------------------
+    #: whether stored blocks may be cut to fewer tokens (``ReKVConfig.token_reduction``)
     supports_token_reduction: bool = True
-
-    #: whether the family sizes frames from the video (one size per stream; see ``for_stream``)
+    #: whether the family sizes frames from the video (one size per stream; see ``fit``)
     sizes_per_stream: bool = False
     #: whether a stream's frame size depends on its frame count (Qwen3-VL's clip budget)
     sizes_by_clip: bool = False
-    #: ``(height, width)`` frames are resized to, for families whose tokens per frame depend on it
+    #: ``(height, width)`` frames are resized to by default (a stream's own: ``StreamLayout.frame_size``)
     frame_size: Optional[Tuple[int, int]] = None
 
-    def for_stream(self, height: int, width: int, frames: Optional[int] = None) -> "Backbone":
-        """The adapter for a stream whose first frame is ``height x width`` (``frames``: how
-        many frames the stream has, when known). Families with one resolution: ``self``."""
-        return self
+    def fixed_block_tokens(self) -> int:
+        """Tokens per block of a family with one resolution."""
+        raise NotImplementedError
 
-    def sized(self, frame_size: Optional[Tuple[int, int]]) -> "Backbone":
-        """The adapter for streams of frames resized to ``frame_size`` (None: ``self``)."""
+    def layout(self, frame_size: Optional[Tuple[int, int]] = None, fps: Optional[float] = None,
+               frame_times: Optional[Sequence[float]] = None) -> StreamLayout:
+        """The layout of a new stream sampled at ``fps`` (frames taken at ``frame_times`` seconds),
+        of frames resized to ``frame_size`` (None: the family's rule); ``ValueError`` if refused."""
         if frame_size is not None:
             raise ValueError(f"frame_size is fixed by the {self.model_type} checkpoint; leave it unset")
-        return self
+        fps, times = checked_timing(fps, frame_times)
+        return StreamLayout(block_tokens=self.fixed_block_tokens(), fps=fps, frame_times=times)
 
-    def timed(self, frame_times: Optional[Tuple[float, ...]]) -> "Backbone":
-        """The adapter for a stream whose frames were taken at ``frame_times`` (seconds, one
-        per frame; None: evenly spaced at the stream's fps). Families that place frames by
-        index or by the stream's rate: ``self`` (the times do not change what they see)."""
-        return self
+    @functools.cached_property
+    def default_layout(self) -> StreamLayout:
+        """The layout of a stream that gives no size, rate or times (made once)."""
+        return self.layout()
 
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+    def fit(self, layout: StreamLayout, height: int, width: int, frames: Optional[int] = None) -> StreamLayout:
+        """``layout`` once the stream's first frame (``height x width``) is seen (``frames``: how
+        many the stream has, when known). Families with one resolution: ``layout``."""
+        return layout
+
+    def check_stream(self, layout: StreamLayout, strategy: str) -> None:
+        """Raise ``ValueError`` if a stream of ``layout`` cannot be positioned with ``strategy``
+        by this family."""
+        self.check_strategy(strategy)
+
+    # -- vision ---------------------------------------------------------------------------
+    def preprocess(self, frames: torch.Tensor, layout: StreamLayout) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` frames -> per-frame model inputs ``(N, ...)`` (what
         ``block_features`` takes; concatenated along dim 0 as frames wait for a chunk)."""
         return self.processor(frames, dtype=self.model.dtype, device=self.model.device)
@@ -333,18 +351,13 @@ class Backbone:
         ``(1, N / frames_per_block * block_tokens, hidden)`` LM input embeddings."""
         raise NotImplementedError
 
-    def chunk_inputs(self, pixels: torch.Tensor, first_block: int, fps: Optional[float] = None,
-                     padded: Optional[int] = None) -> ChunkInputs:
+    def chunk_inputs(self, pixels: torch.Tensor, first_block: int, layout: StreamLayout) -> ChunkInputs:
         """The text model's inputs for stream blocks ``first_block..`` (``preprocess``
-        output of whole blocks; block ``padded``, if given, is an incomplete block padded by
-        repeating its last frame). Here: ``block_features``, every token in its own slot."""
+        output of whole blocks; block ``layout.padded``, if any, is an incomplete block padded
+        by repeating its last frame). Here: ``block_features``, every token in its own slot."""
         return ChunkInputs(self.block_features(pixels), {})
 
-    #: tokens of a stored block its retrieval summary averages (None: all of them)
-    summary_tokens: Optional[slice] = None
-
-    def block_rows(self, blocks: torch.Tensor, device: torch.device, fps: Optional[float] = None,
-                   padded: Optional[int] = None) -> Optional[torch.Tensor]:
+    def block_rows(self, blocks: torch.Tensor, device: torch.device, layout: StreamLayout) -> Optional[torch.Tensor]:
         """Which of the ``len(blocks) * block_tokens`` gathered slots of ``blocks`` hold
         tokens (a ``(n,)`` index), for families whose blocks vary in length; None: all."""
         return None
@@ -373,9 +386,9 @@ class Backbone:
         """Tokens ``suffix_embeds`` places before the suffix ids."""
         return 0
 
-    def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
+    def vanilla_input_ids(self, question: str, frames: int, layout: Optional[StreamLayout] = None) -> torch.Tensor:
         """``(1, T)`` prompt ids as the vanilla model's processor builds them for ``frames``
-        frames."""
+        frames of a stream of ``layout`` (None: the default layout)."""
         raise NotImplementedError
 
     # -- positions --------------------------------------------------------------------------
@@ -387,23 +400,14 @@ class Backbone:
         """``(P, count)`` positions of text tokens from counter ``start``."""
         return torch.arange(start, start + count, device=device).expand(self.position_rows, -1)
 
-    def check_stream(self, fps: Optional[float], strategy: str) -> None:
-        """Raise ``ValueError`` if a stream sampled at ``fps`` (frames per second; ``None`` =
-        unknown) cannot be positioned with ``strategy`` by this family."""
-        self.check_strategy(strategy)
-        if fps is not None and not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps!r}")
-
     def check_strategy(self, strategy: str) -> None:
-        """Raise ``ValueError`` if this family cannot position retrieved blocks with ``strategy``."""
-        if strategy not in POSITION_STRATEGIES:
-            raise ValueError(f"position_strategy must be one of {POSITION_STRATEGIES}, got {strategy!r}")
+        """Raise ``ValueError`` if this family cannot position retrieved blocks with ``strategy``
+        (one of ``POSITION_STRATEGIES``: the configuration checks that)."""
         if strategy not in self.strategies:
             raise ValueError(f"position_strategy={strategy!r} needs an M-RoPE family; {self.model_type} supports {self.strategies}")
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
-                         device: torch.device, fps: Optional[float] = None,
-                         padded: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         device: torch.device, layout: StreamLayout) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Positions while encoding a chunk of ``chunk`` tokens after ``window_len`` window
         tokens (``stream_tokens`` encoded so far): ``(window keys (P, window_len), chunk
         (P, chunk), chunk queries as seen from the sinks (P, chunk))``.
@@ -422,13 +426,12 @@ class Backbone:
         retrieved (not only on how many)."""
         return strategy == "original"
 
-    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
-                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None,
-                          stored_tokens: Optional[int] = None) -> torch.Tensor:
+    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device, layout: StreamLayout,
+                          strategy: str = "layout", stored_tokens: Optional[int] = None) -> torch.Tensor:
         """``(P, sinks + K * block_tokens + text)`` positions of a question's context
         ``[sinks, the K retrieved blocks (indices ``blocks``, time order), text after the
         video]`` under ``strategy``; decoding continues the text (the last ``text`` rows may
         run past the prompt). 1-D: consecutive (ReKV). ``stored_tokens``: tokens a block holds
         when fewer were stored (token reduction; families with ``supports_token_reduction``)."""
-        per_block = self.block_tokens if stored_tokens is None else stored_tokens
+        per_block = layout.block_tokens if stored_tokens is None else stored_tokens
         return self.text_positions(0, sinks + len(blocks) * per_block + text, device)

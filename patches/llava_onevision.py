@@ -37,8 +37,7 @@ class LlavaOnevisionBackbone(Backbone):
 
         return apply_rotary_pos_emb
 
-    @property
-    def block_tokens(self) -> int:
+    def fixed_block_tokens(self) -> int:
         vision = self.model.config.vision_config
         return math.ceil(vision.image_size // vision.patch_size / 2) ** 2
 
@@ -66,7 +65,7 @@ class LlavaOnevisionBackbone(Backbone):
 
         return split_prompt(self.tokenizer, self.chat_template, question, self.video_token)
 
-    def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
+    def vanilla_input_ids(self, question: str, frames: int, layout=None) -> torch.Tensor:
         """``<video>`` expanded to ``frames * frame_tokens + 1`` video tokens."""
         video = [self.model.config.video_token_id] * (frames * self.block_tokens + 1)
         return torch.tensor([self.prompt.prefix_ids() + video + self.prompt.suffix_ids(question)], device=self.model.device)

@@ -21,10 +21,11 @@ block retrieved). While encoding, the window is re-based to the block of its old
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+
+from lmms_rekv.layout import StreamLayout, checked_timing
 
 from .base import Backbone
 
@@ -109,27 +110,25 @@ class Qwen2VLBackbone(Backbone):
     frames_per_block = 2
     position_rows = 3
     strategies = ("layout", "original", "consecutive_t", "1d")
+    prompt_options = ("system_prompt", "template_kwargs")
     model_class = "Qwen2VLForConditionalGeneration"
     default_side = 448
     needs_fps: Optional[str] = None  # why a stream must give its sampling rate (None: it need not)
     supports_token_reduction = False  # M-RoPE: a kept token's (t, h, w) place is not implemented yet
     processor_kwargs: dict = {}  # extra video-processor arguments of the family
 
-    def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
+    def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None,
+                 system_prompt: Optional[str] = None, template_kwargs: Optional[Dict[str, Any]] = None) -> None:
         vision = model.config.vision_config
         self.processor, self.video = processor, QwenVideo(processor, self.processor_kwargs)
         self.frames_per_block = vision.temporal_patch_size  # 2 in every released checkpoint
         self.unit = vision.patch_size * vision.spatial_merge_size
-        self.system_prompt: Optional[str] = None  # a system message before the user turn (None: the template's default)
-        self.template_kwargs: Dict[str, Any] = {}  # the chat template's own variables (e.g. enable_thinking)
+        self.system_prompt = system_prompt  # a system message before the user turn (None: the template's default)
+        self.template_kwargs: Dict[str, Any] = dict(template_kwargs or {})  # the chat template's own variables
         self.sizes_per_stream = frame_size is None  # else every stream uses the given size
-        self.processor_resize = False  # frames resized by the processor's own operation (per-stream sizes)
-        self._views: Dict[Tuple[int, int], "Qwen2VLBackbone"] = {}
         self.frame_size = self._check_size(frame_size or self._default_size())
-        self.grid = (self.frame_size[0] // self.unit, self.frame_size[1] // self.unit)
         self._check_budget(vision.spatial_merge_size)
         super().__init__(model, tokenizer, chat_template, processor)
-        self.rows = GridRows(self.grid, self.block_time)
 
     @classmethod
     def load(cls, path: str, dtype: torch.dtype, processor_kwargs: Optional[dict] = None, **model_kwargs):
@@ -137,18 +136,40 @@ class Qwen2VLBackbone(Backbone):
         return load_checkpoint(cls.model_class, path, dtype, processor_kwargs, **model_kwargs)
 
     # -- structure ------------------------------------------------------------------------
-    @property
-    def block_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
     def rotary_function(self):
         from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
 
         return apply_rotary_pos_emb
 
-    def check_stream(self, fps: Optional[float], strategy: str) -> None:
-        super().check_stream(fps, strategy)
-        if fps is None and self.needs_fps:
+    # -- a stream's layout ------------------------------------------------------------------
+    def layout(self, frame_size: Optional[Tuple[int, int]] = None, fps: Optional[float] = None,
+               frame_times=None) -> StreamLayout:
+        """A stream at ``frame_size`` (resized by the processor's own operation when the family
+        chooses sizes per stream, else bicubic), or at the family's size until ``fit`` reads the
+        stream's own from its first frame."""
+        fps, times = checked_timing(fps, frame_times)
+        if frame_size is None:
+            return self.sized_layout(self.frame_size, False, self.sizes_per_stream, fps, times)
+        return self.sized_layout(self._check_size(frame_size), self.sizes_per_stream, False, fps, times)
+
+    def fit(self, layout: StreamLayout, height: int, width: int, frames: Optional[int] = None) -> StreamLayout:
+        """The layout at the size the processor gives this stream (``stream_size``) when the
+        size is read from the frames; else ``layout``."""
+        if not layout.from_frames:
+            return layout
+        return self.sized_layout(self.stream_size(height, width, frames), True, False, layout.fps, layout.frame_times)
+
+    def sized_layout(self, size: Tuple[int, int], processor_resize: bool, from_frames: bool, fps: Optional[float],
+                     frame_times: Optional[Tuple[float, ...]]) -> StreamLayout:
+        """The layout of frames of ``size`` (``H' x W'`` tokens per block) and its position tables."""
+        grid = (size[0] // self.unit, size[1] // self.unit)
+        return StreamLayout(block_tokens=grid[0] * grid[1], frame_size=tuple(size), grid=grid,
+                            processor_resize=processor_resize, from_frames=from_frames, fps=fps, frame_times=frame_times,
+                            tables=GridRows(grid, self.block_time))
+
+    def check_stream(self, layout: StreamLayout, strategy: str) -> None:
+        super().check_stream(layout, strategy)
+        if layout.fps is None and self.needs_fps:
             raise ValueError(f"{self.needs_fps}: give the stream's sampling rate, new_session(fps=...)")
 
     # -- vision -----------------------------------------------------------------------------
@@ -171,33 +192,6 @@ class Qwen2VLBackbone(Backbone):
         low, high = self.video.bounds()
         return tuple(smart_resize(height, width, factor=self.unit, min_pixels=low, max_pixels=high))
 
-    def for_stream(self, height: int, width: int, frames: Optional[int] = None) -> "Qwen2VLBackbone":
-        """The adapter at the size the processor gives this stream (``stream_size``), or the
-        one explicit ``frame_size``; one adapter view per size, sharing the model."""
-        if not self.sizes_per_stream:
-            return self
-        return self._view(self.stream_size(height, width, frames), processor_resize=True)
-
-    def sized(self, frame_size: Optional[Tuple[int, int]]) -> "Qwen2VLBackbone":
-        if frame_size is None or (not self.sizes_per_stream and tuple(frame_size) == self.frame_size):
-            return self
-        return self._view(self._check_size(frame_size), processor_resize=self.sizes_per_stream or self.processor_resize)
-
-    def _view(self, size: Tuple[int, int], processor_resize: bool) -> "Qwen2VLBackbone":
-        key = (tuple(size), processor_resize)
-        view = self._views.get(key)
-        if view is None:
-            view = copy.copy(self)
-            view.frame_size, view.grid = tuple(size), (size[0] // self.unit, size[1] // self.unit)
-            view.sizes_per_stream, view.processor_resize, view._views = False, processor_resize, {}
-            view._reset_size_caches()
-            self._views[key] = view
-        return view
-
-    def _reset_size_caches(self) -> None:
-        """Forget what depends on the frame size (a view of another size starts empty)."""
-        self.rows = GridRows(self.grid, self.block_time)
-
     def _check_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         h, w = (int(v) for v in size)
         if h < self.unit or w < self.unit or h % self.unit or w % self.unit:
@@ -209,18 +203,18 @@ class Qwen2VLBackbone(Backbone):
         into other blocks): checked on one black block."""
         black = torch.zeros((self.frames_per_block, *self.frame_size, 3), dtype=torch.uint8)
         grid = self.video.inputs(black, resize=True)["video_grid_thw"][0, 1:]
-        if (int(grid[0]) // merge, int(grid[1]) // merge) != self.grid:
+        if (int(grid[0]) // merge, int(grid[1]) // merge) != (self.frame_size[0] // self.unit, self.frame_size[1] // self.unit):
             raise ValueError(f"frame_size {self.frame_size} is outside the video processor's pixel budget "
                              f"(size={self.processor.size}): it would resize the frames to a {grid.tolist()} patch grid")
 
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, frames: torch.Tensor, layout: StreamLayout) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, h, w, 3)`` at the stream's frame size, only
         when the size differs: by the processor's own resize for a size the processor chose
         (the vanilla model's pixels), else bicubic."""
-        h, w = self.frame_size
+        h, w = layout.frame_size
         if tuple(frames.shape[1:3]) == (h, w):
             return frames
-        if self.processor_resize:
+        if layout.processor_resize:
             return self.video.resize(frames, (h, w))
         x = frames.permute(0, 3, 1, 2).float()
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
@@ -251,10 +245,10 @@ class Qwen2VLBackbone(Backbone):
         return split_prompt(self.tokenizer, self.chat_template, question, self.video_token, system=self.system_prompt,
                            template_kwargs=self.template_kwargs)
 
-    def vanilla_input_ids(self, question: str, frames: int) -> torch.Tensor:
+    def vanilla_input_ids(self, question: str, frames: int, layout: Optional[StreamLayout] = None) -> torch.Tensor:
         """``<|video_pad|>`` expanded to ``ceil(frames / 2) * block_tokens`` pads."""
         blocks = -(-frames // self.frames_per_block)
-        video = [self.model.config.video_token_id] * (blocks * self.block_tokens)
+        video = [self.model.config.video_token_id] * (blocks * (layout or self.default_layout).block_tokens)
         return torch.tensor([self.prompt.prefix_ids() + video + self.prompt.suffix_ids(question)], device=self.model.device)
 
     # -- positions -------------------------------------------------------------------------
@@ -264,40 +258,40 @@ class Qwen2VLBackbone(Backbone):
         return blocks
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
-                         device: torch.device, fps: Optional[float] = None,
-                         padded: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         device: torch.device, layout: StreamLayout) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Window and chunk re-based to the block of the oldest window token; each query as
         seen from the sinks re-based to the block of the oldest token of its own window
         (time differences kept; height/width never move)."""
+        rows, fps, per_block = layout.tables, layout.fps, layout.block_tokens
         oldest = stream_tokens - window_len
-        base = self.block_time(torch.tensor(oldest // self.block_tokens, device=device), fps)
-        window_keys = self.rows(base, sinks, window_len, oldest, fps)
-        chunk_pos = self.rows(base, sinks, chunk, stream_tokens, fps)
+        base = self.block_time(torch.tensor(oldest // per_block, device=device), fps)
+        window_keys = rows(base, sinks, window_len, oldest, fps)
+        chunk_pos = rows(base, sinks, chunk, stream_tokens, fps)
         token = torch.arange(stream_tokens, stream_tokens + chunk, device=device)
-        own = torch.zeros_like(token) if window is None else (token - window + 1).clamp(min=0) // self.block_tokens
-        seen = self.rows(self.block_time(own, fps), sinks, chunk, stream_tokens, fps)
+        own = torch.zeros_like(token) if window is None else (token - window + 1).clamp(min=0) // per_block
+        seen = rows(self.block_time(own, fps), sinks, chunk, stream_tokens, fps)
         return window_keys, chunk_pos, seen
 
-    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
-                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None) -> torch.Tensor:
+    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device, layout: StreamLayout,
+                          strategy: str = "layout", stored_tokens: Optional[int] = None) -> torch.Tensor:
         """``[sinks, retrieved blocks, text]``: ``layout`` (block ranks through the family's
         time rule), ``original`` (each block's stream time), ``consecutive_t`` (ranks as
         time) or ``1d`` (every token consecutive); text after the video as the family
         places it (``layout``/``original``/``consecutive_t``: the video origin +
         ``max(H', W')``, the installed transformers' rule)."""
-        k = len(blocks)
+        k, rows, fps, tokens = len(blocks), layout.tables, layout.fps, len(blocks) * layout.block_tokens
         prefix = self.text_positions(0, sinks, device)
         if strategy == "1d":
-            return self.text_positions(0, sinks + k * self.block_tokens + text, device)
+            return self.text_positions(0, sinks + tokens + text, device)
         zero = torch.tensor(0, device=device)
         ranks = torch.arange(k, device=device)
         if strategy == "layout":
-            video = self.rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks)
+            video = rows(zero, sinks, tokens, 0, fps, rank=ranks)
         elif strategy == "original":
-            video = self.rows(zero, sinks, k * self.block_tokens, 0, fps, rank=blocks.to(device))
+            video = rows(zero, sinks, tokens, 0, fps, rank=blocks.to(device))
         else:  # consecutive_t: ranks as time, whatever the family's time rule
-            video = self.rows(zero, sinks, k * self.block_tokens, 0, fps, rank=ranks, index_as_time=True)
-        after = self.text_positions(sinks + max(self.grid), text, device)
+            video = rows(zero, sinks, tokens, 0, fps, rank=ranks, index_as_time=True)
+        after = self.text_positions(sinks + max(layout.grid), text, device)
         return torch.cat([prefix, video, after], dim=1)
 
 

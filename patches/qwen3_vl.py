@@ -31,12 +31,13 @@ one amount so that the oldest window token's time row sits right after the sinks
 
 from __future__ import annotations
 
-import copy
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy
 import torch
+
+from lmms_rekv.layout import StreamLayout
 
 from .base import ChunkInputs
 from .qwen2_vl import Qwen2VLBackbone
@@ -87,13 +88,11 @@ class BlockClock:
         self._lock = threading.Lock()
         self.header_slots = self._header_bound()
 
-    def retimed(self, frame_times: Optional[Tuple[float, ...]]) -> "BlockClock":
-        """A clock for a stream with its own ``frame_times`` (empty tables, shared header cache)."""
-        return BlockClock(self.tokenize, self.frames_per_block, self.visual_tokens, frame_times, self._headers)
-
-    def resized(self, visual_tokens: int) -> "BlockClock":
-        """A clock for blocks of ``visual_tokens`` visual tokens (another frame size)."""
-        return BlockClock(self.tokenize, self.frames_per_block, visual_tokens, self.frame_times, self._headers)
+    def for_stream(self, frames_per_block: int, visual_tokens: int, frame_times: Optional[Tuple[float, ...]]) -> "BlockClock":
+        """A clock for a stream of blocks of ``frames_per_block`` frames and ``visual_tokens``
+        visual tokens whose frames were taken at ``frame_times`` (empty tables, the header
+        cache shared)."""
+        return BlockClock(self.tokenize, frames_per_block, visual_tokens, frame_times, self._headers)
 
     def header_ids(self, seconds: float) -> List[int]:
         """Token ids of a block's timestamp text ``<{seconds:.1f} seconds>``."""
@@ -204,6 +203,13 @@ class TimestampedRows:
         return torch.where(end, t + max(self.grid), rows)
 
 
+class StreamTables(NamedTuple):
+    """A Qwen3-VL stream's tables (``StreamLayout.tables``): its clock and its rows."""
+
+    clock: BlockClock
+    rows: TimestampedRows
+
+
 class Qwen3VLBackbone(Qwen2VLBackbone):
     """ReKV adapter for ``Qwen3VLForConditionalGeneration``."""
 
@@ -214,14 +220,11 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
     needs_fps = "Qwen3-VL blocks carry their time as text"
     processor_kwargs = {"do_resize": False, "cap_pixels_per_frame": False}  # see _check_budget
 
-    def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None) -> None:
-        self.tokenizer = tokenizer
-        self.clock = BlockClock(self.tokenize, self.frames_per_block)
+    def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None,
+                 **prompt_options: Any) -> None:
+        super().__init__(model, tokenizer, chat_template, processor, frame_size, **prompt_options)
+        self.clock = BlockClock(self.tokenize, self.frames_per_block)  # the header cache every stream's clock shares
         self.header_slots = self.clock.header_slots
-        super().__init__(model, tokenizer, chat_template, processor, frame_size)
-        self.clock = self.clock.resized(self.visual_tokens)
-        self.clock.frames_per_block = self.frames_per_block  # the checkpoint's temporal patch
-        self.rows = TimestampedRows(self.grid)
         self.outer_wrapper = self._processor_keeps_outer_wrapper()
 
     def _processor_keeps_outer_wrapper(self) -> bool:
@@ -233,25 +236,12 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         """The template's text before and after the video, without the outer
         ``<|vision_start|>``/``<|vision_end|>`` when the installed processor drops them."""
         before, after = super().split_prompt(question)
-        if not getattr(self, "outer_wrapper", True):
+        if not self.outer_wrapper:
             cfg = self.model.config
             before, after = without_outer_wrapper(before, after, self.tokenizer, cfg.vision_start_token_id, cfg.vision_end_token_id)
         return before, after
 
     # -- structure ------------------------------------------------------------------------
-    @property
-    def visual_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def block_tokens(self) -> int:
-        """Stored slots per block: timestamp slots, ``<|vision_start|>``, pads, ``<|vision_end|>``."""
-        return self.header_slots + 2 + self.visual_tokens
-
-    @property
-    def summary_tokens(self) -> slice:
-        return slice(self.header_slots + 1, self.header_slots + 1 + self.visual_tokens)
-
     def pre_rope_modules(self, layer: int) -> Tuple[torch.nn.Module, torch.nn.Module]:
         attn = self.text_model.layers[layer].self_attn
         return attn.q_norm, attn.k_norm  # q/k RMS norms come after the projections, before RoPE
@@ -261,16 +251,18 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
 
         return apply_rotary_pos_emb
 
-    # -- timestamps (the stream's BlockClock) ----------------------------------------------
-    def timed(self, frame_times: Optional[Tuple[float, ...]]) -> "Qwen3VLBackbone":
-        """This adapter for a stream whose frames were taken at ``frame_times`` (seconds, one
-        per frame): block timestamps come from them (frames past them continue at the
-        stream's fps). A view sharing the model, with a clock of its own."""
-        if frame_times is None:
-            return self
-        view = copy.copy(self)
-        view.clock = self.clock.retimed(tuple(float(t) for t in frame_times))
-        return view
+    # -- a stream's layout: slots and its BlockClock ------------------------------------------
+    def sized_layout(self, size: Tuple[int, int], processor_resize: bool, from_frames: bool, fps: Optional[float],
+                     frame_times: Optional[Tuple[float, ...]]) -> StreamLayout:
+        """Blocks stored in ``header_slots`` timestamp slots, ``<|vision_start|>``, ``H' x W'``
+        pads and ``<|vision_end|>``; the stream's clock (timestamps from ``frame_times`` when
+        given, frames past them continuing at ``fps``) and rows in ``tables``."""
+        grid = (size[0] // self.unit, size[1] // self.unit)
+        visual = grid[0] * grid[1]
+        tables = StreamTables(self.clock.for_stream(self.frames_per_block, visual, frame_times), TimestampedRows(grid))
+        return StreamLayout(block_tokens=self.header_slots + 2 + visual, frame_size=tuple(size), grid=grid,
+                            processor_resize=processor_resize, from_frames=from_frames, fps=fps, frame_times=frame_times,
+                            summary_span=(self.header_slots + 1, self.header_slots + 1 + visual), tables=tables)
 
     # -- vision and prompt ------------------------------------------------------------------
     def _default_size(self) -> Tuple[int, int]:
@@ -302,10 +294,6 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         return tuple(smart_resize(num_frames=count, height=height, width=width, temporal_factor=self.frames_per_block,
                                   factor=self.unit, min_pixels=low, max_pixels=high))
 
-    def _reset_size_caches(self) -> None:
-        self.clock = self.clock.resized(self.visual_tokens)  # block ends depend on the visual tokens
-        self.rows = TimestampedRows(self.grid)
-
     def _check_budget(self, merge: int) -> None:
         """Nothing to check: frames reach the processor at the fixed size with resizing off
         (its budget is per clip, so it would otherwise resize each chunk differently)."""
@@ -321,61 +309,59 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         """``(1, k * H'W', hidden)`` visual embeddings of ``2k`` frames (no timestamps)."""
         return self._visual(frames)[0][None]
 
-    def _block_ids(self, blocks: range, fps: float, padded: Optional[int]) -> List[int]:
-        cfg = self.model.config
+    def _block_ids(self, blocks: range, layout: StreamLayout) -> List[int]:
+        cfg, clock, visual = self.model.config, layout.tables.clock, layout.tables.rows.visual_tokens
         ids: List[int] = []
         for g in blocks:
-            ids += self.clock.header_ids(self.clock.block_seconds(g, fps, g == padded))
-            ids += [cfg.vision_start_token_id] + [cfg.video_token_id] * self.visual_tokens + [cfg.vision_end_token_id]
+            ids += clock.header_ids(clock.block_seconds(g, layout.fps, g == layout.padded))
+            ids += [cfg.vision_start_token_id] + [cfg.video_token_id] * visual + [cfg.vision_end_token_id]
         return ids
 
-    def chunk_inputs(self, pixels: torch.Tensor, first_block: int, fps: Optional[float] = None,
-                     padded: Optional[int] = None) -> ChunkInputs:
+    def chunk_inputs(self, pixels: torch.Tensor, first_block: int, layout: StreamLayout) -> ChunkInputs:
         """Blocks ``first_block..``: timestamp text, ``<|vision_start|>``, visual embeddings,
         ``<|vision_end|>`` each; the chunk's ``visual_pos_masks`` and deepstack rows; each
         token's slot (timestamps right-aligned in their slots)."""
         visual, deepstack = self._visual(pixels)
         k = pixels.shape[0] // self.frames_per_block
-        slots = self.block_rows(torch.arange(first_block, first_block + k), self.model.device, fps, padded)  # refuses an oversized timestamp
-        ids = torch.tensor([self._block_ids(range(first_block, first_block + k), fps, padded)], device=self.model.device)
+        slots = self.block_rows(torch.arange(first_block, first_block + k), self.model.device, layout)  # refuses an oversized timestamp
+        ids = torch.tensor([self._block_ids(range(first_block, first_block + k), layout)], device=self.model.device)
         mask = ids == self.model.config.video_token_id
         embeds = self.text_model.embed_tokens(ids).masked_scatter(mask[..., None], visual)
         return ChunkInputs(embeds, {"visual_pos_masks": mask, "deepstack_visual_embeds": deepstack}, slots)
 
-    def block_rows(self, blocks: torch.Tensor, device: torch.device, fps: Optional[float] = None,
-                   padded: Optional[int] = None) -> torch.Tensor:
-        heads = self.clock.header_lengths(blocks, fps, padded)
-        n = heads + 2 + self.visual_tokens
-        block, inside = ragged(n)
-        return (block * self.block_tokens + (self.header_slots - heads)[block] + inside).to(device)
+    def block_rows(self, blocks: torch.Tensor, device: torch.device, layout: StreamLayout) -> torch.Tensor:
+        heads = layout.tables.clock.header_lengths(blocks, layout.fps, layout.padded)
+        block, inside = ragged(heads + 2 + layout.tables.rows.visual_tokens)
+        return (block * layout.block_tokens + (self.header_slots - heads)[block] + inside).to(device)
 
-    def vanilla_input_ids(self, question: str, frames: int, fps: Optional[float] = None) -> torch.Tensor:
-        """The processor's prompt ids for ``frames`` frames sampled at ``fps``."""
-        if fps is None:
-            raise ValueError("Qwen3-VL prompts carry timestamps: give fps")
+    def vanilla_input_ids(self, question: str, frames: int, layout: Optional[StreamLayout] = None) -> torch.Tensor:
+        """The processor's prompt ids for ``frames`` frames of a stream of ``layout`` (its fps
+        and frame times)."""
+        layout = layout or self.default_layout
+        if layout.fps is None:
+            raise ValueError("Qwen3-VL prompts carry timestamps: give the layout an fps")
         blocks = -(-frames // self.frames_per_block)
-        padded = blocks - 1 if frames % self.frames_per_block else None
-        video = self._block_ids(range(blocks), fps, padded)
+        video = self._block_ids(range(blocks), layout.with_padding(blocks - 1 if frames % self.frames_per_block else None))
         return torch.tensor([self.prompt.prefix_ids() + video + self.prompt.suffix_ids(question)], device=self.model.device)
 
     # -- positions --------------------------------------------------------------------------
-    def stream_rows(self, first: int, last: int, fps: float, padded: Optional[int] = None) -> torch.Tensor:
+    def stream_rows(self, first: int, last: int, layout: StreamLayout) -> torch.Tensor:
         """``(3, tokens)`` positions of stream blocks ``first..last-1`` with block ``first``
         starting at counter 0."""
-        heads = self.clock.header_lengths(torch.arange(first, last), fps, padded)
-        adv = self.rows.advance(heads)
-        return self.rows(heads, torch.cumsum(adv, 0) - adv)
+        clock, rows = layout.tables
+        heads = clock.header_lengths(torch.arange(first, last), layout.fps, layout.padded)
+        adv = rows.advance(heads)
+        return rows(heads, torch.cumsum(adv, 0) - adv)
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
-                         device: torch.device, fps: Optional[float] = None,
-                         padded: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         device: torch.device, layout: StreamLayout) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Window, chunk and each query as seen from the sinks, shifted on every axis so
         that the time row of the oldest token of the window (for the queries: of their own
         window) sits at ``sinks``."""
-        oldest = stream_tokens - window_len
-        g0, t0 = self.clock.block_of(oldest, fps, padded)
-        g1, _ = self.clock.block_of(stream_tokens + chunk - 1, fps, padded)
-        rows = self.stream_rows(g0, g1 + 1, fps, padded)[:, oldest - t0 : stream_tokens + chunk - t0]
+        clock, oldest = layout.tables.clock, stream_tokens - window_len
+        g0, t0 = clock.block_of(oldest, layout.fps, layout.padded)
+        g1, _ = clock.block_of(stream_tokens + chunk - 1, layout.fps, layout.padded)
+        rows = self.stream_rows(g0, g1 + 1, layout)[:, oldest - t0 : stream_tokens + chunk - t0]
         base = rows[0, 0] - sinks
         window_keys, chunk_pos = rows[:, :window_len] - base, rows[:, window_len:] - base
         token = torch.arange(stream_tokens, stream_tokens + chunk)
@@ -386,24 +372,24 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
     def positions_use_indices(self, strategy: str) -> bool:
         return True  # block lengths (timestamps) depend on which blocks were retrieved
 
-    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device,
-                          fps: Optional[float] = None, strategy: str = "layout", padded: Optional[int] = None) -> torch.Tensor:
+    def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device, layout: StreamLayout,
+                          strategy: str = "layout", stored_tokens: Optional[int] = None) -> torch.Tensor:
         """``[sinks, retrieved blocks, text]``: ``layout`` (blocks packed from the sinks on,
         each with its own timestamp), ``original`` (each block's stream positions; the text
         right after the last one) or ``1d`` (every token consecutive)."""
-        blocks = blocks.cpu()
-        heads = self.clock.header_lengths(blocks, fps, padded)
+        (clock, rows), fps, padded, blocks = layout.tables, layout.fps, layout.padded, blocks.cpu()
+        heads = clock.header_lengths(blocks, fps, padded)
         prefix = self.text_positions(0, sinks, torch.device("cpu"))
         if strategy == "1d":
-            return self.text_positions(0, sinks + int((heads + 2 + self.visual_tokens).sum()) + text, device)
-        adv = self.rows.advance(heads)
+            return self.text_positions(0, sinks + int((heads + 2 + rows.visual_tokens).sum()) + text, device)
+        adv = rows.advance(heads)
         if strategy == "original":
-            every = self.rows.advance(self.clock.header_lengths(torch.arange(int(blocks.max()) + 1), fps, padded))
+            every = rows.advance(clock.header_lengths(torch.arange(int(blocks.max()) + 1), fps, padded))
             starts = sinks + (torch.cumsum(every, 0) - every)[blocks]
         else:
             starts = sinks + torch.cumsum(adv, 0) - adv
         after = self.text_positions(int(starts[-1] + adv[-1]), text, torch.device("cpu"))
-        return torch.cat([prefix, self.rows(heads, starts), after], dim=1).to(device)
+        return torch.cat([prefix, rows(heads, starts), after], dim=1).to(device)
 
 
 class Qwen3VLMoeBackbone(Qwen3VLBackbone):

@@ -1,7 +1,7 @@
 """The import contract of the installed package: layers point one way, and no package imports
 itself back through another (read from the source with ``ast``: imports inside functions count).
 
-    config, args, registry, settings, io, storage, miniature (assets)   bottom
+    config, args, registry, settings, layout, io, storage, miniature (assets)   bottom
     retrieval
     engine | patches (neither names the other: the engine never names a family)
     model (the facade: ReKV, from_pretrained)
@@ -17,7 +17,7 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = {"lmms_rekv": "lmms_rekv", "lmms_rekv.patches": "patches", "lmms_rekv.tasks": "tasks"}
 LAYERS = [
-    {"lmms_rekv.config", "lmms_rekv.args", "lmms_rekv.registry", "lmms_rekv.settings", "lmms_rekv.io", "lmms_rekv.storage", "lmms_rekv.miniature"},
+    {"lmms_rekv.config", "lmms_rekv.args", "lmms_rekv.registry", "lmms_rekv.settings", "lmms_rekv.layout", "lmms_rekv.io", "lmms_rekv.storage", "lmms_rekv.miniature"},
     {"lmms_rekv.retrieval"},
     {"lmms_rekv.engine", "lmms_rekv.patches"},
     {"lmms_rekv.model"},

@@ -35,8 +35,7 @@ def test_qwen_shaped_miniature_trains_and_matches_the_engine(family, tmp_path):
     frames = world.render(episode.objects, episode.colors, world.rng_for(world.HELD_OUT, 7))
     for q in episode.questions:
         ids, answer_at, anchor, first = layout.sequence(6, q)
-        fps = {"fps": TRAIN_FPS} if family == "qwen3_vl" else {}
-        assert ids[:answer_at] == engine.backbone.vanilla_input_ids(q.text, 6, **fps)[0].tolist()
+        assert ids[:answer_at] == engine.backbone.vanilla_input_ids(q.text, 6, engine.backbone.layout(fps=TRAIN_FPS))[0].tolist()
         one = torch.tensor
         batch = Batch(pixels(frames)[None], one([ids[:answer_at]]), torch.ones(1, answer_at, dtype=torch.long),
                       one([answer_at]), one([anchor]), one([first]), one([episode.objects]), one([episode.colors]), [q.kind],

@@ -6,6 +6,8 @@ strategies are exact, flat device bytes): ``tests/families/test_family_contract.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +67,7 @@ def test_default_config_equals_vanilla_on_the_raw_frames(load_qwen2, size):
     answer = session.answer(QUESTION, max_new_tokens=5, return_logits=True)
     tokens, logits, inputs = vanilla_answer(engine, video, QUESTION, 5)
     grid = inputs["video_grid_thw"][0].tolist()
-    assert [session.backbone.frame_size[0] // 14, session.backbone.frame_size[1] // 14] == grid[1:]
+    assert [session.layout.frame_size[0] // 14, session.layout.frame_size[1] // 14] == grid[1:]
     assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
     assert max((a - b).abs().max().item() for a, b in zip(answer.logits, logits)) <= 1e-4
     assert engine.backbone.frame_size == (56, 56)  # the engine's own adapter is untouched
@@ -79,14 +81,22 @@ def test_streams_of_one_engine_have_their_own_sizes(load_qwen2):
     wide.add_frames(video_frames(4, size=(50, 120)))
     tall.add_frames(video_frames(4, size=(130, 70)))
     wide.add_frames(video_frames(2, size=(60, 60), seed=3))  # another size: resized to the stream's
-    assert (wide.backbone.frame_size, tall.backbone.frame_size) == ((28, 84), (84, 28))
+    assert (wide.layout.frame_size, tall.layout.frame_size) == ((28, 84), (84, 28))
     assert wide.stats()["frames"] == 6 and wide.ask(QUESTION, max_new_tokens=2) is not None
     fixed = load_qwen2(window_tokens=None, topk_frames=None, frame_size=(56, 56)).new_session(fps=FPS)
     fixed.add_frames(video_frames(4, size=(50, 120)))
-    assert fixed.backbone.frame_size == (56, 56)
+    assert fixed.layout.frame_size == (56, 56)
     chosen = engine.new_session(fps=FPS, frame_size=(28, 56))
     chosen.add_frames(video_frames(4, size=(50, 120)))
-    assert chosen.backbone.frame_size == (28, 56)
+    assert chosen.layout.frame_size == (28, 56)
+    # one family object for every stream, never changed by one: each stream's size is its frozen layout
+    assert wide.family is tall.family is chosen.family is engine.backbone and engine.backbone.frame_size == (56, 56)
+    assert (wide.layout.grid, wide.layout.block_tokens, wide.layout.processor_resize) == ((1, 3), 3, True)
+    assert (chosen.layout.grid, chosen.layout.from_frames) == ((1, 2), False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        wide.layout.frame_size = (56, 56)
+    with pytest.deprecated_call(match="session.layout"):  # the former spelling still gives the stream's size
+        assert (wide.backbone.frame_size, wide.backbone.model_type) == ((28, 84), engine.backbone.model_type)
 
 
 def test_explicit_frame_size_resizes_every_frame(load_qwen2):
@@ -97,7 +107,7 @@ def test_explicit_frame_size_resizes_every_frame(load_qwen2):
     session = engine.new_session(fps=FPS)
     session.add_frames(video)
     answer = session.answer(QUESTION, max_new_tokens=4, return_logits=True)
-    resized = engine.backbone.preprocess(torch.from_numpy(video)).numpy()
+    resized = engine.backbone.preprocess(torch.from_numpy(video), session.layout).numpy()
     assert resized.shape == (4, 56, 56, 3)
     _, logits, _ = vanilla_answer(engine, resized, QUESTION, 4)
     assert (answer.logits[0] - logits[0]).abs().max().item() <= 1e-4
@@ -110,24 +120,25 @@ def test_closed_form_positions_equal_get_rope_index(load_qwen2, frame_size):
     rng = np.random.default_rng(0)
     video_type = 2  # mm_token_type_ids: 0 text, 1 image, 2 video
     for fps in (0.5, 1.0, 3.0, 7.0):
+        layout = bb.layout(fps=fps)
         sinks, blocks, text = (int(v) for v in (rng.integers(1, 9), rng.integers(1, 13), rng.integers(1, 9)))
-        types = torch.tensor([[0] * sinks + [video_type] * (blocks * bb.block_tokens) + [0] * text])
-        grid = torch.tensor([[blocks, bb.grid[0] * 2, bb.grid[1] * 2]])  # in patches, before the 2x2 merge
+        types = torch.tensor([[0] * sinks + [video_type] * (blocks * layout.block_tokens) + [0] * text])
+        grid = torch.tensor([[blocks, layout.grid[0] * 2, layout.grid[1] * 2]])  # in patches, before the 2x2 merge
         extra = {"second_per_grid_ts": torch.tensor([2 / fps])} if bb.model_type == "qwen2_5_vl" else {}
         expected, _ = engine.model.model.get_rope_index(torch.zeros_like(types), mm_token_type_ids=types, video_grid_thw=grid, **extra)
         every = torch.arange(blocks)
         for strategy in ("layout", "original"):  # the same with every block retrieved
-            mine = bb.context_positions(sinks, every, text, torch.device("cpu"), fps=fps, strategy=strategy)
+            mine = bb.context_positions(sinks, every, text, torch.device("cpu"), layout, strategy=strategy)
             assert torch.equal(mine, expected[:, 0]), (fps, strategy)
 
 
 def test_unbounded_window_encoding_positions_are_the_layout(load_qwen2):
     """With an unbounded window, encode-time positions of any chunk equal the full layout's."""
     bb = load_qwen2().backbone
-    sinks, blocks = 5, 6
-    layout = bb.context_positions(sinks, torch.arange(blocks), 0, torch.device("cpu"), fps=FPS)[:, sinks:]
+    sinks, blocks, stream = 5, 6, bb.layout(fps=FPS)
+    layout = bb.context_positions(sinks, torch.arange(blocks), 0, torch.device("cpu"), stream)[:, sinks:]
     for start, chunk in [(0, 8), (8, 12), (4, 20)]:
-        window_keys, chunk_pos, seen = bb.encode_positions(sinks, start, chunk, start, None, torch.device("cpu"), fps=FPS)
+        window_keys, chunk_pos, seen = bb.encode_positions(sinks, start, chunk, start, None, torch.device("cpu"), stream)
         assert torch.equal(window_keys, layout[:, :start])
         assert torch.equal(chunk_pos, layout[:, start : start + chunk]) and torch.equal(seen, chunk_pos)
 
@@ -137,21 +148,21 @@ def _dense_reference(engine, video: np.ndarray, window: int):
     stream tokens v with u - W < v <= u; a stream key at the true (t, h, w) offset; sink b at
     (S + T(g) - T(g0) - b, S + i - b, S + j - b), g0 = the block of u's oldest window token,
     T the family's block time (Qwen2-VL: g; Qwen2.5-VL: floor(g * 2 * 2 / fps))."""
-    bb = engine.backbone
+    bb, layout = engine.backbone, engine.backbone.layout(fps=FPS)
     prefix = bb.prompt.prefix_ids()
-    feats = bb.block_features(bb.preprocess(torch.from_numpy(video)))
+    feats = bb.block_features(bb.preprocess(torch.from_numpy(video), layout))
     s, m = len(prefix), feats.shape[1]
     u = torch.arange(m)
-    g, inside = u // bb.block_tokens, u % bb.block_tokens
+    g, inside = u // layout.block_tokens, u % layout.block_tokens
     time = g if bb.model_type == "qwen2_vl" else (g * (2 * torch.tensor(2 / FPS))).long()  # tokens_per_second 2
-    pos = torch.stack([time, inside // bb.grid[1], inside % bb.grid[1]])  # (3, M) stream-relative
+    pos = torch.stack([time, inside // layout.grid[1], inside % layout.grid[1]])  # (3, M) stream-relative
     n = s + m
     allowed = torch.ones(n, n, dtype=torch.bool).tril()
     allowed[s:, s:] &= u[None, :] > u[:, None] - window
     offsets = torch.zeros(3, n, n, dtype=torch.long)
     idx = torch.arange(s)
     offsets[:, :s, :s] = (idx[:, None] - idx[None, :]).expand(3, -1, -1)
-    g0 = (u - window + 1).clamp(min=0) // bb.block_tokens
+    g0 = (u - window + 1).clamp(min=0) // layout.block_tokens
     time0 = g0 if bb.model_type == "qwen2_vl" else (g0 * (2 * torch.tensor(2 / FPS))).long()
     seen = torch.stack([s + time - time0, s + pos[1], s + pos[2]])
     offsets[:, s:, :s] = seen[:, :, None] - idx[None, None, :]
@@ -275,7 +286,7 @@ def test_a_saved_stream_reopens_at_its_own_size(load_qwen2, tmp_path):
     session.add_frames(video_frames(7, size=(50, 120), seed=5))
     session.save(str(tmp_path / "wide"))
     reopened = engine.open_session(str(tmp_path / "wide"))
-    assert reopened.backbone.frame_size == session.backbone.frame_size == (28, 84)
+    assert reopened.layout.frame_size == session.layout.frame_size == (28, 84)
     assert reopened.ask(QUESTION, max_new_tokens=4) == session.ask(QUESTION, max_new_tokens=4)
 
 

@@ -45,8 +45,9 @@ def test_family_and_its_block_layout(load3, qwen3_dir):
     engine = load3()
     bb = engine.backbone
     assert type(bb).__name__ == "Qwen3VLBackbone" and bb.model_type == "qwen3_vl"
-    assert bb.visual_tokens == 4 and bb.block_tokens == bb.header_slots + 6
-    heads = bb.clock.header_lengths(torch.arange(6), FPS)
+    layout = bb.layout(fps=FPS)
+    assert layout.tables.rows.visual_tokens == 4 and layout.block_tokens == bb.block_tokens == bb.header_slots + 6
+    heads = layout.tables.clock.header_lengths(torch.arange(6), FPS)
     assert len(set(heads.tolist())) > 1  # "<9.0 seconds>" and "<13.0 seconds>" differ: variable-length blocks
     with pytest.raises(ValueError, match="fps"):
         engine.new_session()
@@ -65,13 +66,13 @@ def test_the_prompt_ids_are_the_processors(load3, frames):
     (``tests/families/test_family_contract.py``)."""
     engine = load3(window_tokens=None, topk_frames=None)
     _, _, inputs = vanilla_answer(engine, _frames(frames, seed=1), QUESTION, 1, fps=FPS)
-    assert torch.equal(engine.backbone.vanilla_input_ids(QUESTION, frames, fps=FPS), inputs["input_ids"])
+    assert torch.equal(engine.backbone.vanilla_input_ids(QUESTION, frames, engine.backbone.layout(fps=FPS)), inputs["input_ids"])
 
 
 def _rope_index(engine, ids: torch.Tensor, blocks: int) -> torch.Tensor:
-    bb = engine.backbone
+    grid = engine.backbone.default_layout.grid
     types = (ids == engine.model.config.video_token_id).long() * 2  # mm_token_type_ids: 2 = video
-    grid = torch.tensor([[blocks, bb.grid[0] * 2, bb.grid[1] * 2]])  # in patches, before the 2x2 merge
+    grid = torch.tensor([[blocks, grid[0] * 2, grid[1] * 2]])  # in patches, before the 2x2 merge
     positions, _ = engine.model.model.get_rope_index(ids, mm_token_type_ids=types, video_grid_thw=grid)
     return positions[:, 0]
 
@@ -80,15 +81,16 @@ def _rope_index(engine, ids: torch.Tensor, blocks: int) -> torch.Tensor:
 def test_closed_form_positions_equal_get_rope_index(load3, fps):
     engine = load3()
     bb = engine.backbone
+    layout = bb.layout(fps=fps)
     for frames in (2, 9, 24):
-        ids = bb.vanilla_input_ids(QUESTION, frames, fps=fps)
+        ids = bb.vanilla_input_ids(QUESTION, frames, layout)
         blocks = -(-frames // 2)
         expected = _rope_index(engine, ids, blocks)
         sinks, text = len(bb.prompt.prefix_ids()), len(bb.prompt.suffix_ids(QUESTION))
         padded = blocks - 1 if frames % 2 else None
         for strategy in ("layout", "original"):  # the same with every block retrieved
-            mine = bb.context_positions(sinks, torch.arange(blocks), text, torch.device("cpu"), fps=fps,
-                                        strategy=strategy, padded=padded)
+            mine = bb.context_positions(sinks, torch.arange(blocks), text, torch.device("cpu"), layout.with_padding(padded),
+                                        strategy=strategy)
             assert torch.equal(mine, expected), (frames, strategy)
 
 
@@ -108,10 +110,11 @@ def test_layout_of_a_subset_is_the_processor_on_only_those_frames(load3):
     inputs = processor(text=[text], videos=[_frames(6, seed=2)], video_metadata=metadata, return_tensors="pt",
                        do_sample_frames=False)
     ids = inputs["input_ids"]
-    mine = bb.prompt.prefix_ids() + [t for g in kept.tolist() for t in bb._block_ids(range(g, g + 1), FPS, None)]
+    layout = bb.layout(fps=FPS)
+    mine = bb.prompt.prefix_ids() + [t for g in kept.tolist() for t in bb._block_ids(range(g, g + 1), layout)]
     assert ids[0].tolist() == mine + bb.prompt.suffix_ids(QUESTION)
     sinks, rest = len(bb.prompt.prefix_ids()), len(bb.prompt.suffix_ids(QUESTION))
-    positions = bb.context_positions(sinks, kept, rest, torch.device("cpu"), fps=FPS, strategy="layout")
+    positions = bb.context_positions(sinks, kept, rest, torch.device("cpu"), layout, strategy="layout")
     assert torch.equal(positions, _rope_index(engine, ids, len(kept)))
 
 
@@ -124,15 +127,16 @@ def test_stored_slots_hold_the_tokens_right_aligned(load3):
     session.add_frames(_frames(8, seed=4))
     session.flush()
     store = session.state.store
-    heads = bb.clock.header_lengths(torch.arange(4), FPS)
-    rows = bb.block_rows(torch.arange(4), torch.device("cpu"), FPS)
-    assert len(rows) == int((heads + 2 + bb.visual_tokens).sum())
+    layout = session.layout
+    heads = layout.tables.clock.header_lengths(torch.arange(4), FPS)
+    rows = bb.block_rows(torch.arange(4), torch.device("cpu"), layout)
+    assert len(rows) == int((heads + 2 + layout.tables.rows.visual_tokens).sum())
     for block in range(4):
         keys, values = store.block(1, block)
         unused = bb.header_slots - int(heads[block])
         assert not keys[:unused].any() and not values[:unused].any()
         assert keys[unused:].abs().sum(dim=(1, 2)).gt(0).all()
-        visual = keys[bb.summary_tokens].float().mean(dim=0)
+        visual = keys[layout.summary_tokens].float().mean(dim=0)
         assert torch.allclose(store.summaries(1)[block], visual)
 
 
@@ -143,10 +147,11 @@ def _dense_reference(engine, video: np.ndarray, window: int):
     token of u's window. Deepstack rows are added as the model adds them."""
     bb = engine.backbone
     prefix = bb.prompt.prefix_ids()
-    pixels = bb.preprocess(torch.from_numpy(video))
-    inputs = bb.chunk_inputs(pixels, 0, fps=FPS)
+    layout = bb.layout(fps=FPS)
+    pixels = bb.preprocess(torch.from_numpy(video), layout)
+    inputs = bb.chunk_inputs(pixels, 0, layout)
     s, m = len(prefix), inputs.embeds.shape[1]
-    ids = bb.vanilla_input_ids(QUESTION, len(video), fps=FPS)[:, : s + m]
+    ids = bb.vanilla_input_ids(QUESTION, len(video), layout)[:, : s + m]
     pos = _rope_index(engine, ids, len(video) // 2)[:, s:]  # (3, M) stream positions
     n = s + m
     u = torch.arange(m)
@@ -198,13 +203,14 @@ def test_top_k_answer_equals_dense_reference_over_the_retrieved_blocks(load3):
     assert all(torch.equal(sel, kept) for sel in answer.selected) and len(kept) == 2
 
     prefix, suffix = bb.prompt.prefix_ids(), bb.prompt.suffix_ids(QUESTION)
-    inputs = bb.chunk_inputs(bb.preprocess(torch.from_numpy(video)), 0, fps=FPS)
+    stream = bb.layout(fps=FPS)
+    inputs = bb.chunk_inputs(bb.preprocess(torch.from_numpy(video), stream), 0, stream)
     s, m, q = len(prefix), inputs.embeds.shape[1], len(suffix)
     n = s + m + q
-    true = _rope_index(engine, bb.vanilla_input_ids(QUESTION, 12, fps=FPS), 6)  # (3, N)
-    block_of = torch.repeat_interleave(torch.arange(6), bb.clock.header_lengths(torch.arange(6), FPS) + 6)
+    true = _rope_index(engine, bb.vanilla_input_ids(QUESTION, 12, stream), 6)  # (3, N)
+    block_of = torch.repeat_interleave(torch.arange(6), stream.tables.clock.header_lengths(torch.arange(6), FPS) + 6)
     seen = torch.cat([torch.ones(s, dtype=torch.bool), torch.isin(block_of, kept), torch.ones(q, dtype=torch.bool)])
-    layout = bb.context_positions(s, kept, q, torch.device("cpu"), fps=FPS)  # (3, S + kept tokens + Q)
+    layout = bb.context_positions(s, kept, q, torch.device("cpu"), stream)  # (3, S + kept tokens + Q)
     question_frame = true.clone()  # positions as the question sees them
     question_frame[:, seen] = layout
     allowed = torch.ones(n, n, dtype=torch.bool).tril()
@@ -263,7 +269,7 @@ def test_frames_at_their_own_times_equal_vanilla_with_that_metadata(load3, tmp_p
     text = processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
     meta = [{"fps": 30.0, "frames_indices": indices, "total_num_frames": 450}]
     inputs = processor(text=[text], videos=[video], video_metadata=meta, return_tensors="pt", do_sample_frames=False)
-    assert torch.equal(session.backbone.vanilla_input_ids(QUESTION, 11, fps=session.fps), inputs["input_ids"])
+    assert torch.equal(session.family.vanilla_input_ids(QUESTION, 11, session.layout), inputs["input_ids"])
     with torch.inference_mode():
         out = engine.model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
     session.save(str(tmp_path / "timed"))
@@ -272,13 +278,13 @@ def test_frames_at_their_own_times_equal_vanilla_with_that_metadata(load3, tmp_p
         assert all((a - b[0]).abs().max().item() <= 1e-4 for a, b in zip(answer.logits, out.logits))
     evenly = engine.new_session(fps=session.fps)
     evenly.add_frames(video)
-    assert not torch.equal(evenly.backbone.vanilla_input_ids(QUESTION, 11, fps=session.fps), inputs["input_ids"])
+    assert not torch.equal(evenly.family.vanilla_input_ids(QUESTION, 11, evenly.layout), inputs["input_ids"])
 
 
 def test_an_oversized_timestamp_is_refused(load3):
     bb = load3().backbone
     with pytest.raises(ValueError, match="slots"):
-        bb.clock.header_lengths(torch.tensor([10**8]), 1.0)
+        bb.layout(fps=1.0).tables.clock.header_lengths(torch.tensor([10**8]), 1.0)
 
 
 def test_qwen3_vl_moe_equals_vanilla_generate(tmp_path):
@@ -340,14 +346,14 @@ def test_default_config_sizes_by_the_clip_budget_and_equals_vanilla(qwen3_dir, s
     answer = session.answer(QUESTION, max_new_tokens=5, return_logits=True)
     tokens, logits, inputs = vanilla_answer(engine, video, QUESTION, 5, fps=FPS)
     unit = engine.backbone.unit // 2  # the vision patch: grids count patches
-    assert [s // unit for s in session.backbone.frame_size] == inputs["video_grid_thw"][0, 1:].tolist()
+    assert [s // unit for s in session.layout.frame_size] == inputs["video_grid_thw"][0, 1:].tolist()
     assert answer.token_ids == [t for t in tokens if t not in engine.generation_settings().eos_token_ids]
     assert max((a - b).abs().max().item() for a, b in zip(answer.logits, logits)) <= 1e-4
     live = engine.new_session(fps=FPS)
     live.add_frames(video[:2])
-    assert live.backbone.frame_size == engine.backbone.stream_size(*size, 2)
+    assert live.layout.frame_size == engine.backbone.stream_size(*size, 2)
     if size == (160, 120):  # 12 frames at full size exceed the clip budget: smaller than a 2-frame clip's
-        assert session.backbone.frame_size < live.backbone.frame_size
+        assert session.layout.frame_size < live.layout.frame_size
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])

@@ -53,7 +53,7 @@ class Answerer:
         start = time.perf_counter()
         settings = self.engine.generation_settings(max_new_tokens=max_new_tokens, **generation)
         view, step, embeds, position = self._prepare(question, settings.max_new_tokens, frame_limit=frame_limit)
-        answer = self._decode(view.backbone, step, embeds, position, settings, return_logits, start)
+        answer = self._decode(view.family, step, embeds, position, settings, return_logits, start)
         answer.seconds = time.perf_counter() - start
         return answer
 
@@ -65,7 +65,7 @@ class Answerer:
         if not cont:
             raise ValueError("continuation must not be empty")
         view, step, embeds, position = self._prepare(question, len(cont), scored=len(cont), frame_limit=frame_limit)
-        bb = view.backbone
+        bb = view.family
         embeds = torch.cat([embeds, bb.embed(cont)], dim=1)
         first = embeds.shape[1] - len(cont) - 1  # position predicting the first continuation token
         with bb.routed(step):
@@ -86,7 +86,7 @@ class Answerer:
         if frame_limit is not None and frame_limit < 1:
             raise ValueError(f"frame_limit must be >= 1, got {frame_limit}")
         view = self._view(frame_limit)
-        bb, state, blocks = view.backbone, view.state, view.blocks
+        bb, state, blocks = view.family, view.state, view.blocks
         if blocks < 1:
             raise RuntimeError(f"no complete block of {bb.frames_per_block} frames before frame_limit={frame_limit}")
         suffix = bb.prompt.suffix_ids(question)
@@ -96,23 +96,22 @@ class Answerer:
         self._check_budget(context + embeds.shape[1] + scored + new_tokens)
         selector = self.selector(question, view)
         start, end = bb.prompt.question_span(question) if self.config.query_span == "question" else (0, len(suffix))
-        padded, strategy = state.padded_block, self.config.position_strategy
+        strategy = self.config.position_strategy
         step = QAStep(
             state, bb.rope, self._positions(view, strategy),
             selector, new_tokens, question_offset=offset + start, question_end=offset + end,
             template_end=offset + len(suffix) if self.config.hub_correction == "template" else None,
             fixed=getattr(selector, "fixed", None), by_index=bb.positions_use_indices(strategy),
-            rows=lambda blocks, device: bb.block_rows(blocks, device, fps=view.fps, padded=padded),
+            rows=lambda blocks, device: bb.block_rows(blocks, device, view.layout),
         )
         return view, step, embeds, context
 
     def _positions(self, view: StreamView, strategy: str):
         """The context positions callback of a question (``qa.ContextPositions``); with token
         reduction a block holds only its kept tokens (``stored_tokens``)."""
-        bb, state = view.backbone, view.state
-        stored = state.store.block_tokens
-        reduced = {} if stored == bb.block_tokens else {"stored_tokens": stored}
-        return lambda *a: bb.context_positions(*a, fps=view.fps, strategy=strategy, padded=state.padded_block, **reduced)
+        bb, layout, stored = view.family, view.layout, view.state.store.block_tokens
+        reduced = {} if stored == layout.block_tokens else {"stored_tokens": stored}
+        return lambda *a: bb.context_positions(*a, layout, strategy=strategy, **reduced)
 
     def selector(self, question: str, view: StreamView):
         """(layer, question queries (Hq, T, D)) -> indices among the view's first ``blocks`` blocks

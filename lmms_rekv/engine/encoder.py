@@ -145,21 +145,21 @@ class ChunkStep:
 
 
 @torch.inference_mode()
-def encode_blocks(engine, backbone, pixels: torch.Tensor, state: StreamState, fps: Optional[float],
-                  query_block_tokens: Optional[int]) -> None:
-    """Encode whole blocks of preprocessed ``pixels`` ``(N, 3, S, S)`` into ``state``: one forward
-    of the language model with sink + window attention (``ChunkStep``), the blocks committed to
-    the store at the end (a failure leaves the store and the window as they were)."""
-    bb, st, device = backbone, state, engine.device
+def encode_blocks(engine, layout, pixels: torch.Tensor, state: StreamState, query_block_tokens: Optional[int]) -> None:
+    """Encode whole blocks of preprocessed ``pixels`` ``(N, 3, S, S)`` into ``state`` of a stream
+    of ``layout`` (``patches.base.StreamLayout``): one forward of the language model with sink +
+    window attention (``ChunkStep``), the blocks committed to the store at the end (a failure
+    leaves the store and the window as they were)."""
+    bb, st, device = engine.backbone, state, engine.device
+    layout = layout.with_padding(st.padded_block)
     n = pixels.shape[0] // bb.frames_per_block  # blocks
-    inputs = bb.chunk_inputs(pixels, st.store.blocks, fps=fps, padded=st.padded_block)
+    inputs = bb.chunk_inputs(pixels, st.store.blocks, layout)
     features = inputs.embeds  # (1, L, hidden)
     first = st.store.reserve(n)
     length = features.shape[1]
     block = query_block_tokens or (2048 if device.type == "cuda" else 128)
-    window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device,
-                                                   fps=fps, padded=st.padded_block)
-    step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features, slots=inputs.slots, slot_count=n * bb.block_tokens)
+    window_keys, chunk, seen = bb.encode_positions(st.sinks, st.window_len, length, st.stream_tokens, st.window, device, layout)
+    step = ChunkStep(st, bb.rope, first, block, window_keys, seen, features, slots=inputs.slots, slot_count=n * layout.block_tokens)
     window = list(st.win_k), list(st.win_v)  # the handler replaces (never mutates) them per layer
     try:
         with bb.routed(step):
@@ -173,10 +173,10 @@ def encode_blocks(engine, backbone, pixels: torch.Tensor, state: StreamState, fp
 
 
 @torch.inference_mode()
-def encode_sinks(engine, backbone, state: StreamState) -> None:
+def encode_sinks(engine, state: StreamState) -> None:
     """Encode the sink tokens (the chat template before the video) into ``state`` (empty sinks
     and window for a family without them); a failure leaves them empty."""
-    bb, st = backbone, state
+    bb, st = engine.backbone, state
     ids = bb.prompt.prefix_ids()
     if not ids:
         empty = torch.empty((st.store.kv_heads, 0, st.store.head_dim), dtype=engine.dtype, device=engine.device)

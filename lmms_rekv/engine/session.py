@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Protocol, Sequence, Tuple
 
 import torch
 
 from ..io.preprocess import as_frames
+from ..layout import StreamLayout
 from .answering import Answer, Answerer  # noqa: F401  (Answer: part of this module's API)
 from .encoder import StreamState
 from .feeding import Feeder
@@ -43,6 +45,17 @@ class Engine(Protocol):
     def generation_settings(self, **kwargs) -> GenerationSettings: ...
 
 
+class StreamBackboneAlias:
+    """What the deprecated ``ReKVSession.backbone`` gives: the family adapter, read through, with
+    this stream's ``frame_size``, ``grid`` and ``block_tokens`` (its ``StreamLayout``'s)."""
+
+    def __init__(self, family, layout: StreamLayout) -> None:
+        self.family, self.layout = family, layout
+
+    def __getattr__(self, name: str):
+        return getattr(self.layout if name in ("frame_size", "grid", "block_tokens") else self.family, name)
+
+
 def settled(method):
     """Run ``method`` once the background encoder (if any) has added every frame submitted
     before the call, then under the stream's lock."""
@@ -68,22 +81,43 @@ class ReKVSession:
 
     def __init__(self, engine: Engine, fps: Optional[float] = None, frames: Optional[int] = None,
                  frame_size: Optional[Tuple[int, int]] = None, frame_times: Optional[Sequence[float]] = None) -> None:
-        self.frame_times = None if frame_times is None else tuple(float(t) for t in frame_times)
         self.engine, self.config = engine, engine.config
-        self.fps = None if fps is None else float(fps)
         self.expected_frames = frames  # how many frames the stream will have, when known (Qwen3-VL's clip budget)
-        backbone = engine.backbone.sized(frame_size).timed(self.frame_times)
-        backbone.check_stream(self.fps, self.config.position_strategy)
-        self.writer = StreamWriter(engine, backbone, self.fps, frames, self.frame_times)
+        layout = engine.backbone.layout(frame_size=frame_size, fps=fps, frame_times=frame_times)
+        engine.backbone.check_stream(layout, self.config.position_strategy)
+        self.writer = StreamWriter(engine, layout, frames)
         self.feeder = Feeder(self.writer, max_queued_frames=4 * self.config.chunk_frames)
         self.answerer = Answerer(engine, self.writer.view, lambda: self.frames)
         self.saved_meta: dict = {}  # what ``save`` stored beside the stream (reopened sessions)
 
     # -- the stream -----------------------------------------------------------------------
     @property
-    def backbone(self):
-        """The family adapter sized and timed for this stream."""
-        return self.writer.backbone
+    def layout(self) -> StreamLayout:
+        """This stream's frame size, token grid, fps and frame times (``patches.base.StreamLayout``;
+        Qwen families fix the size at the first frame)."""
+        return self.writer.layout
+
+    @property
+    def fps(self) -> Optional[float]:
+        """The rate the stream's frames were sampled at (None: not given)."""
+        return self.layout.fps
+
+    @property
+    def frame_times(self) -> Optional[Tuple[float, ...]]:
+        """The seconds each frame was taken at, when given."""
+        return self.layout.frame_times
+
+    @property
+    def family(self):
+        """The loaded model's family adapter (``patches.base.Backbone``; the same for every stream)."""
+        return self.writer.family
+
+    @property
+    def backbone(self) -> "StreamBackboneAlias":
+        """Deprecated: the family adapter is ``family``, this stream's frame size ``layout``."""
+        warnings.warn("ReKVSession.backbone is deprecated: the family adapter is session.family and this stream's "
+                      "frame size, grid, fps and frame times are session.layout", DeprecationWarning, stacklevel=2)
+        return StreamBackboneAlias(self.family, self.layout)
 
     @property
     def state(self) -> StreamState:
@@ -196,7 +230,7 @@ class ReKVSession:
         from lmms_rekv.storage.persist import write_entry
 
         info = {"stream_tokens": self.state.stream_tokens, "kv_quant": self.config.kv_quant, "fps": self.fps, "meta": meta,
-                "frame_size": list(self.backbone.frame_size or []) or None,
+                "frame_size": list(self.layout.frame_size or []) or None,
                 "frame_times": None if self.frame_times is None else list(self.frame_times)}
         write_entry(folder, self.state.store, self.export_state(), info)
 

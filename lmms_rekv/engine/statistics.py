@@ -82,7 +82,7 @@ def stream_stats(writer: StreamWriter, frames: int) -> StreamStats:
     summaries = store.summary_allocated_bytes if index_on_device else 0
     tail = _tail_device_bytes(writer, device)
     pending = writer.pending.device_bytes(device)
-    per_block = writer.backbone.frames_per_block  # frames per stored block (2 on Qwen: a temporal patch)
+    per_block = writer.family.frames_per_block  # frames per stored block (2 on Qwen: a temporal patch)
     encoded = store.blocks * per_block
     return StreamStats(**{
         "frames": frames,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -28,12 +28,12 @@ logger = logging.getLogger(__name__)
 class StreamView:
     """What one question reads of the stream: the state to answer from (the committed stream,
     or a fork with the provisional tail / a padded last block), how many of its blocks may be
-    retrieved, and the stream's family adapter and frame rate."""
+    retrieved, the family adapter and the stream's layout (a padded last block included)."""
 
     state: StreamState
     blocks: int
-    backbone: Any  # lmms_rekv.patches.base.Backbone, sized and timed for this stream
-    fps: Optional[float]
+    family: Any  # lmms_rekv.patches.base.Backbone: the loaded model's family adapter
+    layout: Any  # lmms_rekv.patches.base.StreamLayout of this stream, ``padded`` as ``state``'s
     block_embeddings: Callable[[int], torch.Tensor]  # blocks -> (blocks, E) external embeddings
 
 
@@ -41,8 +41,8 @@ class StreamStores:
     """Makes the block stores of one stream: its tier, block layout and index device; a fork's
     small store of its own (``fork``)."""
 
-    def __init__(self, engine, backbone) -> None:
-        self.engine, self.backbone, self.config = engine, backbone, engine.config
+    def __init__(self, engine, layout) -> None:
+        self.engine, self.layout, self.config = engine, layout, engine.config
 
     @property
     def index_device(self) -> torch.device:
@@ -53,9 +53,10 @@ class StreamStores:
     def new(self, offload: Optional[str] = None, capacity: int = 64, reducer=None) -> BlockStore:
         """An empty block store on the ``offload`` tier (default: the configured one) with this
         stream's block layout (``reducer``: the token reducer to continue, for a fork)."""
-        bb, engine = self.backbone, self.engine
-        return make_store(self.config.storage_settings, offload or self.config.offload, bb.kv_shape(), bb.block_tokens, engine.dtype,
-                          engine.device, self.index_device, capacity=capacity, summary_tokens=bb.summary_tokens, reducer=reducer)
+        layout, engine = self.layout, self.engine
+        return make_store(self.config.storage_settings, offload or self.config.offload, engine.backbone.kv_shape(),
+                          layout.block_tokens, engine.dtype, engine.device, self.index_device, capacity=capacity,
+                          summary_tokens=layout.summary_tokens, reducer=reducer)
 
     def fork(self, state: StreamState) -> StreamState:
         """``state`` followed by a small store of its own (``StreamState.fork``; the disk tier's
@@ -70,14 +71,12 @@ class StreamWriter:
 
     Call its mutating methods holding ``lock`` (the session does)."""
 
-    def __init__(self, engine, backbone, fps: Optional[float], expected_frames: Optional[int],
-                 frame_times: Optional[Tuple[float, ...]]) -> None:
-        self.engine, self.backbone, self.fps = engine, backbone, fps
+    def __init__(self, engine, layout, expected_frames: Optional[int]) -> None:
+        self.engine, self.family, self.layout = engine, engine.backbone, layout
         self.config: "ReKVConfig" = engine.config
-        self.expected_frames, self.frame_times = expected_frames, frame_times
+        self.expected_frames = expected_frames
         self.lock = threading.RLock()
-        self._sized = not backbone.sizes_per_stream  # else: sized from the first frame (``_size_from``)
-        self.stores = StreamStores(engine, backbone)
+        self.stores = StreamStores(engine, layout)
         self.state = StreamState(store=self.stores.new(), window=self.config.window_tokens)
         self.embedding_rows: Optional[GrowingRows] = None  # external embeddings (read them; the writer appends)
         self._pending = PendingFrames()
@@ -88,7 +87,7 @@ class StreamWriter:
     @property
     def held_frames(self) -> int:
         """Frames in the stream: stored blocks' frames plus the pending ones."""
-        return self.state.store.blocks * self.backbone.frames_per_block + self._pending.count
+        return self.state.store.blocks * self.family.frames_per_block + self._pending.count
 
     @property
     def embeddings(self) -> Optional[torch.Tensor]:
@@ -114,9 +113,9 @@ class StreamWriter:
 
     def _add(self, batches: List[torch.Tensor], more_waiting) -> None:
         frames = torch.cat(batches) if len(batches) > 1 else batches[0]
-        if not self._sized:
+        if self.layout.from_frames:
             self._size_from(frames)
-        pixels = self.backbone.preprocess(frames)
+        pixels = self.family.preprocess(frames, self.layout)
         if self.config.uses_embeddings:
             self._append_embeddings(self.engine.embedder.embed_frames(frames))
         self._pending.append(pixels)
@@ -131,13 +130,12 @@ class StreamWriter:
         """Fix the stream's frame size from its first frames (``(N, H, W, 3)``): the size the
         family's processor gives this video. Later frames of any size are resized to it."""
         height, width = int(frames.shape[1]), int(frames.shape[2])
-        backbone = self.engine.backbone.for_stream(height, width, self.expected_frames).timed(self.frame_times)
-        if backbone is not self.backbone:  # nothing is stored yet: the store is made again at this size
+        layout = self.family.fit(self.layout, height, width, self.expected_frames)
+        if layout != self.layout:  # nothing is stored yet: the store is made again at this size
             self.state.store.close()
-            self.backbone, self.stores = backbone, StreamStores(self.engine, backbone)
+            self.layout, self.stores = layout, StreamStores(self.engine, layout)
             self.state = StreamState(store=self.stores.new(), window=self.config.window_tokens)
-        self._sized = True
-        logger.debug("stream frames %dx%d -> %s", height, width, backbone.frame_size)
+        logger.debug("stream frames %dx%d -> %s", height, width, layout.frame_size)
 
     def _append_embeddings(self, embeddings: torch.Tensor) -> None:
         if self.embedding_rows is None:
@@ -149,7 +147,7 @@ class StreamWriter:
         ``eager``; when no more frames are waiting) extend the provisional tail. A chunk
         leaves the pending frames only once it is stored, so a failure (full disk, out of
         memory) loses nothing."""
-        per_block = self.backbone.frames_per_block
+        per_block = self.family.frames_per_block
         chunk = -(-self.config.chunk_frames // per_block) * per_block  # whole blocks
         while self._pending.count >= chunk:
             self.encode(self._pending.range(0, chunk))
@@ -162,7 +160,7 @@ class StreamWriter:
         """Commit the incomplete last chunk (its whole blocks) now, e.g. at the end of a
         video; the grid of later chunks starts after it. When the tail was encoded in one
         forward it is adopted as it is (bit-identical to encoding it now), else re-encoded."""
-        whole = self._pending.count - self._pending.count % self.backbone.frames_per_block
+        whole = self._pending.count - self._pending.count % self.family.frames_per_block
         if not whole:
             return
         if self._tail.adoptable(whole):
@@ -183,7 +181,7 @@ class StreamWriter:
 
     def _extend_tail(self) -> None:
         """Encode the pending whole blocks the provisional tail does not cover yet."""
-        whole = self._pending.count - self._pending.count % self.backbone.frames_per_block
+        whole = self._pending.count - self._pending.count % self.family.frames_per_block
         if whole <= self._tail.frames:
             return
         self._encode_prefix()
@@ -201,11 +199,11 @@ class StreamWriter:
         """Encode whole blocks of preprocessed ``pixels`` ``(N, 3, S, S)`` into ``state`` (default:
         the stream; ``encoder.encode_blocks``), the sink tokens first when not done yet."""
         self._encode_prefix()
-        encode_blocks(self.engine, self.backbone, pixels, state or self.state, self.fps, self.config.query_block_tokens)
+        encode_blocks(self.engine, self.layout, pixels, state or self.state, self.config.query_block_tokens)
 
     def _encode_prefix(self) -> None:
         if not self._prefix_done:
-            encode_sinks(self.engine, self.backbone, self.state)
+            encode_sinks(self.engine, self.state)
             self._prefix_done = True
 
     # -- a question's view ----------------------------------------------------------------
@@ -213,17 +211,17 @@ class StreamWriter:
         """The stream as one question sees it: the tail encoded (chunks too, where an earlier
         encode failed), then the complete blocks before ``frame_limit`` or every block with an
         incomplete last one padded for this question. Leaves the stream unchanged."""
-        bb = self.backbone
+        per_block = self.family.frames_per_block
         self.encode_pending(tail=True)
         state = self._tail.state or self.state
         if frame_limit is not None and frame_limit < self.held_frames:  # the complete blocks before the limit
-            blocks = min(frame_limit // bb.frames_per_block, state.store.blocks)
+            blocks = min(frame_limit // per_block, state.store.blocks)
         else:  # every block, an incomplete last one padded for this question
             if self._pending.count > self._tail.frames:
                 state = self._padded_state(state)
             blocks = state.store.blocks
-        rows, per_block = self.embeddings, bb.frames_per_block
-        return StreamView(state=state, blocks=blocks, backbone=bb, fps=self.fps,
+        rows = self.embeddings
+        return StreamView(state=state, blocks=blocks, family=self.family, layout=self.layout.with_padding(state.padded_block),
                           block_embeddings=lambda n: block_embeddings(rows, per_block, n))
 
     def _padded_state(self, state: StreamState) -> StreamState:
@@ -232,7 +230,7 @@ class StreamWriter:
         one question: the waiting frames still wait for their partners."""
         self._encode_prefix()
         partial = self._pending.range(self._tail.frames, self._pending.count)
-        missing = self.backbone.frames_per_block - partial.shape[0]
+        missing = self.family.frames_per_block - partial.shape[0]
         pixels = torch.cat([partial, partial[-1:].expand(missing, *partial.shape[1:])])
         fork = self.stores.fork(state)
         fork.padded_block = fork.store.blocks

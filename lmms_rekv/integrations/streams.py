@@ -214,7 +214,7 @@ def continue_stream(sampling: Sampling, stream: Stream, path: str) -> Optional[T
     session is then unchanged)."""
     prints = prints_of(sampling, stream)
     if sampling.size_for is not None:  # the processor sizes a clip by its frame count: is the size unchanged?
-        if sampling.size_for(*stream.shape, sampling.count(path, stream.start)) != stream.session.backbone.frame_size:
+        if sampling.size_for(*stream.shape, sampling.count(path, stream.start)) != stream.session.layout.frame_size:
             return None
     known, times, new = len(stream.times), list(stream.times), 0
     feeder = Feeder(sampling, stream)

@@ -66,7 +66,7 @@ class Native:
         backbone = engine.backbone
         size_for = None
         if backbone.sizes_by_clip:  # Qwen3-VL: the size depends on the frame count
-            size_for = lambda h, w, n: backbone.for_stream(h, w, n).frame_size  # noqa: E731
+            size_for = backbone.stream_size
         sampling = Sampling(engine.new_session, run.fps, run.max_frames, engine.config.chunk_frames, run.doc_timeout,
                             run.stream_tolerance, size_for=size_for, keep_prints=run.reuse_streams, uniform=self.uniform(run))
         return sampling, run.reuse_streams
