@@ -97,9 +97,6 @@ class ReKV:
                                      system_prompt=system_prompt or None, template_kwargs=chat_template_kwargs or None)
         self.system_prompt, self.chat_template_kwargs = system_prompt, chat_template_kwargs
         self.backbone.check_strategy(config.position_strategy)
-        if config.token_reduction is not None and not self.backbone.supports_token_reduction:
-            raise ValueError(f"token_reduction is not supported for {self.backbone.model_type} yet (M-RoPE places of kept "
-                             "tokens); it works on 1-D families (LLaVA-OneVision)")
         self.model, self.tokenizer, self.chat_template, self.processor = model, tokenizer, chat_template, processor
         self.source = source
         self.block_tokens = self.backbone.block_tokens  # tokens per stored block (a temporal patch)

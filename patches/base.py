@@ -243,8 +243,7 @@ class Backbone:
     pre-RoPE projections are ``q_proj``/``k_proj``; families override what differs.
     Built from the loaded pieces: ``model`` (the transformers ``...ForConditionalGeneration``),
     ``tokenizer``, ``chat_template`` and ``processor`` (frames -> pixels); unchanged after that:
-    what differs between streams is a :class:`StreamLayout` the per-stream methods take.
-    """
+    what differs between streams is a :class:`StreamLayout` the per-stream methods take."""
 
     model_type: str = ""
     frames_per_block: int = 1
@@ -303,8 +302,8 @@ class Backbone:
         raise NotImplementedError
 
     # -- a stream's layout ----------------------------------------------------------------
-    #: whether stored blocks may be cut to fewer tokens (``ReKVConfig.token_reduction``)
-    supports_token_reduction: bool = True
+    #: whether a kept token stands at its own slot's position (M-RoPE); stores then keep the slots
+    positions_by_slot: bool = False
     #: whether the family sizes frames from the video (one size per stream; see ``fit``)
     sizes_per_stream: bool = False
     #: whether a stream's frame size depends on its frame count (Qwen3-VL's clip budget)
@@ -336,8 +335,7 @@ class Backbone:
         return layout
 
     def check_stream(self, layout: StreamLayout, strategy: str) -> None:
-        """Raise ``ValueError`` if a stream of ``layout`` cannot be positioned with ``strategy``
-        by this family."""
+        """Raise ``ValueError`` if this family cannot position a stream of ``layout`` with ``strategy``."""
         self.check_strategy(strategy)
 
     # -- vision ---------------------------------------------------------------------------
@@ -357,9 +355,10 @@ class Backbone:
         by repeating its last frame). Here: ``block_features``, every token in its own slot."""
         return ChunkInputs(self.block_features(pixels), {})
 
-    def block_rows(self, blocks: torch.Tensor, device: torch.device, layout: StreamLayout) -> Optional[torch.Tensor]:
-        """Which of the ``len(blocks) * block_tokens`` gathered slots of ``blocks`` hold
-        tokens (a ``(n,)`` index), for families whose blocks vary in length; None: all."""
+    def block_rows(self, blocks: torch.Tensor, device: torch.device, layout: StreamLayout,
+                   kept: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Which gathered stored slots of ``blocks`` hold tokens (``(n,)``; None: all); ``kept``: the
+        ``(K, S)`` written slots the stored ones stand for (token reduction; None: every slot)."""
         return None
 
     # -- prompt ---------------------------------------------------------------------------
@@ -408,13 +407,11 @@ class Backbone:
 
     def encode_positions(self, sinks: int, window_len: int, chunk: int, stream_tokens: int, window: Optional[int],
                          device: torch.device, layout: StreamLayout) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Positions while encoding a chunk of ``chunk`` tokens after ``window_len`` window
-        tokens (``stream_tokens`` encoded so far): ``(window keys (P, window_len), chunk
-        (P, chunk), chunk queries as seen from the sinks (P, chunk))``.
-
-        1-D: window and chunk sit at their true distances right after the sinks; a sink is
-        seen by stream token ``t`` as if it sat just before the oldest window slot
-        (``S + min(t, W - 1)``) -- absolute positions stay below ``S + W + chunk``."""
+        """Positions while encoding ``chunk`` tokens after ``window_len`` window tokens
+        (``stream_tokens`` so far): ``(window keys (P, window_len), chunk (P, chunk), chunk
+        queries as seen from the sinks (P, chunk))``. 1-D: window and chunk at their true
+        distances after the sinks; stream token ``t`` sees a sink as if it sat just before the
+        oldest window slot (``S + min(t, W - 1)``): positions stay below ``S + W + chunk``."""
         window_keys = self.text_positions(sinks, window_len, device)
         chunk_pos = self.text_positions(sinks + window_len, chunk, device)
         t = torch.arange(stream_tokens, stream_tokens + chunk, device=device)
@@ -427,11 +424,12 @@ class Backbone:
         return strategy == "original"
 
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device, layout: StreamLayout,
-                          strategy: str = "layout", stored_tokens: Optional[int] = None) -> torch.Tensor:
+                          strategy: str = "layout", stored_tokens: Optional[int] = None,
+                          kept: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(P, sinks + K * block_tokens + text)`` positions of a question's context
         ``[sinks, the K retrieved blocks (indices ``blocks``, time order), text after the
-        video]`` under ``strategy``; decoding continues the text (the last ``text`` rows may
-        run past the prompt). 1-D: consecutive (ReKV). ``stored_tokens``: tokens a block holds
-        when fewer were stored (token reduction; families with ``supports_token_reduction``)."""
+        video]`` under ``strategy`` (the last ``text`` rows may run past the prompt: decoding).
+        1-D: consecutive (ReKV). Token reduction: a block holds ``stored_tokens``, standing for
+        the written slots ``kept`` ``(K, S)`` (``positions_by_slot``: each where its slot stood)."""
         per_block = layout.block_tokens if stored_tokens is None else stored_tokens
         return self.text_positions(0, sinks + len(blocks) * per_block + text, device)

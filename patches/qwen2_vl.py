@@ -114,7 +114,7 @@ class Qwen2VLBackbone(Backbone):
     model_class = "Qwen2VLForConditionalGeneration"
     default_side = 448
     needs_fps: Optional[str] = None  # why a stream must give its sampling rate (None: it need not)
-    supports_token_reduction = False  # M-RoPE: a kept token's (t, h, w) place is not implemented yet
+    positions_by_slot = True  # token reduction: a kept token keeps its own (t, h, w)
     processor_kwargs: dict = {}  # extra video-processor arguments of the family
 
     def __init__(self, model, tokenizer, chat_template: str, processor, frame_size: Optional[Tuple[int, int]] = None,
@@ -273,16 +273,18 @@ class Qwen2VLBackbone(Backbone):
         return window_keys, chunk_pos, seen
 
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device, layout: StreamLayout,
-                          strategy: str = "layout", stored_tokens: Optional[int] = None) -> torch.Tensor:
+                          strategy: str = "layout", stored_tokens: Optional[int] = None,
+                          kept: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[sinks, retrieved blocks, text]``: ``layout`` (block ranks through the family's
         time rule), ``original`` (each block's stream time), ``consecutive_t`` (ranks as
         time) or ``1d`` (every token consecutive); text after the video as the family
         places it (``layout``/``original``/``consecutive_t``: the video origin +
-        ``max(H', W')``, the installed transformers' rule)."""
+        ``max(H', W')``, the installed transformers' rule). Token reduction: each kept token
+        (``kept``: ``(K, S)`` slots) where its slot stands in that layout."""
         k, rows, fps, tokens = len(blocks), layout.tables, layout.fps, len(blocks) * layout.block_tokens
         prefix = self.text_positions(0, sinks, device)
         if strategy == "1d":
-            return self.text_positions(0, sinks + tokens + text, device)
+            return self.text_positions(0, sinks + (tokens if kept is None else kept.numel()) + text, device)
         zero = torch.tensor(0, device=device)
         ranks = torch.arange(k, device=device)
         if strategy == "layout":
@@ -291,6 +293,8 @@ class Qwen2VLBackbone(Backbone):
             video = rows(zero, sinks, tokens, 0, fps, rank=blocks.to(device))
         else:  # consecutive_t: ranks as time, whatever the family's time rule
             video = rows(zero, sinks, tokens, 0, fps, rank=ranks, index_as_time=True)
+        if kept is not None:  # the kept tokens' own places among the whole blocks'
+            video = video.view(3, k, -1).gather(2, kept.to(device)[None].expand(3, -1, -1)).flatten(1)
         after = self.text_positions(sinks + max(layout.grid), text, device)
         return torch.cat([prefix, video, after], dim=1)
 

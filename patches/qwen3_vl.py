@@ -329,8 +329,13 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         embeds = self.text_model.embed_tokens(ids).masked_scatter(mask[..., None], visual)
         return ChunkInputs(embeds, {"visual_pos_masks": mask, "deepstack_visual_embeds": deepstack}, slots)
 
-    def block_rows(self, blocks: torch.Tensor, device: torch.device, layout: StreamLayout) -> torch.Tensor:
+    def block_rows(self, blocks: torch.Tensor, device: torch.device, layout: StreamLayout,
+                   kept: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The stored slots holding tokens: each block's timestamp right-aligned in its header
+        slots, then the rest (``kept``: the written slots stored, token reduction)."""
         heads = layout.tables.clock.header_lengths(blocks, layout.fps, layout.padded)
+        if kept is not None:  # a stored slot holds a token when the written slot it stands for did
+            return (kept.cpu() >= (self.header_slots - heads)[:, None]).flatten().nonzero().squeeze(1).to(device)
         block, inside = ragged(heads + 2 + layout.tables.rows.visual_tokens)
         return (block * layout.block_tokens + (self.header_slots - heads)[block] + inside).to(device)
 
@@ -373,15 +378,19 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         return True  # block lengths (timestamps) depend on which blocks were retrieved
 
     def context_positions(self, sinks: int, blocks: torch.Tensor, text: int, device: torch.device, layout: StreamLayout,
-                          strategy: str = "layout", stored_tokens: Optional[int] = None) -> torch.Tensor:
+                          strategy: str = "layout", stored_tokens: Optional[int] = None,
+                          kept: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[sinks, retrieved blocks, text]``: ``layout`` (blocks packed from the sinks on,
         each with its own timestamp), ``original`` (each block's stream positions; the text
-        right after the last one) or ``1d`` (every token consecutive)."""
+        right after the last one) or ``1d`` (every token consecutive). Token reduction: each
+        kept token (``kept``: ``(K, S)`` written slots) where its slot stands in that layout."""
         (clock, rows), fps, padded, blocks = layout.tables, layout.fps, layout.padded, blocks.cpu()
         heads = clock.header_lengths(blocks, fps, padded)
         prefix = self.text_positions(0, sinks, torch.device("cpu"))
+        lengths = heads + 2 + rows.visual_tokens  # tokens of each whole block
+        picked = None if kept is None else self._kept_tokens(heads, lengths, kept.cpu())
         if strategy == "1d":
-            return self.text_positions(0, sinks + int((heads + 2 + rows.visual_tokens).sum()) + text, device)
+            return self.text_positions(0, sinks + int(lengths.sum() if picked is None else len(picked)) + text, device)
         adv = rows.advance(heads)
         if strategy == "original":
             every = rows.advance(clock.header_lengths(torch.arange(int(blocks.max()) + 1), fps, padded))
@@ -389,7 +398,15 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         else:
             starts = sinks + torch.cumsum(adv, 0) - adv
         after = self.text_positions(int(starts[-1] + adv[-1]), text, torch.device("cpu"))
-        return torch.cat([prefix, rows(heads, starts), after], dim=1).to(device)
+        video = rows(heads, starts)
+        return torch.cat([prefix, video if picked is None else video[:, picked], after], dim=1).to(device)
+
+    def _kept_tokens(self, heads: torch.Tensor, lengths: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Indices among the whole blocks' tokens (``lengths`` each, ``heads`` timestamp tokens)
+        of the tokens the stored slots ``kept`` ``(K, S)`` stand for (unused header slots out)."""
+        token = kept - (self.header_slots - heads)[:, None]  # slot -> the block's token
+        first = torch.cumsum(lengths, 0) - lengths
+        return (first[:, None] + token)[token >= 0]
 
 
 class Qwen3VLMoeBackbone(Qwen3VLBackbone):

@@ -33,7 +33,7 @@ def test_keeping_every_token_changes_nothing(load, frames, kind):
 def _brute_force(kind, keys, values, keep, previous):
     """The tokens ``kind`` keeps of one block ``(T, H, D)`` (``previous``: the block before, or None)."""
     if kind == "merge":
-        k, v = merge_tokens(keys[None], values[None], keep)
+        k, v, _ = merge_tokens(keys[None], values[None], keep)
         return k[0], v[0]
     if kind == "salient":
         scores = torch.stack([values[t].float().norm(dim=-1).sum() for t in range(keys.shape[0])])
@@ -97,11 +97,12 @@ def test_merge_averages_similar_tokens_and_keeps_their_order():
     x, y = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     keys = torch.stack([x, x, y, y])[None, :, None, :]  # (1, 4, 1, 2)
     values = torch.arange(4.0)[None, :, None, None].expand(1, 4, 1, 2)
-    k, v = merge_tokens(keys, values, 2)
+    k, v, slots = merge_tokens(keys, values, 2)
     assert torch.equal(k[0, :, 0], torch.stack([x, y])) and torch.equal(v[0, :, 0, 0], torch.tensor([0.5, 2.5]))
+    assert slots.tolist() == [[0, 2]]  # a merged token stands where its earliest member stood
 
 
-def test_reduction_is_validated_and_refused_where_not_built(qwen_checkpoint):
+def test_reduction_is_validated_and_accepted_on_every_family(qwen_checkpoint):
     from lmms_rekv import ReKV
 
     with pytest.raises(ValueError, match="token_keep"):
@@ -109,9 +110,9 @@ def test_reduction_is_validated_and_refused_where_not_built(qwen_checkpoint):
     with pytest.raises(ValueError, match="token_reduction"):
         ReKVConfig(token_reduction="random")
     assert ReKVConfig(token_reduction="salient", token_keep=0.25).stored_tokens(196) == 49
-    with pytest.raises(ValueError, match="not supported for qwen2_vl"):
-        ReKV.from_pretrained(qwen_checkpoint("qwen2_vl"), dtype="float32", device="cpu",
-                             config=ReKVConfig(token_reduction="salient"))
+    qwen = ReKV.from_pretrained(qwen_checkpoint("qwen2_vl"), dtype="float32", device="cpu",
+                                config=ReKVConfig(token_reduction="salient"))  # every family (tests/families)
+    assert qwen.backbone.positions_by_slot and qwen.config.token_reduction == "salient"
 
 
 def test_the_accuracy_per_byte_benchmark_runs_and_accounts_bytes(tmp_path):

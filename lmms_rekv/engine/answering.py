@@ -102,16 +102,21 @@ class Answerer:
             selector, new_tokens, question_offset=offset + start, question_end=offset + end,
             template_end=offset + len(suffix) if self.config.hub_correction == "template" else None,
             fixed=getattr(selector, "fixed", None), by_index=bb.positions_use_indices(strategy),
-            rows=lambda blocks, device: bb.block_rows(blocks, device, view.layout),
+            rows=lambda blocks, device, kept: bb.block_rows(blocks, device, view.layout, kept),
         )
         return view, step, embeds, context
 
     def _positions(self, view: StreamView, strategy: str):
         """The context positions callback of a question (``qa.ContextPositions``); with token
-        reduction a block holds only its kept tokens (``stored_tokens``)."""
+        reduction a block holds only its kept tokens (``stored_tokens``; ``kept``: the slots they
+        stand for, on families that position each where it stood)."""
         bb, layout, stored = view.family, view.layout, view.state.store.block_tokens
         reduced = {} if stored == layout.block_tokens else {"stored_tokens": stored}
-        return lambda *a: bb.context_positions(*a, layout, strategy=strategy, **reduced)
+
+        def positions(sinks: int, blocks: torch.Tensor, text: int, device: torch.device, kept: Optional[torch.Tensor]):
+            return bb.context_positions(sinks, blocks, text, device, layout, strategy=strategy, kept=kept, **reduced)
+
+        return positions
 
     def selector(self, question: str, view: StreamView):
         """(layer, question queries (Hq, T, D)) -> indices among the view's first ``blocks`` blocks

@@ -21,8 +21,8 @@ from .attention import Rope, causal_attention
 from .encoder import StreamState
 
 Selector = Callable[[int, torch.Tensor], torch.Tensor]
-#: (sinks, retrieved block indices (K,), text tokens, device) -> (P, sinks + K * block_tokens + text)
-ContextPositions = Callable[[int, int, int, torch.device], torch.Tensor]
+#: (sinks, retrieved block indices (K,), text tokens, device, kept slots (K, S) or None) -> (P, sinks + tokens + text)
+ContextPositions = Callable[[int, torch.Tensor, int, torch.device, Optional[torch.Tensor]], torch.Tensor]
 
 
 class _LayerCache:
@@ -61,19 +61,22 @@ class QAStep:
     question_end: Optional[int] = None  # prefill tokens after it (a scored answer) are not question
     template_end: Optional[int] = None  # the template's tokens after the question end here (hub_correction="template")
     fixed: Optional[torch.Tensor] = None  # frames shared by every layer (external): prefetched at once
-    rows: Optional[Callable[[torch.Tensor, torch.device], Optional[torch.Tensor]]] = None  # slots holding tokens (Backbone.block_rows)
+    rows: Optional[Callable[..., Optional[torch.Tensor]]] = None  # (blocks, device, kept) -> slots holding tokens (Backbone.block_rows)
     decoding: bool = False
     selected: List[Optional[torch.Tensor]] = field(default_factory=list)
     _caches: List[Optional[_LayerCache]] = field(default_factory=list)
     _tables: Dict[tuple, tuple] = field(default_factory=dict)
     _prefetched: Optional[tuple] = None
 
-    def _layer_tables(self, blocks: torch.Tensor, text: int, like: torch.Tensor) -> tuple:
-        """cos, sin of a context with the retrieved ``blocks`` and ``text`` tokens after
-        them (shared by layers that retrieved the same blocks)."""
+    def _layer_tables(self, blocks: torch.Tensor, text: int, like: torch.Tensor, kept: Optional[torch.Tensor]) -> tuple:
+        """cos, sin of a context with the retrieved ``blocks`` (``kept``: the ``(K, S)`` slots their
+        stored tokens stand for, when the layer's own) and ``text`` tokens after them (shared by
+        layers that retrieved the same blocks)."""
+        if kept is not None:  # each layer kept its own tokens, positioned where they stood
+            return self.rope.tables(self.positions(self.state.sinks, blocks, text, like.device, kept), like)
         key = (tuple(blocks.tolist()) if self.by_index else len(blocks), text)  # tolist syncs: only when needed
         if key not in self._tables:
-            self._tables[key] = self.rope.tables(self.positions(self.state.sinks, blocks, text, like.device), like)
+            self._tables[key] = self.rope.tables(self.positions(self.state.sinks, blocks, text, like.device, kept), like)
         return self._tables[key]
 
     def _rotate(self, x: torch.Tensor, cache: _LayerCache, start: int) -> torch.Tensor:
@@ -102,21 +105,21 @@ class QAStep:
         if self.fixed is not None:
             index = self.fixed
             if self._prefetched is None:
-                self._prefetched = st.store.gather_all(index, q_pre.device)
-            k_ctx, v_ctx = self._prefetched[0][layer], self._prefetched[1][layer]
+                self._prefetched = st.store.read_blocks(index, q_pre.device)
+            k_ctx, v_ctx, kept = (None if x is None else x[layer] for x in self._prefetched)
         else:
             question = q_pre[:, self.question_offset : self.question_end].float()
             if self.template_end is None:  # a two-argument selector stays valid
                 index = self.select(layer, question)
             else:
                 index = self.select(layer, question, q_pre[:, self.question_end : self.template_end].float())
-            k_ctx, v_ctx = st.store.gather(layer, index, q_pre.device)
+            k_ctx, v_ctx, kept = st.store.read_blocks(index, q_pre.device, layer)
         self.selected[layer] = index
-        keep = None if self.rows is None else self.rows(index, q_pre.device)
+        keep = None if self.rows is None else self.rows(index, q_pre.device, kept)
         if keep is not None:  # blocks stored in fixed slots: the tokens only
             k_ctx, v_ctx = k_ctx.index_select(0, keep), v_ctx.index_select(0, keep)
         text = k_pre.shape[1] + self.extra_tokens
-        tables = self._layer_tables(index, text, k_pre)
+        tables = self._layer_tables(index, text, k_pre, kept)
         k_ctx = k_ctx.transpose(0, 1)
         cache = _LayerCache(st.sink_k[layer], st.sink_v[layer], extra=k_ctx.shape[1] + text, tables=tables)
         cache.append(self._rotate(k_ctx, cache, st.sinks), v_ctx.transpose(0, 1))

@@ -56,7 +56,7 @@ class StreamStores:
         layout, engine = self.layout, self.engine
         return make_store(self.config.storage_settings, offload or self.config.offload, engine.backbone.kv_shape(),
                           layout.block_tokens, engine.dtype, engine.device, self.index_device, capacity=capacity,
-                          summary_tokens=layout.summary_tokens, reducer=reducer)
+                          summary_tokens=layout.summary_tokens, reducer=reducer, keep_slots=engine.backbone.positions_by_slot)
 
     def fork(self, state: StreamState) -> StreamState:
         """``state`` followed by a small store of its own (``StreamState.fork``; the disk tier's

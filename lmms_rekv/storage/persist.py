@@ -73,7 +73,7 @@ def _write_files(tmp: str, store, state: Dict[str, torch.Tensor], info: dict) ->
             segments.append(write_segment(tmp, index, first, store.backend.rows(first, last)))
     save_file(state, os.path.join(tmp, STATE))
     extra = {"frames": store.blocks, "state_crc32": file_crc(os.path.join(tmp, STATE)), **info}
-    write_manifest(tmp, store.layers, store.codec.fields(), segments, extra)
+    write_manifest(tmp, store.layers, store.fields(), segments, extra)
 
 
 def _remove_leftovers(folder: str) -> None:
@@ -110,7 +110,7 @@ class Entry:
     def fill(self, store) -> None:
         """Append the saved blocks to the empty ``store`` (ValueError for another layout,
         ``CorruptSegmentError`` for a missing, truncated or altered file)."""
-        fields = store.codec.fields()
+        fields = store.fields()
         expected = {k: {"shape": list(s), "dtype": str(d).replace("torch.", "")} for k, (s, d) in fields.items()}
         if self.manifest["fields"] != expected or self.manifest["layers"] != store.layers:
             raise ValueError(f"{self.folder} holds KV of another layout (kv_quant={self.manifest.get('kv_quant')!r})")

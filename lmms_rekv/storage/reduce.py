@@ -2,8 +2,10 @@
 training-free (``ReKVConfig.token_reduction`` / ``token_keep``).
 
 Every reducer maps a write of ``n`` blocks -- pre-RoPE keys and values ``(n, T, H, D)`` -- to
-``(n, K, H, D)``, the kept (or merged) tokens in their original order, so that a retrieved
-block is a shorter run of tokens the question's layout numbers consecutively (1-D families):
+``(n, K, H, D)``, the kept (or merged) tokens in their original order, and says which place of
+the block each stored token stands for (``slots`` ``(n, K)``, increasing): a retrieved block is
+a shorter run of tokens, each positioned at a question where its slot stood (1-D families
+number them consecutively; M-RoPE families give each its own time, height and width):
 
 * ``temporal`` keeps the ``K`` tokens whose keys changed most since the token at the same place
   of the previous block (the previous write's last block is remembered per layer; the
@@ -12,7 +14,8 @@ block is a shorter run of tokens the question's layout numbers consecutively (1-
 * ``salient`` keeps the ``K`` tokens with the largest value norm (summed over heads).
 * ``merge`` merges the most similar tokens (cosine of the keys), pairwise by bipartite
   matching of alternate tokens, until ``K`` remain; a merged token's key and value are the
-  means of its members (ToMe's matching, without its size bias).
+  means of its members (ToMe's matching, without its size bias), and it stands at the place of
+  its earliest member (raster order: the top-left-most of the merged tokens).
 
 Layers choose their tokens independently (from their own keys/values). The remembered block
 of ``temporal`` is state: ``fork()`` copies it for a provisional encoding, ``adopt()`` takes a
@@ -21,7 +24,7 @@ fork's, and ``state()`` / ``load_state()`` carry it through a saved session.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -36,14 +39,20 @@ class TokenReducer:
             raise ValueError(f"a block of {tokens} tokens cannot keep {keep}")
         self.tokens, self.keep = tokens, keep
 
-    def reduce(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
-        """``(n, T, H, D)`` keys and values of ``n`` consecutive blocks -> ``(n, K, H, D)`` each."""
+    def reduce(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(n, T, H, D)`` keys and values of ``n`` consecutive blocks -> ``(n, K, H, D)`` each and
+        the ``(n, K)`` slots the stored tokens stand for (every slot when nothing is cut)."""
         if self.keep == self.tokens:
-            return keys, values
-        return self.cut(layer, keys, values)
+            return keys, values, torch.arange(self.tokens, device=keys.device).expand(keys.shape[0], -1)
+        out = self.cut(layer, keys, values)
+        if len(out) != 3:
+            raise TypeError(f"{type(self).__name__}.cut must return (keys, values, slots): the (n, K) block slot each "
+                            "kept token stands for (its position on M-RoPE families)")
+        return out
 
-    def cut(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
-        """The reduction itself (``keep < tokens``): ``(n, K, H, D)`` keys and values."""
+    def cut(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reduction itself (``keep < tokens``): ``(n, K, H, D)`` keys and values and the
+        ``(n, K)`` increasing slots (``0..T-1``) the stored tokens stand for."""
         raise NotImplementedError
 
     # -- memory across writes (none by default) ---------------------------------------------
@@ -114,23 +123,24 @@ class TemporalReducer(TokenReducer):
 
 
 def _keep_top(keys: torch.Tensor, values: torch.Tensor, scores: torch.Tensor, keep: int):
-    """The ``keep`` highest-scoring tokens of each block, in their original order."""
+    """The ``keep`` highest-scoring tokens of each block, in their original order, and their slots."""
     index = scores.topk(keep, dim=1).indices.sort(dim=1).values  # (n, K)
     gather = index[:, :, None, None].expand(-1, -1, *keys.shape[2:])
-    return keys.gather(1, gather), values.gather(1, gather)
+    return keys.gather(1, gather), values.gather(1, gather), index
 
 
 def merge_tokens(keys: torch.Tensor, values: torch.Tensor, keep: int):
-    """``(n, T, H, D)`` -> ``(n, K, H, D)``: bipartite matching of the even tokens to the odd ones
-    by key cosine, merging the most similar pairs (means), repeated until ``keep`` remain."""
+    """``(n, T, H, D)`` -> ``(n, K, H, D)`` and ``(n, K)`` slots: bipartite matching of the even
+    tokens to the odd ones by key cosine, merging the most similar pairs (means), repeated until
+    ``keep`` remain; a merged token's slot is its earliest member's."""
     sizes = torch.ones(keys.shape[:2], dtype=torch.float32, device=keys.device)  # (n, T) tokens merged into each
     first = torch.arange(keys.shape[1], device=keys.device).expand(keys.shape[0], -1)  # earliest member: the order
     k, v = keys.float(), values.float()  # never written in place: each step builds new tensors
     while k.shape[1] > keep:
         k, v, sizes, first = _merge_step(k, v, sizes, first, min(k.shape[1] - keep, k.shape[1] // 2))
-    order = first.argsort(dim=1)
+    slots, order = first.sort(dim=1)
     gather = order[:, :, None, None].expand(-1, -1, *keys.shape[2:])
-    return k.gather(1, gather).to(keys.dtype), v.gather(1, gather).to(values.dtype)
+    return k.gather(1, gather).to(keys.dtype), v.gather(1, gather).to(values.dtype), slots
 
 
 def _merge_step(k, v, sizes, first, r: int):
@@ -158,6 +168,32 @@ def _merge_step(k, v, sizes, first, r: int):
     k = torch.cat([take(k, a_kept), b_k / b_size[:, :, None, None]], dim=1)
     v = torch.cat([take(v, a_kept), b_v / b_size[:, :, None, None]], dim=1)
     return k, v, torch.cat([take(sizes, a_kept), b_size], dim=1), torch.cat([take(first, a_kept), b_first], dim=1)
+
+
+def stored_layout(tokens: int, span: Optional[slice], reducer: Optional[TokenReducer]) -> Tuple[Tuple[int, int], int, slice]:
+    """For blocks written with ``tokens`` slots whose ``span`` (None: all) holds the tokens a
+    ``reducer`` cuts: ``((a, b) the span, slots stored per block, the span once stored)``."""
+    run = range(tokens)[span or slice(None)]
+    if run.step != 1:
+        raise ValueError(f"summary_tokens must be a contiguous run of the block's slots, got {span}")
+    cut = 0
+    if reducer is not None:
+        if reducer.tokens != len(run):
+            raise ValueError(f"a reducer for runs of {reducer.tokens} tokens cannot cut runs of {len(run)}")
+        cut = reducer.tokens - reducer.keep
+    return (run.start, run.stop), tokens - cut, slice(run.start, run.stop - cut)
+
+
+def reduce_span(reducer: TokenReducer, layer: int, keys: torch.Tensor, values: torch.Tensor, span: Tuple[int, int]):
+    """``reducer`` on slots ``span`` (``(a, b)``) of ``(n, T, H, D)`` blocks, the slots around it
+    kept: ``(n, S, H, D)`` keys and values and the ``(n, S)`` slots of ``0..T-1`` they stand for."""
+    (a, b), n, total = span, keys.shape[0], keys.shape[1]
+    kept_k, kept_v, inside = reducer.reduce(layer, keys[:, a:b], values[:, a:b])
+    if (a, b) == (0, total):
+        return kept_k, kept_v, inside
+    around = torch.arange(total, device=inside.device)
+    slots = torch.cat([around[:a].expand(n, -1), inside + a, around[b:].expand(n, -1)], dim=1)
+    return torch.cat([keys[:, :a], kept_k, keys[:, b:]], 1), torch.cat([values[:, :a], kept_v, values[:, b:]], 1), slots
 
 
 def make_reducer(kind: Optional[str], tokens: int, keep: int) -> Optional[TokenReducer]:

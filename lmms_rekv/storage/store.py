@@ -13,11 +13,40 @@ RAM (``summary_device``) so that device memory does not grow with the stream.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Tuple
+import warnings
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
+from .reduce import reduce_span, stored_layout
+
 logger = logging.getLogger(__name__)
+
+
+class Renamed:
+    """A deprecated ``BlockStore`` attribute: reads ``new`` (a method when it ends with ``()``)
+    with a ``DeprecationWarning``."""
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.old = f"{name}()" if self.new.endswith("()") else name
+
+    def __get__(self, store, owner=None):
+        if store is None:
+            return self
+        warnings.warn(f"BlockStore.{self.old} is deprecated; use {self.new} (a block is 2 frames on Qwen)",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(store, self.new.removesuffix("()"))
+
+
+class Gathered(NamedTuple):
+    """Blocks read from a store (``BlockStore.read_blocks``)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    slots: Optional[torch.Tensor]  # the written block slot each stored token stands for (None: one to one)
 
 
 class BlockStore:
@@ -28,8 +57,11 @@ class BlockStore:
     of every layer (``summaries``, fp32, exact) is kept on ``summary_device`` (default: the
     model's device) for scoring; ``summary_tokens`` picks the tokens of a block it averages
     (default: all; a family whose blocks hold text or padding slots names its visual ones).
-    ``reducer`` (``storage.reduce``): blocks are written with ``reducer.tokens`` tokens and
-    stored -- KV and summaries -- with ``reducer.keep`` (``block_tokens``)."""
+    ``reducer`` (``storage.reduce``): the ``summary_tokens`` of each written block (its
+    ``reducer.tokens`` visual tokens) are cut to ``reducer.keep`` before they are stored -- KV
+    and summaries -- the other slots kept as they are; with ``keep_slots`` (families that position
+    each kept token where it stood: M-RoPE) a ``slots`` field beside the KV says which slot of
+    the written block each stored token stands for (``read_blocks``)."""
 
     def __init__(
         self,
@@ -46,41 +78,31 @@ class BlockStore:
         summary_device: Optional[torch.device] = None,
         summary_tokens: Optional[slice] = None,
         reducer=None,
+        keep_slots: bool = False,
     ) -> None:
         from .backends import MemoryBackend
         from .quant import make_codec
 
         self.reducer, self.input_tokens = reducer, block_tokens  # tokens per block as written
-        if reducer is not None:
-            if summary_tokens is not None or reducer.tokens != block_tokens:
-                raise ValueError("token reduction needs blocks whose every slot is a token of the block")
-            block_tokens = reducer.keep
+        self.keep_slots = keep_slots and reducer is not None
+        self.span, block_tokens, self.summary_tokens = stored_layout(block_tokens, summary_tokens, reducer)
         self.layers, self.block_tokens = layers, block_tokens
-        self.summary_tokens = slice(None) if summary_tokens is None else summary_tokens
         self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
         model_device = torch.device(model_device)
         self.summary_device = model_device if summary_device is None else torch.device(summary_device)
         self.codec = make_codec(kv_quant, block_tokens, kv_heads, head_dim, dtype)
         storage_device = torch.device(storage_device)
         pin = storage_device.type == "cpu" and model_device.type == "cuda"
-        if backend_factory is not None:  # e.g. the disk tier: built for this codec's fields
-            self.backend = backend_factory(self.codec.fields())
+        if backend_factory is not None:  # e.g. the disk tier: built for this store's fields
+            self.backend = backend_factory(self.fields())
         else:
-            self.backend = MemoryBackend(layers, self.codec.fields(), storage_device, pin, initial_capacity)
+            self.backend = MemoryBackend(layers, self.fields(), storage_device, pin, initial_capacity)
         self._summaries = GrowingRows(kv_heads * head_dim, self.summary_device, layers=layers, capacity=initial_capacity)
 
     @property
     def blocks(self) -> int:
         """Blocks stored (a block is one temporal patch: 1 frame on LLaVA-OV, 2 on Qwen)."""
         return self.backend.blocks
-
-    @property
-    def frames(self) -> int:
-        """Deprecated name of ``blocks``."""
-        import warnings
-
-        warnings.warn("BlockStore.frames is deprecated; use blocks (a block is 2 frames on Qwen)", DeprecationWarning, stacklevel=2)
-        return self.blocks
 
     def reserve(self, n_blocks: int) -> int:
         """Make room for ``n_blocks`` more blocks; returns the index of the first one.
@@ -96,18 +118,30 @@ class BlockStore:
         self._summaries.rows += n_blocks
         self.backend.commit(n_blocks)
 
-    def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store frames ``first..first+n`` of ``layer``.
+    def fields(self) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+        """What the backend keeps per block and layer: the codec's fields, and with a reducer the
+        ``slots`` ``(block_tokens,)`` int16 each stored token stands for."""
+        fields = dict(self.codec.fields())
+        if self.keep_slots:
+            fields["slots"] = ((self.block_tokens,), torch.int16)
+        return fields
 
-        keys, values: ``(n * input_tokens, kv_heads, head_dim)`` pre-RoPE, any device (cut to
-        ``block_tokens`` per block by the ``reducer``, if any)."""
+    def write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store blocks ``first..first+n`` of ``layer``.
+
+        keys, values: ``(n * input_tokens, kv_heads, head_dim)`` pre-RoPE, any device (their
+        ``summary_tokens`` cut by the ``reducer``, if any)."""
         n = keys.shape[0] // self.input_tokens
         shape = (n, self.input_tokens, self.kv_heads, self.head_dim)
         keys, values = keys.reshape(shape), values.reshape(shape)
+        slots = None
         if self.reducer is not None:
-            keys, values = self.reducer.reduce(layer, keys, values)
+            keys, values, slots = reduce_span(self.reducer, layer, keys, values, self.span)
         self._summaries.write(layer, first, keys[:, self.summary_tokens].float().mean(dim=1).reshape(n, -1))
-        self.backend.write(layer, first, self.codec.encode(keys, values))
+        fields = self.codec.encode(keys, values)
+        if self.keep_slots:
+            fields["slots"] = slots.to(torch.int16)
+        self.backend.write(layer, first, fields)
 
     def extend_from(self, other: "BlockStore") -> None:
         """Append every block of ``other`` (a store with the same layout and codec) as it is
@@ -141,23 +175,27 @@ class BlockStore:
         """``(layers, frames, kv_heads, head_dim)`` fp32."""
         return self._summaries.view().view(self.layers, -1, self.kv_heads, self.head_dim)
 
-    def gather(self, layer: int, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of ``frames`` (1-D index, any order) on ``layer``, in one batched
-        read; stored fields move to ``device`` and are decoded there.
-
-        Returns two ``(len(frames) * block_tokens, kv_heads, head_dim)`` tensors on ``device``."""
-        fields = {k: v.to(device, non_blocking=True) for k, v in self.backend.read(layer, frames).items()}
+    def read_blocks(self, frames: torch.Tensor, device: torch.device, layer: Optional[int] = None) -> Gathered:
+        """Keys, values and slots of blocks ``frames`` (1-D index, any order) on ``layer`` (None:
+        every layer, a leading layer dim), in one batched read; the fields move to ``device`` and
+        are decoded there. Keys/values ``([layers,] len(frames) * block_tokens, kv_heads,
+        head_dim)``; slots ``([layers,] len(frames), block_tokens)`` long, None unless ``keep_slots``."""
+        rows = self.backend.read_all(frames) if layer is None else self.backend.read(layer, frames)
+        fields = {k: v.to(device, non_blocking=True) for k, v in rows.items()}
+        slots = fields.pop("slots", None)
         keys, values = self.codec.decode(fields)
-        flat = (-1, self.kv_heads, self.head_dim)
-        return keys.reshape(flat), values.reshape(flat)
+        flat = (-1, self.kv_heads, self.head_dim) if layer is not None else (self.layers, -1, self.kv_heads, self.head_dim)
+        return Gathered(keys.reshape(flat), values.reshape(flat), None if slots is None else slots.long())
+
+    def gather(self, layer: int, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``frames`` on ``layer`` (``read_blocks``): two
+        ``(len(frames) * block_tokens, kv_heads, head_dim)`` tensors on ``device``."""
+        return self.read_blocks(frames, device, layer)[:2]
 
     def gather_all(self, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``gather`` for every layer at once (one batched read and copy when the same frames
         serve all layers): two ``(layers, len(frames) * block_tokens, kv_heads, head_dim)``."""
-        fields = {k: v.to(device, non_blocking=True) for k, v in self.backend.read_all(frames).items()}
-        keys, values = self.codec.decode(fields)
-        flat = (self.layers, -1, self.kv_heads, self.head_dim)
-        return keys.reshape(flat), values.reshape(flat)
+        return self.read_blocks(frames, device)[:2]
 
     def block(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """One stored block, decoded: two ``(block_tokens, kv_heads, head_dim)`` tensors."""
@@ -174,8 +212,10 @@ class BlockStore:
     @property
     def bytes_per_block(self) -> int:
         """Stored bytes of one block over all layers (exact: layers * 2 * kv_heads * head_dim
-        * itemsize * block_tokens; less with int8/int4)."""
-        return self.codec.bytes_per_block(self.layers)
+        * itemsize * block_tokens; less with int8/int4; with ``keep_slots`` + layers * 2 *
+        block_tokens for the slots)."""
+        slots = self.layers * 2 * self.block_tokens if self.keep_slots else 0
+        return self.codec.bytes_per_block(self.layers) + slots
 
     @property
     def used_bytes(self) -> int:
@@ -203,28 +243,10 @@ class BlockStore:
         self.backend.close()
 
     # -- the names from one-frame blocks (deprecated) ------------------------------------------
-    def frame(self, layer: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Deprecated name of ``block``."""
-        _renamed("frame()", "block()")
-        return self.block(layer, index)
-
-    @property
-    def bytes_per_frame(self) -> int:
-        """Deprecated name of ``bytes_per_block``."""
-        _renamed("bytes_per_frame", "bytes_per_block")
-        return self.bytes_per_block
-
-    @property
-    def summary_bytes_per_frame(self) -> int:
-        """Deprecated name of ``summary_bytes_per_block``."""
-        _renamed("summary_bytes_per_frame", "summary_bytes_per_block")
-        return self.summary_bytes_per_block
-
-
-def _renamed(old: str, new: str) -> None:
-    import warnings
-
-    warnings.warn(f"BlockStore.{old} is deprecated; use {new} (a block is 2 frames on Qwen)", DeprecationWarning, stacklevel=3)
+    frames = Renamed("blocks")
+    frame = Renamed("block()")
+    bytes_per_frame = Renamed("bytes_per_block")
+    summary_bytes_per_frame = Renamed("summary_bytes_per_block")
 
 
 class GrowingRows:
@@ -313,15 +335,19 @@ class OverlayStore:
         cut = int((frames < self.base.blocks).sum())
         return frames[:cut], frames[cut:] - self.base.blocks
 
-    def gather(self, layer: int, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    def read_blocks(self, frames: torch.Tensor, device: torch.device, layer: Optional[int] = None) -> Gathered:
+        """``BlockStore.read_blocks`` over both stores."""
         mine, theirs = self._split(frames)
-        parts = [store.gather(layer, idx, device) for store, idx in ((self.base, mine), (self.extra, theirs)) if len(idx)]
-        return torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])
+        parts = [store.read_blocks(idx, device, layer) for store, idx in ((self.base, mine), (self.extra, theirs)) if len(idx)]
+        dim = 0 if layer is not None else 1  # after the layer dim, when there is one
+        slots = None if parts[0].slots is None else torch.cat([p.slots for p in parts], dim=dim)
+        return Gathered(torch.cat([p.keys for p in parts], dim=dim), torch.cat([p.values for p in parts], dim=dim), slots)
+
+    def gather(self, layer: int, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.read_blocks(frames, device, layer)[:2]
 
     def gather_all(self, frames: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        mine, theirs = self._split(frames)
-        parts = [store.gather_all(idx, device) for store, idx in ((self.base, mine), (self.extra, theirs)) if len(idx)]
-        return torch.cat([k for k, _ in parts], dim=1), torch.cat([v for _, v in parts], dim=1)
+        return self.read_blocks(frames, device)[:2]
 
     def close(self) -> None:
         self.extra.close()
@@ -329,17 +355,20 @@ class OverlayStore:
 
 def make_store(config, tier: str, kv_shape: Tuple[int, int, int], block_tokens: int, dtype: torch.dtype,
                model_device: torch.device, summary_device: torch.device, capacity: int = 64,
-               summary_tokens: Optional[slice] = None, reducer=None) -> BlockStore:
+               summary_tokens: Optional[slice] = None, reducer=None, keep_slots: bool = False) -> BlockStore:
     """An empty block store on ``tier`` (``cpu``, ``device`` or ``disk``) for blocks of
     ``block_tokens`` tokens of ``kv_shape`` ``(layers, kv_heads, head_dim)``, with the storage
     settings ``config`` (``lmms_rekv.settings.StorageSettings``: ``kv_quant``,
     ``token_reduction``/``token_keep``, the disk tier's ``offload_dir`` and ``ram_budget_bytes``);
     the backend is the one registered for ``tier`` (``lmms_rekv.registry.BACKENDS``). ``reducer``: a token reducer to
-    continue (a fork's); default a new one when ``token_reduction`` is set."""
+    continue (a fork's); default a new one when ``token_reduction`` is set, cutting the
+    ``summary_tokens`` (the visual ones); ``keep_slots``: store which slot each kept token
+    stands for (``BlockStore``)."""
     from .reduce import make_reducer
 
-    if reducer is None and config.token_reduction is not None:
-        reducer = make_reducer(config.token_reduction, block_tokens, config.stored_tokens(block_tokens))
+    if reducer is None and config.token_reduction is not None:  # the summary tokens (the visual ones) are cut
+        visual = len(range(block_tokens)[summary_tokens or slice(None)])
+        reducer = make_reducer(config.token_reduction, visual, config.stored_tokens(visual))
     from lmms_rekv.registry import BACKENDS
 
     layers, kv_heads, head_dim = kv_shape
@@ -349,4 +378,4 @@ def make_store(config, tier: str, kv_shape: Tuple[int, int, int], block_tokens: 
     factory = lambda fields: backend(layers, fields, config, storage, pin, capacity)  # noqa: E731
     return BlockStore(layers, block_tokens, kv_heads, head_dim, dtype, storage, model_device, initial_capacity=capacity,
                       kv_quant=config.kv_quant, backend_factory=factory, summary_device=summary_device,
-                      summary_tokens=summary_tokens, reducer=reducer)
+                      summary_tokens=summary_tokens, reducer=reducer, keep_slots=keep_slots)

@@ -7,30 +7,9 @@ device bytes flat and retrieves whole blocks. What differs per family is data (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Tuple
-
 import pytest
 import torch
-from helpers.mrope_reference import QUESTION, vanilla_answer, video_frames
-
-
-@dataclass(frozen=True)
-class Spec:
-    fps: float  # the stream's sampling rate (Qwen2.5-VL positions and Qwen3-VL timestamps depend on it)
-    size: Tuple[int, int]  # frames' height x width
-    exact: frozenset  # position strategies that reproduce vanilla with every block retrieved (README table)
-    strategies: Tuple[str, ...]  # the strategies the family accepts
-    config: dict = field(default_factory=dict)
-
-
-SPECS = {
-    # Qwen2.5-VL: 2 * 2 / 3 s per block -> time steps of 1.33 (floored): 0, 1, 2, 4, 5, 6, 8, ...
-    "qwen2_vl": Spec(3.0, (56, 56), frozenset({"layout", "original", "consecutive_t"}), ("layout", "original", "consecutive_t", "1d")),
-    "qwen2_5_vl": Spec(3.0, (56, 56), frozenset({"layout", "original"}), ("layout", "original", "consecutive_t", "1d")),
-    # block g at (4g + 1) s: the timestamp text grows from "<1.0 seconds>" to "<13.0 seconds>" by block 3
-    "qwen3_vl": Spec(0.5, (64, 64), frozenset({"layout", "original"}), ("layout", "original", "1d"), {"frame_size": (64, 64)}),
-}
+from helpers.mrope_reference import QUESTION, SPECS, vanilla_answer, video_frames
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,11 @@
-"""Shared by the M-RoPE families' tests (``test_mrope.py``, ``test_qwen3_vl.py``): random videos,
-the vanilla model's answer through its own processor, and attention by brute force with 3-D
-offsets."""
+"""Shared by the M-RoPE families' tests (``test_mrope.py``, ``test_qwen3_vl.py``, ``families/``):
+random videos, the vanilla model's answer through its own processor, attention by brute force
+with 3-D offsets, and what the family contract knows of each family (``SPECS``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -51,3 +54,26 @@ class Dense3D:
         logits = (q_rot * kp[:, None, :, :]).sum(-1) * scaling
         logits = logits.masked_fill(~self.allowed[:n, :n], float("-inf"))
         return (torch.softmax(logits, dim=-1) @ vv).to(v.dtype)[None]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the family contract tests (``tests/families``) need to know of one M-RoPE family."""
+
+    fps: float  # the stream's sampling rate (Qwen2.5-VL positions and Qwen3-VL timestamps depend on it)
+    size: Tuple[int, int]  # frames' height x width
+    exact: frozenset  # position strategies that reproduce vanilla with every block retrieved (README table)
+    strategies: Tuple[str, ...]  # the strategies the family accepts
+    config: dict = field(default_factory=dict)
+    other_size: Tuple[int, int] = (56, 84)  # a non-square video the processor keeps as it is (sized per stream)
+
+
+SPECS = {
+    # Qwen2.5-VL: 2 * 2 / 3 s per block -> time steps of 1.33 (floored): 0, 1, 2, 4, 5, 6, 8, ...
+    "qwen2_vl": Spec(3.0, (56, 56), frozenset({"layout", "original", "consecutive_t"}), ("layout", "original", "consecutive_t", "1d")),
+    "qwen2_5_vl": Spec(3.0, (56, 56), frozenset({"layout", "original"}), ("layout", "original", "consecutive_t", "1d"),
+                       other_size=(84, 56)),
+    # block g at (4g + 1) s: the timestamp text grows from "<1.0 seconds>" to "<13.0 seconds>" by block 3
+    "qwen3_vl": Spec(0.5, (64, 64), frozenset({"layout", "original"}), ("layout", "original", "1d"), {"frame_size": (64, 64)},
+                     other_size=(64, 96)),
+}
