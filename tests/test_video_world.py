@@ -213,6 +213,25 @@ def test_entered_after_is_right_by_construction():
     assert differs > 10  # it is a moment, not "the next one in"
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_qwen_tokens_see_the_pixels_the_labels_name(family):
+    """A Qwen-shaped video miniature's merged token ``k`` is made of the four 4 x 4 patches of
+    the 8 x 8 pixels of world token ``k`` (``token_labels``' raster order): its patches, read
+    back from the processor's ``pixel_values_videos``, are those pixels."""
+    import torch
+
+    _, layout, pixels = _video_miniature(family)
+    episode = vw.make_episode(vw.rng_for(vw.HELD_OUT, 2), 6)
+    frames = vw.render(episode, vw.rng_for(vw.HELD_OUT, 3))
+    patches = pixels(frames).view(6, vw.FRAME_TOKENS, 2, 2, 3, 4, 4)  # frame, token, patch row, col, C, 4, 4
+    back = (patches * 0.5 + 0.5) * 255  # the processor's mean/std 0.5
+    for k in range(vw.FRAME_TOKENS):
+        i, j = divmod(k, vw.TOKEN_GRID)
+        region = torch.from_numpy(frames[:, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8]).float()  # (6, 8, 8, 3)
+        region = region.view(6, 2, 4, 2, 4, 3).permute(0, 1, 3, 5, 2, 4)  # frame, patch row, col, C, 4, 4
+        assert torch.allclose(back[:, k], region, atol=0.5), k
+
+
 def test_token_labels_match_the_pixels():
     """Token (i, j) covers tiles 2i..2i+1 x 2j..2j+1 (LLaVA-OV's 2 x 2 pooling, row-major): its
     object target is the object whose square touches it, -1 on background-only tokens."""
@@ -282,15 +301,16 @@ def test_depth_places_the_first_needle():
         vw.make_episode(vw.rng_for(vw.HELD_OUT, 0), 0)
 
 
-def _video_miniature():
-    from lmms_rekv.io.preprocess import CheckpointFrames
+def _video_miniature(family: str = "llava_onevision"):
+    """(fresh video-world miniature in ``family``'s shape, its prompt layout, frames -> pixels)."""
     from research.miniature import build
-    from research.miniature.train import Layout
+    from research.miniature.train import _layout
 
-    arch = build.Architecture.for_world("video")
-    tokenizer = build.build_tokenizer(arch.vocab_size, seed=0, world_name="video")
+    arch = build.Architecture.for_world("video", family=family)
+    tokenizer = build.build_tokenizer(arch.vocab_size, seed=0, family=family, world_name="video")
     model = build.build_model(arch, tokenizer, seed=0)
-    return model, Layout(tokenizer, vw.FRAME_TOKENS, world_name="video"), CheckpointFrames.square(arch.image_size)
+    layout, pixels = _layout(arch, tokenizer, "video")
+    return model, layout, pixels
 
 
 def test_crowded_batches_show_the_asked_object_with_another():
@@ -308,14 +328,38 @@ def test_crowded_batches_show_the_asked_object_with_another():
     assert video.bind_aux and not tiled.bind_aux and video.crowd == tiled.crowd == 0.0
 
 
-def test_bind_loss_is_the_attention_the_model_computes():
+def _eager_attentions(model, layout, batch):
+    """Every layer's attention weights ``(B, heads, T, T)`` as the model computes them (eager),
+    on the training prompt (Qwen: the model's own ``get_rope_index`` positions)."""
+    import torch
+
+    model.set_attn_implementation("eager")
+    inner, video = model.model, batch.ids == layout.video_id
+    if layout.qwen is None:
+        feats = inner.get_video_features(pixel_values_videos=batch.pixels).pooler_output
+        embeds = inner.language_model.embed_tokens(batch.ids).masked_scatter(video[..., None], feats)
+        return inner.language_model(inputs_embeds=embeds, attention_mask=batch.mask, output_attentions=True).attentions
+    b, grid = batch.ids.shape[0], layout.qwen.grid
+    thw = torch.tensor([[batch.pixels.shape[1] // grid ** 2, grid, grid]] * b)
+    feats = torch.cat(list(inner.get_video_features(pixel_values_videos=batch.pixels.flatten(0, 1), video_grid_thw=thw).pooler_output))
+    embeds = inner.language_model.embed_tokens(batch.ids).masked_scatter(video[..., None], feats)
+    extra = {"second_per_grid_ts": torch.ones(b)} if layout.family == "qwen2_5_vl" else {}
+    positions, _ = inner.get_rope_index(batch.ids, mm_token_type_ids=video.long() * 2, video_grid_thw=thw,
+                                        attention_mask=batch.mask, **extra)
+    return inner.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=batch.mask,
+                                output_attentions=True).attentions
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def test_bind_loss_is_the_attention_the_model_computes(family):
     """The recomputed head-0 attention of ``bind_loss`` equals the model's own (eager)
-    attention weights: -log of the mass on the target tokens, summed over the three queries."""
+    attention weights: -log of the mass on the target tokens, summed over the three queries
+    (Qwen: M-RoPE, and Qwen3-VL's per-head norms before it)."""
     import torch
 
     from research.miniature.train import losses, make_batch
 
-    model, layout, processor = _video_miniature()
+    model, layout, processor = _video_miniature(family)
     torch.manual_seed(0)
     with torch.no_grad():  # a non-trivial attention pattern
         for p in model.model.language_model.parameters():
@@ -323,18 +367,14 @@ def test_bind_loss_is_the_attention_the_model_computes():
     batch = make_batch(vw.rng_for(vw.TRAIN, 1), layout, processor, 8, 6, vw.KINDS, None, 6.0)
     with torch.no_grad():
         ours = float(losses(model, batch, layout, bind=True)["bind"])
-        model.set_attn_implementation("eager")
-        inner = model.model
-        feats = inner.get_video_features(pixel_values_videos=batch.pixels).pooler_output
-        video = batch.ids == layout.video_id
-        embeds = inner.language_model.embed_tokens(batch.ids).masked_scatter(video[..., None], feats)
-        att = inner.language_model(inputs_embeds=embeds, attention_mask=batch.mask, output_attentions=True).attentions
+        att = _eager_attentions(model, layout, batch)
+    video = batch.ids == layout.video_id
     rows = torch.arange(len(batch.kinds))
     objects = batch.objects.reshape(len(rows), -1)
 
     def mass(layer, position, tokens):  # (B,) attention of head 0 from ``position`` onto frame tokens ``tokens``
-        weights = att[layer][rows, 0, position][video].reshape(len(rows), -1)[:, :-1]
-        return (weights * tokens).sum(-1)
+        weights = att[layer][rows, 0, position][video].reshape(len(rows), -1)
+        return (weights[:, : weights.shape[1] - layout.newlines] * tokens).sum(-1)
 
     a, b = batch.named[:, 0], batch.named[:, 1]
     wanted = torch.stack([
@@ -450,3 +490,25 @@ def test_the_recipe_chains_its_stages(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in final.state_dict().items())
     with open(tmp_path / "out" / "training_log.json") as fh:
         assert len(json.load(fh)["recipe"]) == 2
+
+
+def test_a_cut_off_recipe_goes_on_from_its_last_finished_stage(tmp_path):
+    """``run_recipe(stage_dir=...)`` keeps each stage's folder and skips the stages already
+    there: run again, the first stage is not retrained (its folder untouched) and the second
+    starts from it; a Qwen-shaped recipe from scratch gives a folder ``ReKV`` loads."""
+    import os
+
+    from lmms_rekv import ReKV
+    from research.miniature.recipe import run_recipe
+
+    tiny = dict(max_steps=2, batch=2, start_frames=2, max_frames=2)
+    stages = (tiny, tiny)
+    _, _, first = run_recipe(str(tmp_path / "out"), stages=stages, progress_bar=False, family="qwen3_vl",
+                             stage_dir=str(tmp_path / "stages"))
+    stamp = os.path.getmtime(tmp_path / "stages" / "stage1" / "model.safetensors")
+    _, _, again = run_recipe(str(tmp_path / "out"), stages=stages, progress_bar=False, family="qwen3_vl",
+                             stage_dir=str(tmp_path / "stages"))
+    assert os.path.getmtime(tmp_path / "stages" / "stage1" / "model.safetensors") == stamp
+    assert again["recipe"][0] == first["recipe"][0] and len(again["recipe"]) == 2
+    engine = ReKV.from_pretrained(str(tmp_path / "out"), dtype="float32", device="cpu")
+    assert engine.backbone.model_type == "qwen3_vl" and engine.block_tokens == engine.backbone.header_slots + 2 + vw.FRAME_TOKENS

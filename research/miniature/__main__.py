@@ -63,13 +63,13 @@ def cmd_recipe(args) -> int:
     from .recipe import run_recipe
     from .train import evaluate
 
-    model, tokenizer, log = run_recipe(args.out, seed=args.seed)
+    model, tokenizer, log = run_recipe(args.out, seed=args.seed, family=args.family, stage_dir=args.stages)
     log["held_out_full_attention"] = evaluate(model, tokenizer, args.lengths, args.videos, seed=args.seed, world_name="video")
     log["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
     with open(os.path.join(args.out, "training_log.json"), "w") as fh:  # run_recipe wrote the weights; the log gains the evaluation
         json.dump(log, fh, indent=1)
     stages = ", ".join(f"{s['steps']} steps to {s['final_frames']} frames" for s in log["recipe"])
-    print(f"trained the video-world miniature in {len(log['recipe'])} stages ({stages}), wrote {args.out}")
+    print(f"trained the {args.family} video-world miniature in {len(log['recipe'])} stages ({stages}), wrote {args.out}")
     print("held-out accuracy (video world), full attention (first answer token):")
     print(_table(log["held_out_full_attention"], build.world_module("video").CHANCE))
     return 0
@@ -154,6 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     recipe_p = sub.add_parser("recipe", help="train the video-world miniature with its staged recipe (about 130 minutes)")
     recipe_p.add_argument("--seed", type=int, default=0)
     recipe_p.add_argument("--out", required=True)
+    recipe_p.add_argument("--family", default="llava_onevision", choices=FAMILIES, help="the model family's shape")
+    recipe_p.add_argument("--stages", help="keep each stage's folder here and skip the stages already in it (resume)")
     clip_p = sub.add_parser("clip", help="train the external embedder (a tiny open_clip model)")
     clip_p.add_argument("--minutes", type=float, default=3.0)
     clip_p.add_argument("--seed", type=int, default=0)

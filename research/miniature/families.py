@@ -13,6 +13,7 @@ block (Qwen3-VL), and the text after the video.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Dict, List, Optional
 
@@ -94,6 +95,7 @@ def build_qwen(arch, tokenizer, seed: int = 0):
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
     )
+    config.miniature = dataclasses.asdict(arch)  # the sizes, read back by ``train.architecture_of``
     torch.manual_seed(seed)
     model = model_cls(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]

@@ -11,6 +11,7 @@ and ``left`` in their own bases -- these three on the four kinds about the past
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Optional, Sequence
@@ -28,18 +29,37 @@ VIDEO_RECIPE = (
 
 
 def run_recipe(out: str, seed: int = 0, stages: Sequence[dict] = VIDEO_RECIPE, world: str = "video",
-               progress_bar: bool = True, init: Optional[str] = None):
+               progress_bar: bool = True, init: Optional[str] = None, family: str = "llava_onevision",
+               stage_dir: Optional[str] = None):
     """Train ``stages`` in turn (each from the previous stage's saved folder; the first from
-    ``init`` or from scratch), write the last to ``out``; returns ``(model, tokenizer, log)``
-    where ``log["recipe"]`` lists every stage's settings, steps, seconds and final length."""
+    ``init`` or from scratch in ``family``'s shape), write the last to ``out``; returns ``(model,
+    tokenizer, log)`` where ``log["recipe"]`` lists every stage's settings, steps, seconds and
+    final length. ``stage_dir``: keep each stage's folder there (``stage1``, ...) and skip the
+    stages already saved in it -- a recipe cut off goes on from its last finished stage."""
     done = []
     with tempfile.TemporaryDirectory() as scratch:
         previous = init
         for index, stage in enumerate(stages):
-            model, tokenizer, log = train(TrainConfig(world=world, seed=seed, init=previous, **stage), progress_bar=progress_bar)
+            last = index == len(stages) - 1
+            folder = out if last else os.path.join(stage_dir or scratch, f"stage{index + 1}")
+            saved = _finished(folder, index) if stage_dir is not None and not last else None
+            if saved is not None:
+                done, previous = saved, folder
+                continue
+            arch = build.Architecture.for_world(world, family=family) if previous is None else None
+            model, tokenizer, log = train(TrainConfig(world=world, seed=seed, init=previous, **stage), arch, progress_bar=progress_bar)
             done.append({"stage": stage, "steps": log["steps"], "seconds": log["seconds"], "final_frames": log["final_frames"]})
             log["recipe"] = done
-            folder = out if index == len(stages) - 1 else os.path.join(scratch, f"stage{index + 1}")
             build.save_checkpoint(folder, model, tokenizer, build.Architecture(**log["architecture"]), log, world_name=world)
             previous = folder
     return model, tokenizer, log
+
+
+def _finished(folder: str, index: int) -> Optional[list]:
+    """The recipe log of stage ``index`` saved in ``folder`` (None: not finished there)."""
+    path = os.path.join(folder, "training_log.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        recipe = json.load(fh).get("recipe", [])
+    return recipe if len(recipe) == index + 1 else None

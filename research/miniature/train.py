@@ -148,6 +148,19 @@ class Layout:
         self.color_ids = torch.tensor([self.words["answer"][w] for w in self.world.COLORS])
         self.answer_sets = {k: torch.tensor([self.words["answer"][w] for w in ws]) for k, ws in self.world.answer_words().items()}
 
+    @property
+    def newlines(self) -> int:
+        """Video tokens after the frames' own: LLaVA-OV's ``image_newline`` (1); Qwen: none."""
+        return 0 if self.qwen is not None else 1
+
+    def rotary_function(self):
+        """The family's ``apply_rotary_pos_emb`` (M-RoPE tables come from the model's own rotary;
+        LLaVA-OV's text tower is Qwen2)."""
+        import importlib
+
+        name = "qwen2" if self.family == "llava_onevision" else self.family
+        return importlib.import_module(f"transformers.models.{name}.modeling_{name}").apply_rotary_pos_emb
+
     def _ids(self, text: str) -> List[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -329,8 +342,8 @@ def losses(model, batch: Batch, layout: Layout, prev: bool = True, hop: bool = F
     if batch.prev is not None:  # per-token targets (video world): -1 where a token shows no object
         perception = _labelled_ce(obj_logits, batch.objects) + _labelled_ce(col_logits, batch.colors)
         if prev:  # after the second layer an object's tokens know the previous visit's object and who left since
-            after_second = middle[batch.ids == layout.video_id].reshape(visual.shape[0], -1, visual.shape[-1])[:, :-1]
-            after_second = after_second.reshape(visual.shape)
+            after_second = middle[batch.ids == layout.video_id].reshape(visual.shape[0], -1, visual.shape[-1])
+            after_second = after_second[:, : after_second.shape[1] - layout.newlines].reshape(visual.shape)
             as_prev, as_left = (after_second, after_second) if rotation is None else (after_second @ rotation[0], after_second @ rotation[1])
             order = _labelled_ce(as_prev @ table[layout.object_ids].T, batch.prev)
             shown = batch.objects >= 0
@@ -375,15 +388,14 @@ def bind_loss(layers, inputs: Dict[int, tuple], batch: Batch, layout: Layout) ->
     asked object in their ``left`` target (``entered_after``), or the asked object's on the
     frames of its visit on screen (``now``: not its earlier visits). Each term is ``-log`` of the
     attention mass on the target tokens. ``inputs[layer] = (normed hidden states, rope)``."""
-    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
-
+    apply_rotary_pos_emb = layout.rotary_function()
     b = batch.objects.shape[0]
     video = batch.ids == layout.video_id
     rows = torch.arange(b)
 
     def keys(tokens: torch.Tensor) -> torch.Tensor:  # (B, L, ft) bool -> (B, T) bool over the sequence
         out = torch.zeros_like(video)
-        out[video] = torch.cat([tokens.reshape(b, -1), torch.zeros(b, 1, dtype=torch.bool)], dim=1).flatten()
+        out[video] = torch.cat([tokens.reshape(b, -1), torch.zeros(b, layout.newlines, dtype=torch.bool)], dim=1).flatten()
         return out
 
     named = batch.named
@@ -400,7 +412,10 @@ def bind_loss(layers, inputs: Dict[int, tuple], batch: Batch, layout: Layout) ->
         attn = layers[index].self_attn
         hidden, (cos, sin) = inputs[index]
         hd = attn.head_dim
-        q, k = apply_rotary_pos_emb(attn.q_proj(hidden)[..., :hd][:, None], attn.k_proj(hidden)[..., :hd][:, None], cos, sin)
+        q, k = attn.q_proj(hidden)[..., :hd], attn.k_proj(hidden)[..., :hd]
+        if hasattr(attn, "q_norm"):  # Qwen3-VL: per-head RMS norms before RoPE
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary_pos_emb(q[:, None], k[:, None], cos, sin)
         q, k = q[:, 0], k[:, 0]  # (B, T, hd): query head 0 and its key head
         for position, target in queries:
             scores = (q[rows, position][:, None] * k).sum(-1) * attn.scaling  # (B, T)
@@ -456,18 +471,19 @@ def _layout(arch: build.Architecture, tokenizer, world_name: str = "tiled"):
         if getattr(source, "FRAME_TOKENS", frame_tokens) != frame_tokens:
             raise ValueError(f"the {world_name} world labels {source.FRAME_TOKENS} tokens per frame, the architecture gives {frame_tokens}")
         return Layout(tokenizer, frame_tokens, world_name=world_name), CheckpointFrames.square(arch.image_size)
-    if hasattr(source, "token_labels"):
-        raise NotImplementedError(f"the {world_name} world's per-token targets follow LLaVA-OV's token order; "
-                                  "train it with the llava_onevision family")
     qwen = QwenVideo(arch, tokenizer, frame_tokens=(arch.image_size // 8) ** 2)
+    if getattr(source, "FRAME_TOKENS", qwen.frame_tokens) != qwen.frame_tokens:  # merged tokens: raster, 8 x 8 pixels each
+        raise ValueError(f"the {world_name} world labels {source.FRAME_TOKENS} tokens per frame, the architecture gives {qwen.frame_tokens}")
     return Layout(tokenizer, qwen.frame_tokens, arch.family, qwen, world_name=world_name), qwen.pixels
 
 
 def architecture_of(model) -> build.Architecture:
     """The miniature ``Architecture`` read back from a model (LLaVA-OV: every size but
     ``vocab_size``, the tokenizer's training target, which the model does not keep; a Qwen
-    family: its name, the rest default)."""
+    family: the sizes it was built with (``config.miniature``), else its name and the defaults)."""
     family = model.config.model_type
+    if getattr(model.config, "miniature", None):
+        return build.Architecture(**model.config.miniature)
     if family == "llava_onevision":
         vision, text = model.config.vision_config, model.config.text_config
         return build.Architecture(
