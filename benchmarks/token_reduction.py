@@ -8,8 +8,10 @@ is answered by full attention, by ReKV without reduction (its blocks scored by t
 and by their best token: ``block_score="tokens"``) and by ReKV with each reduction rule
 at each keep ratio (internal retrieval, top-``k`` blocks), optionally with int8/int4 storage on
 top; accuracy per kind (chance beside it), the stored KV bytes per frame measured on the
-miniature, and the KV per hour projected for LLaVA-OneVision-7B at 0.5 fps (its 196 tokens per
-frame and 28 layers x 4 KV heads x 128 dims, through the same codecs) are written to
+miniature, and the KV per hour projected for the 7B model of the miniature's family at 0.5 fps
+through the same codecs (``TARGETS``: LLaVA-OneVision-7B, 196 tokens per frame; Qwen2.5-VL-7B,
+720 tokens per 2-frame block -- a 720p video at its processor's default pixel bounds -- plus
+each kept token's slot; both 28 layers x 4 KV heads x 128 dims) are written to
 ``results.json`` and ``results.md``. One process, one machine: named in the results.
 """
 
@@ -26,15 +28,39 @@ import torch
 
 GIB = 1024**3
 SEVEN_B = dict(layers=28, kv_heads=4, head_dim=128, tokens=196)  # LLaVA-OneVision-7B (Qwen2-7B)
+#: the 7B model each miniature family's bytes are projected to: its name, text tower and visual
+#: tokens per block (frames per block; ``slots``: kept tokens' slots stored beside the KV)
+TARGETS = {
+    "llava_onevision": dict(name="LLaVA-OV-7B", layers=28, kv_heads=4, head_dim=128, tokens=196, frames=1, slots=False),
+    "qwen2_5_vl": dict(name="Qwen2.5-VL-7B", layers=28, kv_heads=4, head_dim=128, video=(720, 1280), frames=2, slots=True),
+}
 
 
-def projected_gib_per_hour(keep: float, kv_quant: Optional[str], fps: float = 0.5) -> float:
-    """KV per hour of LLaVA-OV-7B (fp16) keeping ``keep`` of each frame's 196 tokens."""
+def block_tokens_7b(target: dict) -> int:
+    """Visual tokens of one block of the target: fixed (LLaVA-OV), or what the Qwen video
+    processor's defaults (its ``smart_resize`` and pixel bounds) give a ``video`` frame."""
+    if "tokens" in target:
+        return target["tokens"]
+    import transformers
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
+
+    processor = transformers.Qwen2VLVideoProcessor()
+    unit = processor.patch_size * processor.merge_size
+    h, w = smart_resize(*target["video"], factor=unit, min_pixels=processor.size["shortest_edge"],
+                        max_pixels=processor.size["longest_edge"])
+    return (h // unit) * (w // unit)
+
+
+def projected_gib_per_hour(keep: float, kv_quant: Optional[str], fps: float = 0.5, family: str = "llava_onevision") -> float:
+    """KV per hour of the 7B model of ``family`` (``TARGETS``; fp16) keeping ``keep`` of each
+    block's visual tokens (and, on M-RoPE, an int16 slot per kept token and layer)."""
     from lmms_rekv.storage.quant import make_codec
 
-    tokens = max(1, round(keep * SEVEN_B["tokens"]))
-    codec = make_codec(kv_quant, tokens, SEVEN_B["kv_heads"], SEVEN_B["head_dim"], torch.float16)
-    return codec.bytes_per_block(SEVEN_B["layers"]) * fps * 3600 / GIB
+    target = TARGETS[family]
+    tokens = max(1, round(keep * block_tokens_7b(target)))
+    codec = make_codec(kv_quant, tokens, target["kv_heads"], target["head_dim"], torch.float16)
+    slots = 2 * tokens * target["layers"] if target["slots"] and keep < 1 else 0
+    return (codec.bytes_per_block(target["layers"]) + slots) / target["frames"] * fps * 3600 / GIB
 
 
 def _world(model_dir: str):
@@ -87,6 +113,7 @@ def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: Li
 
     name, world = _world(model_dir)
     base = ReKV.from_pretrained(model_dir, dtype="float32", device="cpu")
+    family = base.backbone.model_type
     window = 4 * base.block_tokens
     configs = configurations(keeps, quants, k, window, clip, recent)
     engines = {n: base.with_config(ReKVConfig(**c)) for n, c in configs.items()}
@@ -116,12 +143,12 @@ def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: Li
         flat = [x for v in kinds.values() for x in v]
         rows[n] = {"accuracy": sum(flat) / len(flat), "per_kind": {kd: sum(v) / len(v) for kd, v in kinds.items()},
                    "n": {kd: len(v) for kd, v in kinds.items()}, "kv_bytes_per_frame": bytes_per_frame[n],
-                   "projected_7b_gib_per_hour": projected_gib_per_hour(keep, c.get("kv_quant"))}
+                   "projected_7b_gib_per_hour": projected_gib_per_hour(keep, c.get("kv_quant"), family=family)}
         reference = "ext/rekv" if n.startswith("ext/") else "rekv"
         if n not in (reference, "full") and reference in outcomes:  # paired: the same questions without reduction
             rows[n]["vs_rekv"] = interval([a - b for a, b in zip(outcomes[n], outcomes[reference])])
     return {"world": name, "model": model_dir, "videos": videos, "length": length, "k": k, "window_tokens": window,
-            "recent_frames": recent,
+            "recent_frames": recent, "family": family, "target": TARGETS[family]["name"],
             "embedder": clip,
             "chance": dict(world.CHANCE), "rows": rows, "outcomes": {n: "".join(map(str, v)) for n, v in outcomes.items()}, "seconds": round(time.time() - started, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"}
@@ -141,7 +168,7 @@ def markdown(results: dict) -> str:
             f"{results['window_tokens']} tokens; {results['machine']}. *vs no reduction*: the paired difference to the same "
             "retrieval without reduction over the same questions, with its 95 % interval.\n\n")
     lines = ["| setting | accuracy | vs no reduction (95 % CI) | " + " | ".join(f"{kd} (chance {results['chance'][kd]:.1%}, n {next(iter(results['rows'].values()))['n'][kd]})" for kd in kinds)
-             + " | KV bytes/frame (miniature) | LLaVA-OV-7B GiB/h at 0.5 fps |", "|---" * (len(kinds) + 5) + "|"]
+             + f" | KV bytes/frame (miniature) | {results.get('target', 'LLaVA-OV-7B')} GiB/h at 0.5 fps |", "|---" * (len(kinds) + 5) + "|"]
     for n, row in results["rows"].items():
         c = row.get("vs_rekv")
         paired = "--" if c is None else f"{100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
@@ -151,7 +178,7 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
-    """Accuracy against projected LLaVA-OV-7B GiB/h (log scale): a colour per rule, a marker
+    """Accuracy against projected 7B GiB/h (log scale; ``results["target"]``): a colour per rule, a marker
     per storage precision, hollow for external retrieval; full attention and ReKV without
     reduction as horizontal references."""
     import matplotlib
@@ -180,7 +207,7 @@ def plot(results: dict, path: str) -> None:
                 plt.Line2D([], [], color="black", linestyle="-", label="full attention"),
                 plt.Line2D([], [], color="black", linestyle=":", label="ReKV, no reduction, fp")]
     ax.set_xscale("log")
-    ax.set_xlabel("KV per hour, LLaVA-OV-7B at 0.5 fps (GiB, projected)")
+    ax.set_xlabel(f"KV per hour, {results.get('target', 'LLaVA-OV-7B')} at 0.5 fps (GiB, projected)")
     ax.set_ylabel("accuracy (held-out)")
     ax.set_title(f"{results['world']} world miniature: {results['videos']} videos of {results['length']} frames, "
                  f"top-{results['k']}", fontsize=10)

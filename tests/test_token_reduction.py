@@ -115,6 +115,30 @@ def test_reduction_is_validated_and_accepted_on_every_family(qwen_checkpoint):
     assert qwen.backbone.positions_by_slot and qwen.config.token_reduction == "salient"
 
 
+def test_the_benchmark_projects_qwen_bytes_and_runs_on_a_qwen_miniature(tmp_path):
+    """Qwen2.5-VL-7B: a 720p frame at the video processor's default bounds is 560 x 1008 pixels,
+    20 x 36 tokens per 2-frame block, 28 layers x 2 x 4 KV heads x 128 dims x 2 bytes each (+ 2
+    bytes per kept token and layer for its slot); the benchmark runs on a Qwen-shaped video
+    miniature (random weights) and names that target."""
+    from benchmarks.token_reduction import GIB, TARGETS, block_tokens_7b, projected_gib_per_hour, run
+    from research.miniature import build
+
+    assert block_tokens_7b(TARGETS["qwen2_5_vl"]) == 20 * 36
+    per_token = 28 * 2 * 4 * 128 * 2
+    assert projected_gib_per_hour(1.0, None, family="qwen2_5_vl") == pytest.approx(720 * per_token / 2 * 0.5 * 3600 / GIB)
+    kept = projected_gib_per_hour(0.25, None, family="qwen2_5_vl")
+    assert kept == pytest.approx(180 * (per_token + 28 * 2) / 2 * 0.5 * 3600 / GIB)
+    arch = build.Architecture.for_world("video", family="qwen2_5_vl")
+    tokenizer = build.build_tokenizer(arch.vocab_size, seed=0, family="qwen2_5_vl", world_name="video")
+    path = build.save_checkpoint(str(tmp_path / "qwen"), build.build_model(arch, tokenizer), tokenizer, arch, {}, world_name="video")
+    results = run(path, videos=1, length=4, keeps=[0.5], quants=[None], k=2)
+    assert results["target"] == "Qwen2.5-VL-7B" and results["rows"]["salient/0.5"]["projected_7b_gib_per_hour"] < kept * 2.1
+    rows = results["rows"]
+    assert all(sum(r["n"].values()) == sum(rows["full"]["n"].values()) > 0 for r in rows.values())
+    layers = 3  # the miniature's: KV bytes per frame halve, plus each kept token's slot per layer
+    assert rows["salient/0.5"]["kv_bytes_per_frame"] == rows["rekv"]["kv_bytes_per_frame"] // 2 + 2 * layers * 8
+
+
 def test_the_accuracy_per_byte_benchmark_runs_and_accounts_bytes(tmp_path):
     """``python -m benchmarks.token_reduction`` on the shipped miniature (one held-out video):
     every setting answers every question, internal and (``ext/``, with the world's embedder)
