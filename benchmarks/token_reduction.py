@@ -10,8 +10,9 @@ at each keep ratio (internal retrieval, top-``k`` blocks), optionally with int8/
 top; accuracy per kind (chance beside it), the stored KV bytes per frame measured on the
 miniature, and the KV per hour projected for the 7B model of the miniature's family at 0.5 fps
 through the same codecs (``TARGETS``: LLaVA-OneVision-7B, 196 tokens per frame; Qwen2.5-VL-7B,
-720 tokens per 2-frame block -- a 720p video at its processor's default pixel bounds -- plus
-each kept token's slot; both 28 layers x 4 KV heads x 128 dims) are written to
+720 tokens per 2-frame block -- a 720p video within the ``Qwen2VLVideoProcessor`` class's
+default pixel bounds -- plus each kept token's slot; both 28 layers x 4 KV heads x 128 dims)
+are written to
 ``results.json`` and ``results.md``. One process, one machine: named in the results.
 """
 
@@ -22,7 +23,7 @@ import json
 import os
 import platform
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -30,15 +31,20 @@ GIB = 1024**3
 SEVEN_B = dict(layers=28, kv_heads=4, head_dim=128, tokens=196)  # LLaVA-OneVision-7B (Qwen2-7B)
 #: the 7B model each miniature family's bytes are projected to: its name, text tower and visual
 #: tokens per block (frames per block; ``slots``: kept tokens' slots stored beside the KV)
+QWEN_7B = dict(name="Qwen2.5-VL-7B", layers=28, kv_heads=4, head_dim=128, video=(720, 1280), frames=2, slots=True)
 TARGETS = {
     "llava_onevision": dict(name="LLaVA-OV-7B", layers=28, kv_heads=4, head_dim=128, tokens=196, frames=1, slots=False),
-    "qwen2_5_vl": dict(name="Qwen2.5-VL-7B", layers=28, kv_heads=4, head_dim=128, video=(720, 1280), frames=2, slots=True),
+    "qwen2_5_vl": QWEN_7B,
+    "qwen2_vl": dict(QWEN_7B, name="Qwen2-VL-7B"),  # the same text tower shape and video processor
 }
+#: lmms-eval's ``qwen2_5_vl`` model's pixel bounds per frame (``min_pixels``, ``max_pixels``)
+LMMS_EVAL_BOUNDS = (256 * 28 * 28, 1605632)
 
 
-def block_tokens_7b(target: dict) -> int:
+def block_tokens_7b(target: dict, bounds: Optional[Tuple[int, int]] = None) -> int:
     """Visual tokens of one block of the target: fixed (LLaVA-OV), or what the Qwen video
-    processor's defaults (its ``smart_resize`` and pixel bounds) give a ``video`` frame."""
+    processor's ``smart_resize`` gives a ``video`` frame within ``bounds`` (min, max pixels per
+    frame; None: the ``Qwen2VLVideoProcessor`` class defaults)."""
     if "tokens" in target:
         return target["tokens"]
     import transformers
@@ -46,18 +52,22 @@ def block_tokens_7b(target: dict) -> int:
 
     processor = transformers.Qwen2VLVideoProcessor()
     unit = processor.patch_size * processor.merge_size
-    h, w = smart_resize(*target["video"], factor=unit, min_pixels=processor.size["shortest_edge"],
-                        max_pixels=processor.size["longest_edge"])
+    low, high = bounds or (processor.size["shortest_edge"], processor.size["longest_edge"])
+    h, w = smart_resize(*target["video"], factor=unit, min_pixels=low, max_pixels=high)
     return (h // unit) * (w // unit)
 
 
-def projected_gib_per_hour(keep: float, kv_quant: Optional[str], fps: float = 0.5, family: str = "llava_onevision") -> float:
+def projected_gib_per_hour(keep: float, kv_quant: Optional[str], fps: float = 0.5, family: str = "llava_onevision",
+                           bounds: Optional[Tuple[int, int]] = None) -> float:
     """KV per hour of the 7B model of ``family`` (``TARGETS``; fp16) keeping ``keep`` of each
-    block's visual tokens (and, on M-RoPE, an int16 slot per kept token and layer)."""
+    block's visual tokens (and, on M-RoPE, an int16 slot per kept token and layer); ``bounds``:
+    the Qwen processor's pixel bounds (``block_tokens_7b``)."""
     from lmms_rekv.storage.quant import make_codec
 
+    if family not in TARGETS:
+        raise ValueError(f"no 7B projection for a {family} miniature; one of {sorted(TARGETS)}")
     target = TARGETS[family]
-    tokens = max(1, round(keep * block_tokens_7b(target)))
+    tokens = max(1, round(keep * block_tokens_7b(target, bounds)))
     codec = make_codec(kv_quant, tokens, target["kv_heads"], target["head_dim"], torch.float16)
     slots = 2 * tokens * target["layers"] if target["slots"] and keep < 1 else 0
     return (codec.bytes_per_block(target["layers"]) + slots) / target["frames"] * fps * 3600 / GIB

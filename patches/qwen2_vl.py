@@ -3,9 +3,9 @@
 A block is one temporal patch (``temporal_patch_size`` frames: 2 in the released
 checkpoints): 2 frames -> ``(h / 28) * (w / 28)`` tokens for a frame of
 ``h x w``. The frame size is fixed once per stream: by default what the family's processor
-gives the stream's first frame (aspect kept; ``for_stream``), resized by the processor's own
-operation so that the pixels are the vanilla model's; an explicit ``frame_size`` is used for
-every stream. The chat
+gives the stream's first frame (aspect kept; ``fit``: the stream's ``StreamLayout``), resized by
+the processor's own operation so that the pixels are the vanilla model's; an explicit
+``frame_size`` is used for every stream. The chat
 template renders ``<|vision_start|><|video_pad|><|vision_end|>``: the prefix (the sinks)
 ends with ``<|vision_start|>``, the text after the video starts with ``<|vision_end|>``.
 

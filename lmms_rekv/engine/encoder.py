@@ -147,7 +147,7 @@ class ChunkStep:
 @torch.inference_mode()
 def encode_blocks(engine, layout, pixels: torch.Tensor, state: StreamState, query_block_tokens: Optional[int]) -> None:
     """Encode whole blocks of preprocessed ``pixels`` ``(N, 3, S, S)`` into ``state`` of a stream
-    of ``layout`` (``patches.base.StreamLayout``): one forward of the language model with sink +
+    of ``layout`` (``lmms_rekv.layout.StreamLayout``): one forward of the language model with sink +
     window attention (``ChunkStep``), the blocks committed to the store at the end (a failure
     leaves the store and the window as they were)."""
     bb, st, device = engine.backbone, state, engine.device

@@ -93,7 +93,7 @@ class ReKVSession:
     # -- the stream -----------------------------------------------------------------------
     @property
     def layout(self) -> StreamLayout:
-        """This stream's frame size, token grid, fps and frame times (``patches.base.StreamLayout``;
+        """This stream's frame size, token grid, fps and frame times (``lmms_rekv.layout.StreamLayout``;
         Qwen families fix the size at the first frame)."""
         return self.writer.layout
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..layout import StreamLayout
 from ..retrieval.embedder import block_embeddings
 from ..storage.store import BlockStore, GrowingRows, make_store
 from .encoder import StreamState, encode_blocks, encode_sinks
@@ -33,7 +34,7 @@ class StreamView:
     state: StreamState
     blocks: int
     family: Any  # lmms_rekv.patches.base.Backbone: the loaded model's family adapter
-    layout: Any  # lmms_rekv.patches.base.StreamLayout of this stream, ``padded`` as ``state``'s
+    layout: StreamLayout  # this stream's, ``padded`` as ``state``'s
     block_embeddings: Callable[[int], torch.Tensor]  # blocks -> (blocks, E) external embeddings
 
 
@@ -41,7 +42,7 @@ class StreamStores:
     """Makes the block stores of one stream: its tier, block layout and index device; a fork's
     small store of its own (``fork``)."""
 
-    def __init__(self, engine, layout) -> None:
+    def __init__(self, engine, layout: StreamLayout) -> None:
         self.engine, self.layout, self.config = engine, layout, engine.config
 
     @property
@@ -71,7 +72,7 @@ class StreamWriter:
 
     Call its mutating methods holding ``lock`` (the session does)."""
 
-    def __init__(self, engine, layout, expected_frames: Optional[int]) -> None:
+    def __init__(self, engine, layout: StreamLayout, expected_frames: Optional[int]) -> None:
         self.engine, self.family, self.layout = engine, engine.backbone, layout
         self.config: "ReKVConfig" = engine.config
         self.expected_frames = expected_frames
