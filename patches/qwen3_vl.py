@@ -332,12 +332,12 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
     def block_rows(self, blocks: torch.Tensor, device: torch.device, layout: StreamLayout,
                    kept: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The stored slots holding tokens: each block's timestamp right-aligned in its header
-        slots, then the rest (``kept``: the written slots stored, token reduction)."""
+        slots, then the rest (``kept``: the written slots stored, token reduction -- it cuts
+        visual tokens only, so only their number matters here: no read of ``kept``)."""
         heads = layout.tables.clock.header_lengths(blocks, layout.fps, layout.padded)
-        if kept is not None:  # a stored slot holds a token when the written slot it stands for did
-            return (kept.cpu() >= (self.header_slots - heads)[:, None]).flatten().nonzero().squeeze(1).to(device)
-        block, inside = ragged(heads + 2 + layout.tables.rows.visual_tokens)
-        return (block * layout.block_tokens + (self.header_slots - heads)[block] + inside).to(device)
+        stride = layout.block_tokens if kept is None else kept.shape[1]  # stored slots per block
+        block, inside = ragged(heads + stride - self.header_slots)  # its timestamp tokens and every slot after them
+        return (block * stride + (self.header_slots - heads)[block] + inside).to(device)
 
     def vanilla_input_ids(self, question: str, frames: int, layout: Optional[StreamLayout] = None) -> torch.Tensor:
         """The processor's prompt ids for ``frames`` frames of a stream of ``layout`` (its fps
