@@ -224,6 +224,31 @@ def _cli(tmp_path, tiny_dir, tasks_dir, out, torchrun=False, extra="", flags=(),
     return results, {s["doc_id"]: s["filtered_resps"] for s in samples}, output
 
 
+def test_the_process_group_is_destroyed_before_exit(tmp_path, monkeypatch):
+    """lmms-eval never destroys its process group, and a gloo group left to the interpreter's
+    teardown aborts the process now and then after the results are written; the model class
+    (WORLD_SIZE > 1) registers ``close_process_group`` at exit, once, and it closes an open group."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from lmms_rekv.integrations import lmms_eval_model as m
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    m.close_process_group_at_exit.cache_clear()
+    try:
+        m.close_process_group_at_exit()
+        m.close_process_group_at_exit()
+        assert registered == [m.close_process_group]
+    finally:
+        m.close_process_group_at_exit.cache_clear()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    m.close_process_group()
+    assert not dist.is_initialized()
+    m.close_process_group()  # none open: nothing to do
+
+
 def test_cli_rekv_demo_single_and_torchrun(tmp_path, tiny_dir):
     results, single, output = _cli(tmp_path, tiny_dir, TASKS_DIR, tmp_path / "one")
     assert "accuracy,none" in results["results"]["rekv_demo"]

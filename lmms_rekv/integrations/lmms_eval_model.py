@@ -24,6 +24,8 @@ installation, not a bad document) ends the run at once.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -45,6 +47,23 @@ logger = logging.getLogger(__name__)
 RUN_ARGS = ("fps", "max_frames", "max_new_tokens", "doc_timeout", "reuse_streams", "stream_tolerance", "cache_dir")
 LOAD_ARGS = ("pretrained", "dtype", "device", "batch_size")
 
+
+
+@functools.lru_cache(maxsize=None)
+def close_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (registered once).
+
+    lmms-eval under ``torchrun`` leaves its gloo process group to the interpreter's teardown,
+    where its threads are destroyed still running: the process then aborts ("terminate called
+    without an active exception", exit code -6) after the results are written -- 3 of 8 bare
+    two-rank gloo runs on the 2-core machine, 0 of 8 with the group destroyed first."""
+    atexit.register(close_process_group)
+
+
+def close_process_group() -> None:
+    """Destroy the default ``torch.distributed`` process group, if one is open."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 class ReKVLlavaOV(lmms):
@@ -90,6 +109,8 @@ class ReKVLlavaOV(lmms):
             logger.warning("rekv_llava_ov answers one stream at a time; batch_size=%s ignored", batch_size)
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
+        if self._world_size > 1:
+            close_process_group_at_exit()
         own = {"fps": fps, "max_frames": max_frames, "max_new_tokens": max_new_tokens, "doc_timeout": doc_timeout,
                "reuse_streams": reuse_streams, "stream_tolerance": stream_tolerance, "cache_dir": cache_dir}
         self.upstream, config, run = self.settings(pretrained, own, rekv_args)
