@@ -62,3 +62,33 @@ def test_ttft_curve_interleaves_every_method_at_every_length(tmp_path):
             assert len(p["samples"]) == 2 and p["min_s"] <= p["ttft_s"] <= p["max_s"]
     assert results["recent_frames"] == 1 and len(results["load_before"]) == 3
     assert (out / "results.md").read_text().count("|") > 20 and os.path.getsize(out / "ttft.png") > 0
+
+
+def test_gpu_campaign_dry_run_measures_every_figure(tmp_path):
+    """``python -m benchmarks.gpu_campaign --scale tiny`` (the GPU campaign's CPU dry run): every
+    checkpoint asked, every storage variant and full attention measured, the block reads of one
+    question are exactly its top-k blocks' stored bytes, and the exactness check finds float32
+    ReKV equal to ``generate``."""
+    from benchmarks.gpu_campaign import main
+
+    out = tmp_path / "gpu"
+    assert main(["--scale", "tiny", "--out", str(out), "--models", "llava_ov_0.5b", "qwen2_5_vl_7b", "--repeats", "1",
+                 "--answer-tokens", "4"]) == 0
+    results = json.load(open(out / "results.json"))
+    for name, frames_per_block in (("llava_ov_0.5b", 1), ("qwen2_5_vl_7b", 2)):
+        model = results["models"][name]
+        hour = model["hour"]
+        assert [a["frames"] for a in hour["asked"]] == [16, 30, 64], name  # the checkpoints below the tiny "hour", and it
+        assert all(0 < a["ttft_s"] <= a["total_s"] for a in hour["asked"])
+        assert hour["answer"]["tokens"] == 4 and hour["answer"]["ttft_s"] < hour["answer"]["total_s"]
+        exact, int4, reduced = (x["kv_bytes_per_frame"] for x in (hour, model["variants"]["int4"], model["variants"]["temporal_0.5_int4"]))
+        assert reduced < int4 < exact / 2, name  # int4: 4 bits plus scales (a large share at tiny head dims); keep 1/2 on top
+        topk = model["config"]["topk_frames"]
+        assert hour["stages"]["block_read_bytes"] == topk * frames_per_block * exact, name  # top-k blocks, every layer, K and V
+        assert all(hour["stages"][k] > 0 for k in ("retrieval_scoring_s", "block_reads_s", "prefill_s", "decode_s_per_token"))
+        assert [a["frames"] for a in model["full_attention"]] == [16, 30]
+    rows = {row["dtype"]: row for row in results["exactness"]}
+    assert rows["float32"]["tokens_equal"] and rows["float32"]["tokens"] == 10 and rows["float32"]["max_abs_logit_diff"] < 1e-4
+    assert {g["goal"] for g in results["goals"]} >= {"encode FPS >= 65", "KV <= 2.6 GiB/h (temporal 1/2 + int4)"}
+    text = (out / "results.md").read_text()
+    assert "stage: block reads" in text and "float32: tokens equal True (10 of 10 agreeing)" in text

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU campaign in one command, on the device tool's machine (its own python3 and torch):
+#   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600)   # after: bash scripts/gpu_wheels.sh
+# Installs the carried wheels (the locked transformers and what it needs) when the machine's
+# transformers is not the locked one,
+# then runs `python -m benchmarks.gpu_campaign` (real shapes, bf16; extra arguments pass on)
+# into $OUT/gpu (or benchmarks/gpu-campaign without $OUT), logging to $OUT/gpu/log.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+locked=$(sed -n 's/^transformers==//p' lmms_rekv/requirements-lock.txt)
+have=$("$python" -c "import transformers; print(transformers.__version__)" 2>/dev/null || echo none)
+if [ "$have" != "$locked" ] && compgen -G ".whl/*.whl" >/dev/null; then  # the machine's own transformers is not the tested one
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/rekv-site .whl/*.whl
+    export PYTHONPATH="/tmp/rekv-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+out="${OUT:-benchmarks}/gpu-campaign"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt" || true
+"$python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+"$python" -m benchmarks.gpu_campaign --out "$out" "$@" 2>&1 | tee "$out/log.txt"
