@@ -87,12 +87,13 @@ def _render(name: str, world, episode, rng):
 
 
 def configurations(keeps: List[float], quants: List[Optional[str]], k: int, window: int,
-                   clip: Optional[List[str]] = None, recent: int = 0) -> Dict[str, dict]:
+                   clip: Optional[List[str]] = None, recent: int = 0, strategy: Optional[str] = None) -> Dict[str, dict]:
     """name -> ReKVConfig fields (``full``: full attention). ``clip``: ``[config JSON,
     weights]`` of an embedder for the world -- every ReKV row once more with external
     retrieval, named ``ext/<row>``. ``recent``: ``recent_frames`` of every ReKV row (0:
-    retrieval alone; 1: the package default)."""
-    base = dict(window_tokens=window, topk_frames=k, chunk_frames=8, recent_frames=recent)
+    retrieval alone; 1: the package default). ``strategy``: ``position_strategy`` of every ReKV row
+    (None: the default)."""
+    base = dict(window_tokens=window, topk_frames=k, chunk_frames=8, recent_frames=recent, **({"position_strategy": strategy} if strategy else {}))
     out = {"full": dict(window_tokens=None, topk_frames=None, chunk_frames=8), "rekv": base,
            "rekv/token-score": dict(base, block_score="tokens")}  # a block scored by its best token, not its mean key
     out.update(_reductions(base, keeps, quants))
@@ -118,14 +119,14 @@ def _reductions(base: dict, keeps: List[float], quants: List[Optional[str]]) -> 
 
 
 def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: List[Optional[str]], k: int,
-        clip: Optional[List[str]] = None, recent: int = 0) -> dict:
+        clip: Optional[List[str]] = None, recent: int = 0, strategy: Optional[str] = None) -> dict:
     from lmms_rekv import ReKV, ReKVConfig
 
     name, world = _world(model_dir)
     base = ReKV.from_pretrained(model_dir, dtype="float32", device="cpu")
     family = base.backbone.model_type
     window = 4 * base.block_tokens
-    configs = configurations(keeps, quants, k, window, clip, recent)
+    configs = configurations(keeps, quants, k, window, clip, recent, strategy)
     engines = {n: base.with_config(ReKVConfig(**c)) for n, c in configs.items()}
     tallies: Dict[str, Dict[str, List[int]]] = {n: {} for n in configs}
     outcomes: Dict[str, List[int]] = {n: [] for n in configs}  # every question, in one order for all
@@ -158,7 +159,7 @@ def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: Li
         if n not in (reference, "full") and reference in outcomes:  # paired: the same questions without reduction
             rows[n]["vs_rekv"] = interval([a - b for a, b in zip(outcomes[n], outcomes[reference])])
     return {"world": name, "model": model_dir, "videos": videos, "length": length, "k": k, "window_tokens": window,
-            "recent_frames": recent, "family": family, "target": TARGETS[family]["name"],
+            "recent_frames": recent, "position_strategy": strategy or ReKVConfig().position_strategy, "family": family, "target": TARGETS[family]["name"],
             "embedder": clip,
             "chance": dict(world.CHANCE), "rows": rows, "outcomes": {n: "".join(map(str, v)) for n, v in outcomes.items()}, "seconds": round(time.time() - started, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"}
@@ -174,7 +175,7 @@ def interval(diffs: List[int]) -> Dict[str, float]:
 def markdown(results: dict) -> str:
     kinds = list(next(iter(results["rows"].values()))["per_kind"])
     head = (f"Held-out {results['world']} world, {results['videos']} videos of {results['length']} frames, retrieval "
-            f"top-{results['k']} (internal; `ext/` rows: external, the world's embedder), `recent_frames={results.get('recent_frames', 0)}`, window "
+            f"top-{results['k']} (internal; `ext/` rows: external, the world's embedder), `recent_frames={results.get('recent_frames', 0)}`, `position_strategy={results.get('position_strategy', 'layout')}`, window "
             f"{results['window_tokens']} tokens; {results['machine']}. *vs no reduction*: the paired difference to the same "
             "retrieval without reduction over the same questions, with its 95 % interval.\n\n")
     lines = ["| setting | accuracy | vs no reduction (95 % CI) | " + " | ".join(f"{kd} (chance {results['chance'][kd]:.1%}, n {next(iter(results['rows'].values()))['n'][kd]})" for kd in kinds)
@@ -238,6 +239,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--topk-frames", dest="k", type=int, default=4)
     parser.add_argument("--recent-frames", type=int, default=0,
                         help="recent_frames of every ReKV row (default 0: retrieval alone; 1: the package default)")
+    parser.add_argument("--position-strategy", default=None, help="position_strategy of every ReKV row (default: ReKVConfig's)")
     parser.add_argument("--clip", nargs=2, metavar=("CONFIG_JSON", "WEIGHTS"), default=None,
                         help="an embedder for the world (python -m research.miniature clip --world video): adds ext/ rows")
     args = parser.parse_args(argv)
@@ -245,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     quants = [None if q == "none" else q for q in args.quants]
     from research.miniature.accuracy import write_outputs
 
-    results = run(args.model, args.videos, args.length, args.keeps, quants, args.k, args.clip, args.recent_frames)
+    results = run(args.model, args.videos, args.length, args.keeps, quants, args.k, args.clip, args.recent_frames, args.position_strategy)
     write_outputs(args.out, results, markdown(results), lambda r, folder: plot(r, os.path.join(folder, "accuracy-per-byte.svg")))
     return 0
 

@@ -120,7 +120,7 @@ def test_the_benchmark_projects_qwen_bytes_and_runs_on_a_qwen_miniature(tmp_path
     20 x 36 tokens per 2-frame block, 28 layers x 2 x 4 KV heads x 128 dims x 2 bytes each (+ 2
     bytes per kept token and layer for its slot); the benchmark runs on a Qwen-shaped video
     miniature (random weights) and names that target."""
-    from benchmarks.token_reduction import GIB, TARGETS, block_tokens_7b, projected_gib_per_hour, run
+    from benchmarks.token_reduction import GIB, TARGETS, block_tokens_7b, configurations, projected_gib_per_hour, run
     from research.miniature import build
 
     assert block_tokens_7b(TARGETS["qwen2_5_vl"]) == 20 * 36
@@ -137,6 +137,9 @@ def test_the_benchmark_projects_qwen_bytes_and_runs_on_a_qwen_miniature(tmp_path
     assert all(sum(r["n"].values()) == sum(rows["full"]["n"].values()) > 0 for r in rows.values())
     layers = 3  # the miniature's: KV bytes per frame halve, plus each kept token's slot per layer
     assert rows["salient/0.5"]["kv_bytes_per_frame"] == rows["rekv"]["kv_bytes_per_frame"] // 2 + 2 * layers * 8
+    assert results["position_strategy"] == "layout"  # the default, recorded
+    configs = configurations([0.5], [None], 2, 64, strategy="original")
+    assert all(c.get("position_strategy") == "original" for n, c in configs.items() if n != "full") and "position_strategy" not in configs["full"]
 
 
 def test_the_accuracy_per_byte_benchmark_runs_and_accounts_bytes(tmp_path):
