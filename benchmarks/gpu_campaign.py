@@ -172,6 +172,7 @@ def stream(engine, frames: int, checkpoints, chunk: int, repeats: int, answer_to
                 done += n
             if stop in checkpoints:
                 asked.append({"frames": stop, **median_of(lambda: ask(session, 1), repeats)})
+                logger.info("%d frames encoded in %.1f s; time to first token %.1f ms", stop, sum(t for *_, t in timings), 1e3 * asked[-1]["ttft_s"])
         row = {"frames": frames, "asked": asked, **_encode_rate(timings), **_footprint(session, device)}
         if answer_tokens:
             row["answer"] = {"tokens": answer_tokens, **median_of(lambda: ask(session, answer_tokens), max(1, repeats // 2))}

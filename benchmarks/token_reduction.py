@@ -132,7 +132,9 @@ def run(model_dir: str, videos: int, length: int, keeps: List[float], quants: Li
     outcomes: Dict[str, List[int]] = {n: [] for n in configs}  # every question, in one order for all
     bytes_per_frame: Dict[str, int] = {}
     started = time.time()
-    for seed in range(videos):
+    from tqdm.auto import tqdm
+
+    for seed in tqdm(range(videos), desc=f"{len(engines)} settings", unit="video"):
         rng = world.rng_for(world.HELD_OUT, 200_000 + seed)
         episode = world.make_episode(rng, length)
         frames = _render(name, world, episode, rng)
