@@ -226,7 +226,13 @@ class StageClock:
 
         def timed_selector(answerer, question, view):
             select = selector(answerer, question, view)
-            return lambda *a: clock.timed("retrieval_scoring", select, *a)
+
+            def timed(*a):
+                return clock.timed("retrieval_scoring", select, *a)
+
+            if hasattr(select, "fixed"):  # frames every layer shares (external retrieval): kept visible
+                timed.fixed = select.fixed
+            return timed
 
         def timed_forward(bb, embeds, position):
             return clock.timed("prefill" if embeds.shape[1] > 1 else "decode", forward, bb, embeds, position)
