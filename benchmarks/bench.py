@@ -96,16 +96,10 @@ def build_engines(preset: str, workdir: str, device: torch.device, dtype: torch.
     else:
         from transformers import LlavaOnevisionForConditionalGeneration
 
-        from .presets import real_config
+        from .presets import llava_token_ids, random_model, real_config
 
         tokenizer = build_tokenizer()
-        ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (("video_token_id", "<video>"), ("image_token_id", "<image>"), ("eos_token_id", "<|im_end|>"))}
-        with torch.device(device):
-            torch.set_default_dtype(dtype)
-            try:
-                model = LlavaOnevisionForConditionalGeneration(real_config(preset, **ids)).eval()
-            finally:
-                torch.set_default_dtype(torch.float32)
+        model = random_model(LlavaOnevisionForConditionalGeneration, real_config(preset, **llava_token_ids(tokenizer)), device, dtype)
         rekv = ReKVLlavaOneVision(model, tokenizer, CHAT_TEMPLATE, CheckpointFrames.square(384), rekv_cfg)
     full_cfg = rekv_cfg.replace(window_tokens=None, topk_frames=None, offload="device", qa_budget_tokens=None, recent_frames=0, hub_correction=None)
     full = rekv.with_config(full_cfg)

@@ -59,12 +59,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def machine(device: torch.device) -> str:
-    from .bench import machine_name
-
-    return machine_name(device)
-
-
 # -- models ------------------------------------------------------------------------------------
 def rekv_config(name: str, scale: str):
     """The ReKV settings of a campaign model: ReKV's top-64 frames and a 15,000-token window at
@@ -96,13 +90,9 @@ def build(name: str, scale: str, workdir: str, device: torch.device, dtype: torc
     _, tokenizer, template, processor = backbone_class(family).load(folder, torch.float32)
     if family == "llava_onevision":  # the real checkpoints' 384-pixel frames (the tiny one's are smaller)
         processor = CheckpointFrames.square(384)
-    model_config = _real_config(name, tokenizer)
-    with torch.device(device):
-        torch.set_default_dtype(dtype)
-        try:
-            model = _model_class(family)(model_config).eval()
-        finally:
-            torch.set_default_dtype(torch.float32)
+    from .presets import random_model
+
+    model = random_model(_model_class(family), _real_config(name, tokenizer), device, dtype)
     return ReKV(model, tokenizer, template, processor, config, source=f"random {name}")
 
 
@@ -128,15 +118,12 @@ def _model_class(family: str):
 
 
 def _real_config(name: str, tokenizer):
-    from .presets import qwen2_5_vl_config, real_config
+    from .presets import llava_token_ids, qwen2_5_vl_config, qwen_token_ids, real_config
 
+    size = name.rsplit("_", 1)[1]
     if name.startswith("qwen"):
-        ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (
-            ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>"), ("eos_token_id", "<|im_end|>"))}
-        return qwen2_5_vl_config(name.rsplit("_", 1)[1], **ids)
-    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (("video_token_id", "<video>"), ("image_token_id", "<image>"), ("eos_token_id", "<|im_end|>"))}
-    return real_config(name.rsplit("_", 1)[1], **ids)
+        return qwen2_5_vl_config(size, **qwen_token_ids(tokenizer))
+    return real_config(size, **llava_token_ids(tokenizer))
 
 
 # -- one stream --------------------------------------------------------------------------------
@@ -443,7 +430,9 @@ def run(args) -> Dict:
     dtype = resolve_dtype(args.dtype or ("bfloat16" if device.type == "cuda" else "float32"), device)
     hour, short = (args.hour_frames, args.short_frames) if args.scale == "real" else (min(args.hour_frames, 64), min(args.short_frames, 32))
     size = 384 if args.scale == "real" else 96
-    results = {"machine": machine(device), "dtype": str(dtype).replace("torch.", ""), "scale": args.scale, "fps": FPS,
+    from .bench import machine_name
+
+    results = {"machine": machine_name(device), "dtype": str(dtype).replace("torch.", ""), "scale": args.scale, "fps": FPS,
                "torch": torch.__version__, "copy_ceiling": copy_ceiling(device), "models": {}, "started": time.time()}
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rekv-gpu-") as workdir:

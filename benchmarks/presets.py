@@ -70,3 +70,29 @@ def qwen2_5_vl_config(name: str, image_token_id: int, video_token_id: int, visio
         image_token_id=image_token_id, video_token_id=video_token_id, vision_start_token_id=vision_start_token_id,
         vision_end_token_id=vision_end_token_id, tie_word_embeddings=False,
     )
+
+
+def llava_token_ids(tokenizer) -> Dict[str, int]:
+    """``real_config``'s special-token ids as ``tokenizer`` numbers them."""
+    return {k: tokenizer.convert_tokens_to_ids(t) for k, t in (("video_token_id", "<video>"), ("image_token_id", "<image>"),
+                                                               ("eos_token_id", "<|im_end|>"))}
+
+
+def qwen_token_ids(tokenizer) -> Dict[str, int]:
+    """``qwen2_5_vl_config``'s special-token ids as ``tokenizer`` numbers them."""
+    return {k: tokenizer.convert_tokens_to_ids(t) for k, t in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"), ("eos_token_id", "<|im_end|>"))}
+
+
+def random_model(model_class, config, device, dtype):
+    """``model_class(config)`` with random weights, made directly on ``device`` in ``dtype`` (a
+    7B model never passes through host memory), in eval mode."""
+    import torch
+
+    with torch.device(device):
+        torch.set_default_dtype(dtype)
+        try:
+            return model_class(config).eval()
+        finally:
+            torch.set_default_dtype(torch.float32)
